@@ -1,0 +1,1 @@
+# Transactive meter firmware (MicroPython). Device code only: host tooling lives in gateway/.

@@ -1,0 +1,1 @@
+"""Command modules of the `tmeter` CLI (see gateway.cli)."""

@@ -1,0 +1,1 @@
+"""Hardware simulator: Modbus meters and DER devices, household models, one clock, faults."""
