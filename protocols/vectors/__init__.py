@@ -1,0 +1,1 @@
+# Shared test vectors: JSON files run by runner.py under MicroPython and CPython alike.
