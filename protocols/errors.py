@@ -6,7 +6,7 @@ class ProtocolError(Exception):
     asserted by tests); ``detail`` is for people and may change between versions."""
 
     def __init__(self, code, detail=""):
-        Exception.__init__(self, code, detail)
+        super().__init__(code, detail)
         self.code = code
         self.detail = detail
 

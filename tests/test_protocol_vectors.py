@@ -26,3 +26,10 @@ def test_vectors_micropython(path: Path, tmp_path: Path) -> None:
     got = run_upy(path, tmp_path)
     for vector, want, have in zip(doc["vectors"], expected(doc), got, strict=True):
         assert have == want, vector["name"]
+
+
+def test_message_vectors_are_current() -> None:
+    """The committed messages.json is what tests/vectorgen.py generates (no silent drift)."""
+    from tests import vectorgen
+
+    assert vectorgen.OUT.read_text() == vectorgen.generate()
