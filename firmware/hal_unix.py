@@ -1,0 +1,307 @@
+# Hardware layer for the MicroPython unix port and CPython (CI, demo, bench, load tests).
+#
+# The UART becomes a TCP connection to a simulated meter speaking Modbus RTU framing, or a
+# serial tty; the clock is the host's, optionally accelerated (firmware/clock.py); files live
+# in a folder per meter. Only this module and hal_esp32 may test which interpreter runs.
+import asyncio
+import gc
+import os
+import random
+import sys
+import time
+
+from firmware.clock import SimClock
+
+_UPY = sys.implementation.name == "micropython"
+
+if _UPY:
+    _ticks_ms = time.ticks_ms
+    _ticks_diff = time.ticks_diff
+else:
+    def _ticks_ms():
+        return time.monotonic_ns() // 1000000
+
+    def _ticks_diff(a, b):
+        return a - b
+
+
+def _real_ms():
+    return time.time_ns() // 1000000
+
+
+class TcpLink:
+    """RTU frames over a TCP stream (a simulated RS-485 bus). Reopened after any error."""
+
+    def __init__(self, host, port, baud):
+        self.host = host
+        self.port = port
+        self.baud = baud
+        self._r = None
+        self._w = None
+
+    async def _open(self):
+        if self._w is None:
+            self._r, self._w = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), 2)
+
+    def close(self):
+        w = self._w
+        self._r = self._w = None
+        if w is not None:
+            try:
+                w.close()
+            except Exception:  # noqa: BLE001 - closing a broken socket may fail; it is gone
+                pass
+
+    async def send(self, frame):
+        try:
+            await self._open()
+            self._w.write(frame)
+            await asyncio.wait_for(self._w.drain(), 2)
+        except Exception:
+            self.close()
+            raise OSError("link send failed")
+
+    async def recv(self, n, timeout_ms):
+        """Up to ``n`` bytes, b"" when none arrive within ``timeout_ms``."""
+        if self._r is None:
+            raise OSError("link closed")
+        try:
+            data = await asyncio.wait_for(self._r.read(n), timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            return b""
+        except Exception:
+            self.close()
+            raise OSError("link recv failed")
+        if not data:
+            self.close()
+            raise OSError("link closed by peer")
+        return data
+
+    def discard(self):
+        # A TCP stream has no line noise to drop; late bytes of a timed-out answer are dropped
+        # by reopening, which Master.transact asks for after a timeout.
+        self.close()
+
+
+class TtyLink:
+    """A serial tty (USB RS-485 adapter, or a pty in tests), raw, non-blocking reads polled."""
+
+    def __init__(self, path, baud):
+        import termios
+        self.path = path
+        self.baud = baud
+        self._f = None
+        self._termios = termios
+
+    def _open(self):
+        if self._f is not None:
+            return
+        f = open(self.path, "r+b", buffering=0)
+        t = self._termios
+        fd = f.fileno()
+        attrs = t.tcgetattr(fd)
+        speed = getattr(t, "B" + str(self.baud))
+        # Raw 8N1: no echo, no line editing, no CR/LF translation; VMIN = VTIME = 0 makes
+        # read() return at once with whatever arrived, so the event loop never blocks.
+        attrs[0] = 0
+        attrs[1] = 0
+        attrs[2] = (attrs[2] & ~0o60) | 0o60 | 0o200 | 0o4000  # CS8 | CREAD | CLOCAL
+        attrs[3] = 0
+        attrs[4] = speed
+        attrs[5] = speed
+        cc = list(attrs[6])
+        cc[5] = 0 if type(cc[5]) is int else b"\x00"  # VTIME
+        cc[6] = 0 if type(cc[6]) is int else b"\x00"  # VMIN
+        attrs[6] = cc
+        t.tcsetattr(fd, t.TCSANOW, attrs)
+        self._f = f
+
+    def close(self):
+        f = self._f
+        self._f = None
+        if f is not None:
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    async def send(self, frame):
+        try:
+            self._open()
+            self._f.write(frame)
+        except Exception:
+            self.close()
+            raise OSError("tty send failed")
+
+    async def recv(self, n, timeout_ms):
+        if self._f is None:
+            raise OSError("link closed")
+        start = _ticks_ms()
+        while True:
+            try:
+                data = self._f.read(n)
+            except Exception:
+                self.close()
+                raise OSError("tty read failed")
+            if data:
+                return data
+            if _ticks_diff(_ticks_ms(), start) >= timeout_ms:
+                return b""
+            await asyncio.sleep(0.002)
+
+    def discard(self):
+        if self._f is not None:
+            try:
+                while self._f.read(256):
+                    pass
+            except Exception:  # noqa: BLE001
+                self.close()
+
+
+class SoftWatchdog:
+    """The unix stand-in for machine.WDT: a missed deadline ends the process (exit 3), as the
+    hardware watchdog would reset the board."""
+
+    def __init__(self, timeout_ms):
+        self.timeout_ms = timeout_ms
+        self.fed = _ticks_ms()
+
+    def feed(self):
+        self.fed = _ticks_ms()
+
+    def expired(self):
+        return _ticks_diff(_ticks_ms(), self.fed) > self.timeout_ms
+
+
+class Board:
+    runtime = "micropython-unix" if _UPY else "cpython"
+
+    def __init__(self, cfg, base_dir="."):
+        self.cfg = cfg
+        self.base = base_dir
+        clk = cfg.get("clock") or {}
+        self.clock = SimClock(_real_ms, clk.get("start"), clk.get("epoch"), clk.get("speed", 1))
+        self.quiet = False
+
+    # -- time ------------------------------------------------------------------------------
+    def ticks_ms(self):
+        return _ticks_ms()
+
+    def ticks_diff(self, a, b):
+        return _ticks_diff(a, b)
+
+    def now_ms(self):
+        return self.clock.now_ms()
+
+    def time_ok(self):
+        return True  # the host clock is NTP-disciplined by the host (or is the simulator's)
+
+    async def sleep_ms(self, ms):
+        await asyncio.sleep(ms / 1000 if ms > 0 else 0)
+
+    async def sleep_sim_ms(self, sim_ms):
+        await self.sleep_ms(self.clock.real_delay_ms(sim_ms))
+
+    async def sync_time(self):
+        return True
+
+    # -- network ---------------------------------------------------------------------------
+    async def network_up(self):
+        return True
+
+    def tls_context(self, ca_path):
+        import ssl
+        if _UPY:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=ca_path)
+            return ctx
+        return ssl.create_default_context(cafile=ca_path)
+
+    async def open_connection(self, host, port, ssl_ctx=None):
+        if ssl_ctx is None:
+            return await asyncio.open_connection(host, port)
+        if _UPY:
+            return await asyncio.open_connection(host, port, ssl=ssl_ctx)
+        return await asyncio.open_connection(host, port, ssl=ssl_ctx, server_hostname=host)
+
+    # -- Modbus link -----------------------------------------------------------------------
+    def open_link(self, mb):
+        link = mb.get("link", "tcp:127.0.0.1:5020")
+        baud = mb.get("baud", 9600)
+        if link.startswith("tcp:"):
+            host, port = link[4:].rsplit(":", 1)
+            return TcpLink(host, int(port), baud)
+        if link.startswith("tty:"):
+            return TtyLink(link[4:], baud)
+        raise ValueError("unix port link must be tcp:HOST:PORT or tty:PATH, not " + link)
+
+    # -- files -----------------------------------------------------------------------------
+    def path(self, name):
+        return self.base + "/" + name
+
+    def read(self, name):
+        try:
+            with open(self.path(name), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def write_atomic(self, name, data):
+        """Replace ``name`` with ``data`` all or nothing: a crash leaves the old or the new file,
+        never a torn one (write a temporary file, sync it, rename it over the old name)."""
+        final = self.path(name)
+        tmp = final + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if not _UPY:
+                os.fsync(f.fileno())
+        os.rename(tmp, final)
+
+    def remove(self, name):
+        try:
+            os.remove(self.path(name))
+        except OSError:
+            pass
+
+    def listdir(self, name):
+        try:
+            return os.listdir(self.path(name))
+        except OSError:
+            return []
+
+    def mkdir(self, name):
+        try:
+            os.mkdir(self.path(name))
+        except OSError:
+            pass
+
+    # -- health ----------------------------------------------------------------------------
+    def watchdog(self, timeout_ms):
+        return SoftWatchdog(timeout_ms)
+
+    def reset(self):
+        # No board to reset: end the process; a supervisor (test, systemd, `tmeter fw run`)
+        # restarts it like a power-on.
+        sys.exit(3)
+
+    def collect(self):
+        gc.collect()
+
+    def mem_free(self):
+        return gc.mem_free() if _UPY else 0
+
+    def mem_peak(self):
+        if _UPY:
+            import micropython
+            return micropython.mem_peak() if hasattr(micropython, "mem_peak") else 0
+        return 0
+
+    def randbits(self, n):
+        return random.getrandbits(n)
+
+    def log(self, msg):
+        if not self.quiet:
+            print(msg)
