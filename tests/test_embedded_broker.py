@@ -14,7 +14,7 @@ from sim_hardware.embedded_broker import EmbeddedBroker
 Message = tuple[str, bytes]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as b:
         yield b
@@ -61,8 +61,8 @@ def test_qos1_messages_all_arrive_in_order(broker: EmbeddedBroker) -> None:
     for i in range(500):
         info = pub.publish("q/x", str(i).encode(), qos=1)
     info.wait_for_publish(30)
-    got = [inbox.get(timeout=10)[1] for _ in range(500)]
-    assert got == [str(i).encode() for i in range(500)]
+    got = [inbox.get(timeout=10) for _ in range(500)]
+    assert got == [("q/x", str(i).encode()) for i in range(500)]
     for c in (sub, pub):
         c.loop_stop()
         c.disconnect()
