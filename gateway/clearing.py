@@ -1,0 +1,111 @@
+"""The bridge between the scheduler and the clearing engines of ``gateway.market``.
+
+The wire speaks integers (Wh, micro-currency per kWh); the engines speak floats (kWh,
+currency per kWh). Bids are converted on the way in; on the way out prices are rounded to
+integers and awards back to whole Wh with the largest-remainder method, so rounded awards sum
+to the rounded total and the same inputs give the same integers on every run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import MarketConfig
+
+MICRO = 1_000_000
+
+
+@dataclass(frozen=True)
+class Bid:
+    meter: str
+    curve: list[tuple[int, int]]  # (q_wh, price micro/kWh), q > 0 sells
+
+
+@dataclass
+class Clearing:
+    mech: str
+    price: int  # micro-currency per kWh
+    awards: dict[str, int]  # meter -> awarded net export Wh
+    trades: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
+    community_cost: int = 0  # micro-currency
+    bau_cost: int = 0
+
+    @property
+    def traded_wh(self) -> int:
+        return sum(q for q in self.awards.values() if q > 0) - self.grid_export_wh
+
+    @property
+    def grid_import_wh(self) -> int:
+        return max(0, -sum(self.awards.values()))
+
+    @property
+    def grid_export_wh(self) -> int:
+        return max(0, sum(self.awards.values()))
+
+
+ClearFn = Callable[[int, list[Bid], MarketConfig], Clearing]
+
+
+def round_awards(awards: Mapping[str, float]) -> dict[str, int]:
+    """kWh floats -> Wh integers whose sum is the rounded sum (largest remainder, ties by id)."""
+    wh = {m: q * 1000.0 for m, q in awards.items()}
+    floors = {m: math.floor(v) for m, v in wh.items()}
+    target = round(sum(wh.values()))
+    extra = target - sum(floors.values())
+    order = sorted(wh, key=lambda m: (-(wh[m] - floors[m]), m))
+    for m in order[:max(0, extra)]:
+        floors[m] += 1
+    return floors
+
+
+def to_price(currency_per_kwh: float) -> int:
+    return round(currency_per_kwh * MICRO)
+
+
+def market_clear(iv: int, bids: list[Bid], market: MarketConfig) -> Clearing:
+    """Clear with ``gateway.market`` (imported here: it pulls in numpy)."""
+    from gateway import market as engine  # noqa: PLC0415 - heavy import, only when clearing
+
+    return engine_clearing(engine, bids, market)
+
+
+def engine_clearing(engine: Any, bids: list[Bid], market: MarketConfig) -> Clearing:
+    community = engine_community(engine, market)
+    engine_bids = [engine_bid(engine, b) for b in bids]
+    result = engine.clear(engine_bids, community, mechanism=market.mechanism)
+    awards = round_awards(dict(result.awards))
+    trades: dict[str, list[tuple[str, int, int]]] = {}
+    for t in getattr(result, "trades", None) or ():
+        seller, buyer, kwh, price = _trade_fields(t)
+        q = round(kwh * 1000)
+        trades.setdefault(seller, []).append((buyer, q, to_price(price)))
+        trades.setdefault(buyer, []).append((seller, -q, to_price(price)))
+    costs = getattr(result, "costs", None) or {}
+    return Clearing(market.mechanism, to_price(result.price), awards, trades,
+                    round(_cost(costs, "community") * MICRO), round(_cost(costs, "bau") * MICRO))
+
+
+def engine_community(engine: Any, market: MarketConfig) -> Any:
+    return engine.Community(
+        import_price=market.import_price / MICRO, export_price=market.export_price / MICRO,
+        allocation=market.allocation,
+        capacity=None if market.capacity_wh is None else market.capacity_wh / 1000)
+
+
+def engine_bid(engine: Any, bid: Bid) -> Any:
+    return engine.Bid(bid.meter, [(q / 1000, p / MICRO) for q, p in bid.curve])
+
+
+def _trade_fields(t: Any) -> tuple[str, str, float, float]:
+    if isinstance(t, Mapping):
+        return t["seller"], t["buyer"], float(t["kwh"]), float(t["price"])
+    return t.seller, t.buyer, float(t.kwh), float(t.price)
+
+
+def _cost(costs: Any, name: str) -> float:
+    if isinstance(costs, Mapping):
+        return float(costs.get(name, 0.0))
+    return float(getattr(costs, name, 0.0))

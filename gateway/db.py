@@ -1,0 +1,90 @@
+"""The gateway's SQLite database: one file in WAL mode holding the registry, the records, the
+ledger and the settlement. Schema and connection set-up live here so every module (and every
+process: daemon, provision, ledger tools) opens the file the same way."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meters (
+    meter TEXT PRIMARY KEY, community TEXT NOT NULL, created INTEGER NOT NULL,
+    mqtt_hash TEXT NOT NULL, feeder INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS meter_keys (
+    meter TEXT NOT NULL REFERENCES meters(meter), kid INTEGER NOT NULL, key BLOB NOT NULL,
+    created INTEGER NOT NULL, retired INTEGER, PRIMARY KEY (meter, kid));
+
+-- Ledger: the commitment of every leaf, in log order. The salt and the record bytes that open
+-- a commitment live in `openings`, so erasing a member deletes openings and keeps the tree.
+CREATE TABLE IF NOT EXISTS leaves (
+    idx INTEGER PRIMARY KEY, commitment BLOB NOT NULL, kind TEXT NOT NULL, meter TEXT,
+    iv INTEGER, erased INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS leaves_meter ON leaves (meter, iv);
+CREATE TABLE IF NOT EXISTS openings (idx INTEGER PRIMARY KEY, salt BLOB NOT NULL, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY, root BLOB NOT NULL, note BLOB NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS erasures (meter TEXT PRIMARY KEY, at REAL NOT NULL, leaf INTEGER NOT NULL);
+
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY, meter TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+    iv INTEGER NOT NULL, imp_wh INTEGER NOT NULL, exp_wh INTEGER NOT NULL,
+    cnt_imp_wh INTEGER NOT NULL, cnt_exp_wh INTEGER NOT NULL, flags INTEGER NOT NULL,
+    leaf INTEGER NOT NULL UNIQUE, received REAL NOT NULL, UNIQUE (meter, boot, seq));
+CREATE INDEX IF NOT EXISTS readings_iv ON readings (iv, meter);
+CREATE TABLE IF NOT EXISTS bids (
+    meter TEXT NOT NULL, iv INTEGER NOT NULL, boot INTEGER NOT NULL, n INTEGER NOT NULL,
+    curve TEXT NOT NULL, leaf INTEGER NOT NULL UNIQUE, PRIMARY KEY (meter, iv, boot, n));
+CREATE TABLE IF NOT EXISTS meter_status (
+    meter TEXT PRIMARY KEY, body TEXT NOT NULL, received REAL NOT NULL);
+
+-- Interval life cycle: open -> cleared -> settled. `reading_mark` is the last readings.id
+-- settled, so readings above it for a settled interval are late and settled as adjustments.
+CREATE TABLE IF NOT EXISTS intervals (
+    iv INTEGER PRIMARY KEY, state TEXT NOT NULL, mech TEXT, price INTEGER, result TEXT,
+    leaf INTEGER, settled_at REAL, reading_mark INTEGER NOT NULL DEFAULT 0,
+    balanced INTEGER, feeder_diff_wh INTEGER);
+CREATE TABLE IF NOT EXISTS awards (
+    iv INTEGER NOT NULL, meter TEXT NOT NULL, q_wh INTEGER NOT NULL, price INTEGER NOT NULL,
+    trades TEXT NOT NULL, leaf INTEGER NOT NULL UNIQUE, PRIMARY KEY (iv, meter));
+-- One line per member, interval and revision: revision 0 is the settlement, later ones are
+-- adjustments for late readings. The primary key is what makes settling twice impossible.
+CREATE TABLE IF NOT EXISTS settlements (
+    iv INTEGER NOT NULL, meter TEXT NOT NULL, rev INTEGER NOT NULL, award_wh INTEGER NOT NULL,
+    metered_wh INTEGER, award_amount INTEGER NOT NULL, deviation_amount INTEGER NOT NULL,
+    amount INTEGER NOT NULL, leaf INTEGER NOT NULL UNIQUE, PRIMARY KEY (iv, meter, rev));
+
+-- InfluxDB outbox: points written in the same transaction as the data they describe, deleted
+-- once the database has them, so an outage buffers on disk and a crash loses nothing.
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
+"""
+
+
+def connect(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    """Open (creating) the database in WAL mode with autocommit; use ``transaction`` to write."""
+    if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
+        raise ValueError("synchronous must be FULL, NORMAL, EXTRA or OFF")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, on_commit: list[Callable[[], None]] | None = None) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception. Callbacks in ``on_commit`` run
+    after the commit succeeded, so in-memory state follows the database and never leads it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    for callback in on_commit or ():
+        callback()

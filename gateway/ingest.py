@@ -1,0 +1,221 @@
+"""Verified ingest: decode (tag first), de-duplicate, check, store with its ledger leaf, ack.
+
+``Ingest.process(batch)`` runs in the gateway's single database thread. A batch of messages is
+one SQLite transaction (group commit); each message inside it is a savepoint, so a message
+that fails for any reason leaves nothing behind. The acks it returns are published only after
+the commit, so every "stored" ack the meter sees is for a record on disk.
+
+Reasons are counted under stable codes: the protocol's ``ProtocolError.code`` values plus
+``duplicate``, ``conflict``, ``counter_decrease``, ``energy_out_of_range``,
+``time_out_of_range``, ``future_interval``, ``wrong_community``, ``gate_closed``,
+``duplicate_bid``, ``unknown_meter``, ``queue_full`` and ``internal_error``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.clock import Clock
+from gateway.config import GatewayConfig
+from gateway.ledger import Ledger
+from gateway.registry import Registry
+from protocols import messages, topics
+from protocols.errors import ProtocolError
+
+log = logging.getLogger("tmeter.gateway.ingest")
+
+KEY_CACHE_S = 10.0  # retired keys stop working within this long in a running daemon
+BID_HORIZON = 96  # bids may come this many intervals ahead (a day of 15-minute intervals)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+class Rejected(Exception):
+    """An authentic message we will not store; ``ack`` says whether the meter is told so."""
+
+    def __init__(self, code: str, ack: bool) -> None:
+        super().__init__(code)
+        self.code = code
+        self.ack = ack
+
+
+class KeyCache:
+    """Meter keys by (meter, kid), refreshed from the registry every few seconds."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._keys: dict[tuple[str, int], bytes | None] = {}
+        self._loaded = time.monotonic()
+
+    def __call__(self, meter: str, kid: int) -> bytes | None:
+        if time.monotonic() - self._loaded > KEY_CACHE_S:
+            self._keys.clear()
+            self._loaded = time.monotonic()
+        k = (meter, kid)
+        if k not in self._keys:
+            self._keys[k] = self.registry.key(meter, kid)
+        return self._keys[k]
+
+
+class Ingest:
+    def __init__(self, cfg: GatewayConfig, conn: sqlite3.Connection, ledger: Ledger, clock: Clock,
+                 counters: Counter[str], export: Callable[[str, dict[str, Any]], str | None] | None = None) -> None:
+        self.cfg = cfg
+        self.conn = conn
+        self.ledger = ledger
+        self.clock = clock
+        self.counters = counters
+        self.export = export  # (measurement kind, fields) -> line protocol, or None
+        self.keys = KeyCache(Registry(conn=conn))
+        self.max_wh = cfg.ingest.max_power_w * cfg.interval_s // 3600
+
+    def process(self, batch: list[tuple[str, bytes]]) -> list[Outgoing]:
+        """Store a batch in one transaction; returns the acks to publish after it committed."""
+        outgoing: list[Outgoing] = []
+        counts: Counter[str] = Counter()
+        with self.ledger.transaction() as conn:
+            for topic, payload in batch:
+                conn.execute("SAVEPOINT msg")
+                mark = self.ledger.mark()
+                try:
+                    self._one(topic, payload, outgoing, counts)
+                except Exception:  # noqa: BLE001 - the daemon never stops on input
+                    conn.execute("ROLLBACK TO msg")
+                    self.ledger.rollback_to(mark)
+                    counts["internal_error"] += 1
+                    log.exception("internal error on %s", topic[:128])
+                conn.execute("RELEASE msg")
+        self.counters.update(counts)
+        return outgoing
+
+    def _one(self, topic: str, payload: bytes, out: list[Outgoing], counts: Counter[str]) -> None:
+        try:
+            community, meter, msg, body = messages.decode(topic, payload, self.keys)
+        except ProtocolError as exc:
+            counts[exc.code] += 1
+            log.info("rejected %s: %s", _meter_hint(topic), exc)
+            return
+        kind = msg["type"]
+        try:
+            if community != self.cfg.community:
+                raise Rejected("wrong_community", ack=False)
+            if kind == "reading":
+                out.append(self._reading(meter, msg, body, counts))
+            elif kind == "bid":
+                self._bid(meter, msg, body, counts)
+            elif kind == "status":
+                self._status(meter, body)
+                counts["status"] += 1
+            else:  # gateway-to-meter kinds are never subscribed to; someone published one at us
+                raise Rejected("topic_mismatch", ack=False)
+        except Rejected as rej:
+            counts[rej.code] += 1
+            log.warning("rejected %s from %s: %s", kind, meter, rej.code)
+            if rej.ack and kind == "reading":
+                out.append(self._ack(msg, rej.code))
+
+    # --- readings
+
+    def _ack(self, msg: dict[str, Any], res: str) -> Outgoing:
+        key = self.keys(msg["meter"], msg["kid"])
+        assert key is not None  # the reading's tag verified under this very key
+        ack = messages.ack(msg["meter"], msg["kid"], msg["boot"], msg["seq"], res)
+        return Outgoing(topics.meter_topic(self.cfg.community, msg["meter"], "ack"), messages.encode(ack, key))
+
+    def _reading(self, meter: str, msg: dict[str, Any], body: bytes, counts: Counter[str]) -> Outgoing:
+        row = self.conn.execute(
+            "SELECT o.record FROM readings r LEFT JOIN openings o ON o.idx = r.leaf"
+            " WHERE r.meter=? AND r.boot=? AND r.seq=?", (meter, msg["boot"], msg["seq"])).fetchone()
+        if row is not None:
+            if row[0] is not None and bytes(row[0]) != body:
+                raise Rejected("conflict", ack=True)  # same (boot, seq), other content: a device bug
+            counts["duplicate"] += 1
+            return self._ack(msg, messages.ACK_DUPLICATE)
+        self._check_reading(meter, msg)
+        leaf = self.ledger.append("reading", meter, msg["iv"], body)
+        self.conn.execute(
+            "INSERT INTO readings(meter, boot, seq, iv, imp_wh, exp_wh, cnt_imp_wh, cnt_exp_wh, flags, leaf, received)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (meter, msg["boot"], msg["seq"], msg["iv"], msg["imp_wh"], msg["exp_wh"], msg["cnt_imp_wh"],
+             msg["cnt_exp_wh"], msg["flags"], leaf, self.clock.now()))
+        self.conn.execute("INSERT OR IGNORE INTO intervals(iv, state) VALUES (?, 'open')", (msg["iv"],))
+        self._export("reading", msg)
+        counts["stored"] += 1
+        return self._ack(msg, messages.ACK_STORED)
+
+    def _check_reading(self, meter: str, msg: dict[str, Any]) -> None:
+        iv, interval = msg["iv"], self.cfg.interval_s
+        if iv > messages.interval_index(self.clock.now(), interval) + self.cfg.ingest.future_intervals:
+            raise Rejected("future_interval", ack=False)  # maybe our clock is behind: let it retry
+        if msg["imp_wh"] > self.max_wh or msg["exp_wh"] > self.max_wh:
+            raise Rejected("energy_out_of_range", ack=True)
+        slack = self.cfg.ingest.time_slack_s
+        if not msg["flags"] & messages.FLAG_TIME_UNSYNCED and (
+                msg["t0"] < iv * interval - slack or msg["t1"] > (iv + 1) * interval + slack):
+            raise Rejected("time_out_of_range", ack=True)
+        self._check_monotonic(meter, msg)
+
+    def _check_monotonic(self, meter: str, msg: dict[str, Any]) -> None:
+        """Counters never decrease from one record to the next in (boot, seq) order, unless the
+        later record carries the counter-reset flag. Records may arrive out of order (store and
+        forward), so the new one is checked against both neighbours."""
+        pos = (meter, msg["boot"], msg["seq"])
+        before = self.conn.execute(
+            "SELECT cnt_imp_wh, cnt_exp_wh FROM readings WHERE meter=? AND (boot, seq) < (?, ?)"
+            " ORDER BY boot DESC, seq DESC LIMIT 1", pos).fetchone()
+        reset = msg["flags"] & messages.FLAG_COUNTER_RESET
+        if before and not reset and (msg["cnt_imp_wh"] < before[0] or msg["cnt_exp_wh"] < before[1]):
+            raise Rejected("counter_decrease", ack=True)
+        after = self.conn.execute(
+            "SELECT cnt_imp_wh, cnt_exp_wh, flags FROM readings WHERE meter=? AND (boot, seq) > (?, ?)"
+            " ORDER BY boot, seq LIMIT 1", pos).fetchone()
+        if after and not after[2] & messages.FLAG_COUNTER_RESET and (
+                after[0] < msg["cnt_imp_wh"] or after[1] < msg["cnt_exp_wh"]):
+            raise Rejected("counter_decrease", ack=True)
+
+    # --- bids and status
+
+    def _bid(self, meter: str, msg: dict[str, Any], body: bytes, counts: Counter[str]) -> None:
+        iv, now = msg["iv"], self.clock.now()
+        if iv > messages.interval_index(now, self.cfg.interval_s) + BID_HORIZON:
+            raise Rejected("future_interval", ack=False)
+        state = self.conn.execute("SELECT state FROM intervals WHERE iv=?", (iv,)).fetchone()
+        if now >= iv * self.cfg.interval_s - self.cfg.gate_closure_s or (state and state[0] != "open"):
+            raise Rejected("gate_closed", ack=False)
+        if self.conn.execute("SELECT 1 FROM bids WHERE meter=? AND iv=? AND boot=? AND n=?",
+                             (meter, iv, msg["boot"], msg["n"])).fetchone():
+            raise Rejected("duplicate_bid", ack=False)
+        leaf = self.ledger.append("bid", meter, iv, body)
+        self.conn.execute("INSERT INTO bids(meter, iv, boot, n, curve, leaf) VALUES (?,?,?,?,?,?)",
+                          (meter, iv, msg["boot"], msg["n"], json.dumps(msg["curve"]), leaf))
+        self.conn.execute("INSERT OR IGNORE INTO intervals(iv, state) VALUES (?, 'open')", (iv,))
+        counts["bid"] += 1
+
+    def _status(self, meter: str, body: bytes) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meter_status(meter, body, received) VALUES (?,?,?)",
+                          (meter, body.decode(), self.clock.now()))
+
+    def _export(self, kind: str, fields: dict[str, Any]) -> None:
+        line = self.export(kind, fields) if self.export else None
+        if line:
+            self.conn.execute("INSERT INTO outbox(line) VALUES (?)", (line,))
+
+
+def _meter_hint(topic: str) -> str:
+    """A log-safe meter id from an unverified topic (the message failed to decode)."""
+    parts = topic.split("/")
+    hint = parts[4] if len(parts) > 4 else "?"
+    return hint if topics.valid_id(hint) else "?"

@@ -1,0 +1,82 @@
+"""Settlement of one interval (ARCHITECTURE section 6), in integer micro-currency.
+
+Each member is paid (positive) or pays (negative) the clearing price for its awarded net export,
+plus the deviation between metered and awarded energy at the grid prices: more export (or less
+import) than awarded is bought at the feed-in price, less at the retail import price. A
+member's line is revision 0; a reading that arrives after settlement adds a revision carrying
+only the difference, so nothing is ever rewritten and nothing is settled twice.
+
+With a feeder meter at the connection point, the members' summed net import must equal the
+feeder's within the loss tolerance; intervals that do not balance are flagged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.config import MarketConfig, SettlementConfig
+
+
+def money(wh: int, price: int) -> int:
+    """Wh x micro-currency/kWh -> micro-currency, rounded half up (deterministic on every host)."""
+    return (2 * wh * price + 1000) // 2000
+
+
+@dataclass(frozen=True)
+class Award:
+    q_wh: int  # awarded net export, + sells
+    price: int  # micro-currency per kWh for the part not covered by trades
+    trades: tuple[tuple[str, int, int], ...] = ()  # (peer, q_wh, price) for peer-to-peer
+
+    def amount(self) -> int:
+        traded = sum(q for _, q, _ in self.trades)
+        return sum(money(q, p) for _, q, p in self.trades) + money(self.q_wh - traded, self.price)
+
+
+@dataclass(frozen=True)
+class Line:
+    meter: str
+    award_wh: int
+    metered_wh: int | None  # net export from readings; None while no reading arrived
+    award_amount: int
+    deviation_amount: int
+
+    @property
+    def amount(self) -> int:
+        return self.award_amount + self.deviation_amount
+
+
+def settle_member(meter: str, award: Award | None, metered_wh: int | None, market: MarketConfig) -> Line:
+    award = award or Award(0, 0)
+    if metered_wh is None:
+        return Line(meter, award.q_wh, None, award.amount(), 0)
+    deviation = metered_wh - award.q_wh
+    price = market.export_price if deviation > 0 else market.import_price
+    return Line(meter, award.q_wh, metered_wh, award.amount(), money(deviation, price))
+
+
+def adjustment(previous: Iterable[Line], target: Line) -> Line | None:
+    """The revision that brings the sum of ``previous`` lines to ``target``, or None."""
+    prev = list(previous)
+    award_amount = target.award_amount - sum(p.award_amount for p in prev)
+    deviation_amount = target.deviation_amount - sum(p.deviation_amount for p in prev)
+    if award_amount == 0 and deviation_amount == 0 and prev and prev[-1].metered_wh == target.metered_wh:
+        return None
+    return Line(target.meter, target.award_wh, target.metered_wh, award_amount, deviation_amount)
+
+
+@dataclass(frozen=True)
+class Balance:
+    balanced: bool | None  # None: no feeder reading to compare with
+    diff_wh: int | None  # feeder net import minus members' net import (losses, if positive)
+
+
+def balance(feeder_net_import_wh: int | None, feeder_throughput_wh: int, members_net_import_wh: int,
+            cfg: SettlementConfig) -> Balance:
+    """Energy in equals energy out: compare the feeder with the members, within the tolerance."""
+    if feeder_net_import_wh is None:
+        return Balance(None, None)
+    diff = feeder_net_import_wh - members_net_import_wh
+    tolerance = max(cfg.loss_tolerance_wh, int(cfg.loss_tolerance * feeder_throughput_wh))
+    return Balance(abs(diff) <= tolerance, diff)
