@@ -1,0 +1,63 @@
+"""The community observer folds wire messages into per-interval views, ignores what it cannot
+verify, and the report renders its plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protocols import messages, topics
+from sim_hardware.dashboard import live_table
+from sim_hardware.observer import CommunityObserver
+from sim_hardware.report import write_report
+
+KEY = bytes(32)
+
+
+def observer() -> CommunityObserver:
+    return CommunityObserver("c1", lambda meter, kid: KEY if kid == 1 else None)
+
+
+def feed_interval(obs: CommunityObserver, iv: int, community_cost: int, bau_cost: int) -> None:
+    for meter, imp, exp in (("m1", 500, 0), ("m2", 0, 800)):
+        msg = messages.reading(meter, 1, 1, iv, iv, iv * 900, iv * 900 + 900, imp, exp, 10_000, 20_000, 0)
+        obs.handle(topics.meter_topic("c1", meter, "reading"), messages.encode(msg, KEY))
+    result = messages.result(iv, "uniform", 120_000, 2, 500, 0, 300, community_cost, bau_cost)
+    obs.handle(topics.result_topic("c1", iv), messages.encode(result))
+
+
+def test_intervals_and_totals() -> None:
+    obs = observer()
+    feed_interval(obs, 10, 1_000_000, 1_500_000)
+    feed_interval(obs, 11, -200_000, 100_000)
+    status = messages.status("m1", 1, 1, 1, 9000, 1, 1, {})
+    obs.handle(topics.meter_topic("c1", "m1", "status"), messages.encode(status, KEY))
+    cp = messages.checkpoint("tmeter/c1", 17, "AAAA", "AAAA")
+    obs.handle(topics.checkpoint_topic("c1"), messages.encode(cp))
+    assert [v.iv for v in obs.cleared()] == [10, 11]
+    assert obs.intervals[10].net_wh == {"m1": -500, "m2": 800}
+    assert obs.totals() == (800_000, 1_600_000)
+    assert obs.online == {"m1": True} and obs.ledger_size == 17 and obs.readings == 4
+
+
+def test_forged_and_garbage_messages_are_counted_not_folded() -> None:
+    obs = observer()
+    msg = messages.reading("m1", 1, 1, 1, 5, 4500, 5400, 500, 0, 10_000, 0, 0)
+    forged = messages.encode(msg, b"\x01" * 32)
+    obs.handle(topics.meter_topic("c1", "m1", "reading"), forged)
+    obs.handle("tm/v1/c1/market/5/result", b"\xff\x00garbage")
+    obs.handle("not/a/topic", b"")
+    assert obs.readings == 0 and not obs.intervals
+    assert obs.rejected == {"bad_tag": 1, "bad_json": 1, "bad_topic": 1}
+
+
+def test_report_and_table_render(tmp_path: Path) -> None:
+    obs = observer()
+    for iv in range(20, 30):
+        feed_interval(obs, iv, 100_000 * iv, 110_000 * iv)
+    path = write_report(obs, 900, tmp_path, ["a note"])
+    text = path.read_text()
+    assert text.count("data:image/png;base64,") == 3
+    assert "a note" in text
+    for name in ("prices", "net_positions", "savings"):
+        assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert live_table(obs, 900).row_count == 10
