@@ -37,6 +37,10 @@ from gateway.status import StatusServer
 from protocols import canonical, messages, topics
 
 log = logging.getLogger("tmeter.gateway")
+# aiomqtt warns on every publish beyond ten in flight; the gateway does that by design (acks are
+# handed over without waiting for each PUBACK), so only its errors are worth a log line.
+mqtt_log = logging.getLogger("tmeter.gateway.mqtt")
+mqtt_log.setLevel(logging.ERROR)
 T = TypeVar("T")
 
 RECONNECT_MIN_S = 0.5
@@ -176,7 +180,7 @@ class Gateway:
         return aiomqtt.Client(
             m.host, m.port, username=m.user, password=m.password, identifier=m.client_id,
             clean_session=False,  # the broker keeps our subscriptions and queues QoS 1 while we restart
-            will=will, keepalive=m.keepalive_s, tls_context=tls, timeout=30,
+            will=will, keepalive=m.keepalive_s, logger=mqtt_log, tls_context=tls, timeout=30,
             queue_type=lambda maxsize=0: self.queue,  # type: ignore[arg-type,misc] - duck-typed queue
             max_inflight_messages=1000, max_queued_outgoing_messages=0,
         )

@@ -62,6 +62,7 @@ class Ledger:
         """A write transaction in which ``append`` may be called."""
         pending: list[bytes] = []
         self._pending = pending
+        self._catch_up()
 
         def grow() -> None:
             for h in pending:
@@ -72,6 +73,14 @@ class Ledger:
                 yield conn
         finally:
             self._pending = None
+
+    def _catch_up(self) -> None:
+        # Another process (`tmeter ledger erase`) may have appended leaves: rebuild if so.
+        n = self.conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone()[0]
+        if n != self.frontier.size:
+            self.frontier = merkle.Frontier()
+            for h in load_hashes(self.conn):
+                self.frontier.append(h)
 
     def mark(self) -> int:
         """A position inside the open transaction, for ``rollback_to`` after a SAVEPOINT rollback."""
@@ -124,6 +133,6 @@ class Ledger:
             conn.execute("UPDATE leaves SET erased=1 WHERE meter=?", (meter,))
             for table in ("readings", "bids", "awards", "settlements", "meter_status"):
                 conn.execute(f"DELETE FROM {table} WHERE meter=?", (meter,))  # noqa: S608 - fixed names
-            leaf = self.append("erasure", None, None, encode_record("erasure", {"meter": meter, "leaves": len(idxs)}))
+            leaf = self.append("erasure", None, None, encode_record("erasure", {"member": meter, "leaves": len(idxs)}))
             conn.execute("INSERT OR REPLACE INTO erasures(meter, at, leaf) VALUES (?,?,?)", (meter, time.time(), leaf))
         return len(idxs)

@@ -111,7 +111,7 @@ class Scheduler:
                                      result.grid_import_wh, result.grid_export_wh, result.community_cost,
                                      result.bau_cost)
             body = messages.encode(public)
-            leaf = self.ledger.append("clearing", None, iv, body)
+            leaf = self.ledger.append("result", None, iv, body)  # the public result message is the record
             conn.execute("UPDATE intervals SET result=?, leaf=? WHERE iv=?", (body.decode(), leaf, iv))
             for meter, q_wh in sorted(result.awards.items()):
                 out.extend(self._award(iv, meter, q_wh, result, now))

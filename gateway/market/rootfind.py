@@ -1,0 +1,199 @@
+"""Exact breakpoint search: where a sum of ramps crosses zero.
+
+F(lambda) = base + slope * lambda + (sum of ramps) is non-decreasing and piecewise linear; at
+the price of a step it is the interval [F_lo, F_hi]. The prices at which F can be zero form an
+interval [lo, hi] with
+
+    lo = inf { lambda : F_hi(lambda) >= -tol },    hi = sup { lambda : F_lo(lambda) <= tol }.
+
+`tol` is a quantity (kWh) a few orders above the rounding of the sums, so that blocks which
+balance exactly in decimal (1.0 sold, 0.7 + 0.3 bought) still clear at the whole interval of
+prices between them, as they would in exact arithmetic. Between two neighbouring breakpoints F
+is affine, so once the search has found the breakpoints that bracket lo (or hi) one linear
+interpolation gives it exactly: no iteration to a tolerance, no step size.
+
+Two searches:
+- `market_interval`: one function with many ramps (mechanism 1 and its N = 100,000 benchmark).
+  Selection, not sorting: each probe at a median breakpoint discards half of the candidate
+  breakpoints and every ramp that is constant on the remaining bracket, so the expected work is
+  linear in the number of ramps (sorting would be O(N log N) and is what dominated the time).
+- `grouped_interval`: many small functions at once (each member's prox step in the distributed
+  solvers): breakpoints sorted by (group, price), then a binary search run in all groups at
+  once, each probe one vectorised pass over all ramps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from .ramps import Ramps
+
+FloatArray = npt.NDArray[np.float64]
+INF = float("inf")
+_SAMPLE = 2048  # above this many candidates, probe at the median of an evenly spaced sample
+
+
+def crossing(
+    left: FloatArray,
+    f_left: FloatArray,
+    right: FloatArray,
+    f_right: FloatArray,
+    slope: FloatArray | float,
+    target: FloatArray | float,
+    lower: bool,
+) -> FloatArray:
+    """Where F, affine and non-decreasing on (left, right), reaches ``target``.
+
+    f_left = F(left+) and f_right = F(right-); an infinite end takes the finite end's value
+    continued with ``slope``; with both ends infinite, f_right must hold F(0). ``lower`` gives
+    inf{x : F(x) >= target} (else sup{x : F(x) <= target}), clipped to [left, right].
+    """
+    has_left, has_right = np.isfinite(left), np.isfinite(right)
+    both = has_left & has_right
+    anchor = np.where(has_left, left, np.where(has_right, right, 0.0))
+    f_anchor = np.where(has_left, f_left, f_right)
+    span = np.where(both, right - left, 1.0)
+    rate = np.where(both, (f_right - f_left) / span, slope)
+    sloped = rate > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = anchor + (target - f_anchor) / np.where(sloped, rate, 1.0)
+    if lower:
+        flat = np.where(f_anchor >= target, left, right)
+    else:
+        flat = np.where(f_anchor <= target, right, left)
+    return np.clip(np.where(sloped, x, flat), left, right)
+
+
+def pick_price(lo: FloatArray, hi: FloatArray, fallback: FloatArray | float) -> FloatArray:
+    """The clearing price rule: the middle of [lo, hi]; its finite end if it has one only;
+    ``fallback`` if the interval is the whole line (nothing in the market sets a price)."""
+    finite_lo, finite_hi = np.isfinite(lo), np.isfinite(hi)
+    mid = 0.5 * (np.where(finite_lo, lo, 0.0) + np.where(finite_hi, hi, 0.0))
+    one_end = np.where(finite_lo, lo, np.where(finite_hi, hi, fallback))
+    return np.where(finite_lo & finite_hi, mid, one_end)
+
+
+# --- one function, many ramps ------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Bracket:
+    """Search state: the answer lies in [left, right]; ``cand`` = breakpoints strictly inside;
+    ``ramps`` = the ramps not constant inside; ``const`` = base + ramps already full inside."""
+
+    ramps: Ramps
+    const: float
+    cand: FloatArray
+    left: float
+    f_left: float  # F_hi(left)
+    right: float
+    f_right: float  # F_lo(right)
+
+    def value(self, x: float) -> tuple[float, float]:
+        lo, hi = self.ramps.total(x)
+        return self.const + lo, self.const + hi
+
+    def narrow(self, x: float, f_lo: float, f_hi: float, answer_left: bool) -> _Bracket:
+        if answer_left:  # the answer is in [left, x]: ramps starting at or after x are empty
+            keep = self.ramps.p0 < x
+            return replace(
+                self, ramps=self.ramps.take(keep), cand=self.cand[self.cand < x],
+                right=x, f_right=f_lo,
+            )
+        full = self.ramps.p1 <= x  # the answer is in [x, right]: these are full beyond x
+        const = self.const + float(self.ramps.dq[full].sum())
+        return replace(
+            self, ramps=self.ramps.take(~full), const=const, cand=self.cand[self.cand > x],
+            left=x, f_left=f_hi,
+        )
+
+
+def _pivot(cand: FloatArray) -> float:
+    sample = cand if cand.size <= _SAMPLE else cand[:: cand.size // _SAMPLE]
+    k = sample.size // 2
+    return float(np.partition(sample, k)[k])
+
+
+def _search(br: _Bracket, answer_left: Callable[[float, float], bool]) -> _Bracket:
+    """Probe breakpoints until none is left strictly inside the bracket."""
+    while br.cand.size:
+        x = _pivot(br.cand)
+        f_lo, f_hi = br.value(x)
+        br = br.narrow(x, f_lo, f_hi, answer_left(f_lo, f_hi))
+    return br
+
+
+def _end(br: _Bracket, target: float, lower: bool) -> float:
+    a = np.array
+    return float(crossing(a(br.left), a(br.f_left), a(br.right), a(br.f_right), 0.0, target, lower))
+
+
+def market_interval(ramps: Ramps, base: float, tol: float) -> tuple[float, float]:
+    """[lo, hi] of the zeros of F = base + sum of ramps, for a feasible F
+    (F_lo(-inf) = base <= tol and F_hi(+inf) = base + sum(dq) >= -tol; the caller checks)."""
+    if len(ramps) == 0:
+        return (-INF, INF) if abs(base) <= tol else (INF, -INF)
+    cand = np.concatenate([ramps.p0, ramps.p1])
+    full = _Bracket(ramps, base, cand, -INF, base, INF, base)
+    below = _search(full, lambda f_lo, f_hi: f_hi >= -tol)
+    lo = _end(below, -tol, lower=True)
+    if np.isfinite(below.right) and below.f_right > tol:
+        return lo, _end(below, tol, lower=False)  # F rises through [-tol, tol] inside the bracket
+    if not np.isfinite(below.right):
+        return lo, INF if below.f_left <= tol else below.left
+    # below.right is itself a clearing price: search the upper end from there.
+    f_lo, f_hi = full.value(below.right)
+    above = _search(full.narrow(below.right, f_lo, f_hi, False), lambda f_lo, f_hi: f_lo > tol)
+    return lo, _end(above, tol, lower=False)
+
+
+# --- many small functions at once ---------------------------------------------------------
+
+
+def grouped_interval(
+    ramps: Ramps, n_groups: int, base: FloatArray, slope: FloatArray, tol: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """[lo, hi] per group of F_g = base_g + slope_g * lambda + ramps owned by g."""
+    g = ramps.owner
+    points = np.concatenate([ramps.p0, ramps.p1])
+    owners = np.concatenate([g, g])
+    points = points[np.lexsort((points, owners))]
+    count = np.bincount(owners, minlength=n_groups)
+    start = np.cumsum(count) - count
+
+    def value(x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        lo, hi = ramps.fractions(x[g])
+        f0 = base + slope * x
+        return (
+            f0 + np.bincount(g, lo * ramps.dq, n_groups),
+            f0 + np.bincount(g, hi * ramps.dq, n_groups),
+        )
+
+    def at(k: npt.NDArray[np.int64]) -> FloatArray:
+        if points.size == 0:
+            return np.zeros(n_groups)
+        return points[np.clip(start + k, 0, points.size - 1)]
+
+    def first(pred: Callable[[FloatArray, FloatArray], npt.NDArray[np.bool_]]) -> npt.NDArray[np.int64]:
+        a, c = np.zeros(n_groups, dtype=np.int64), count.copy()
+        while (active := a < c).any():
+            mid = (a + c) // 2
+            ok = pred(*value(at(mid)))
+            c = np.where(active & ok, mid, c)
+            a = np.where(active & ~ok, mid + 1, a)
+        return a
+
+    def interval_end(k: npt.NDArray[np.int64], target: FloatArray, lower: bool) -> FloatArray:
+        left = np.where(k > 0, at(k - 1), -INF)
+        right = np.where(k < count, at(k), INF)
+        f_left = value(np.where(np.isfinite(left), left, 0.0))[1]
+        f_right = value(np.where(np.isfinite(right), right, 0.0))[0]
+        return crossing(left, f_left, right, f_right, slope, target, lower)
+
+    lo = interval_end(first(lambda f_lo, f_hi: f_hi >= -tol), -tol, True)
+    hi = interval_end(first(lambda f_lo, f_hi: f_lo > tol), tol, False)
+    return lo, hi

@@ -1,0 +1,119 @@
+"""Fixtures for the gateway suite: a provisioned registry, a gateway config on free ports, and a
+simple deterministic clearing function standing in where the test is not about the market."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.clearing import Bid, Clearing
+from gateway.config import GatewayConfig, MarketConfig
+from gateway.registry import Registry
+from sim_hardware.mosquitto import MosquittoBroker
+from tests.gateway.meters import MeterSpec
+
+
+def first_point_clearing(iv: int, bids: list[Bid], market: MarketConfig) -> Clearing:
+    """Awards each bidder the quantity of its curve's first point at a mid-grid price: enough to
+    exercise awards, publication and settlement without depending on gateway.market."""
+    price = (market.import_price + market.export_price) // 2
+    return Clearing(market.mechanism, price, {b.meter: b.curve[0][0] for b in bids})
+
+
+def make_config(tmp_path: Path, broker: MosquittoBroker | None, **overrides: object) -> GatewayConfig:
+    cfg = GatewayConfig(community="c1", db=str(tmp_path / "gateway.db"), synchronous="NORMAL")
+    if broker is not None:
+        cfg.mqtt.host, cfg.mqtt.port = broker.host, broker.port
+    cfg.mqtt.client_id = f"gw-{tmp_path.name}"[:23]
+    cfg.status.http_port = 0
+    cfg.status.publish_s = 0.5
+    for name, value in overrides.items():
+        setattr(cfg, name, value)
+    return cfg
+
+
+def provision(cfg: GatewayConfig, n: int, prefix: str = "m") -> list[MeterSpec]:
+    reg = Registry(cfg.db)
+    try:
+        specs = []
+        for i in range(n):
+            dev = reg.provision(f"{prefix}{i:03d}", cfg.community, mqtt_port=cfg.mqtt.port)
+            specs.append(MeterSpec(dev.meter, dev.kid, dev.key))
+        return specs
+    finally:
+        reg.close()
+
+
+@pytest.fixture
+def gw_config(tmp_path: Path, mosquitto: MosquittoBroker) -> GatewayConfig:
+    return make_config(tmp_path, mosquitto)
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+        self.speed = 1.0
+
+    def now(self) -> float:
+        return self.t
+
+    def real_seconds(self, simulated: float) -> float:
+        return max(0.0, simulated)
+
+
+class Offline:
+    """Ingest, scheduler and ledger on one database, driven by hand: no broker, no threads."""
+
+    def __init__(self, cfg: GatewayConfig, t: float, clear=first_point_clearing) -> None:  # noqa: ANN001
+        from collections import Counter
+
+        from gateway import db, note
+        from gateway.ingest import Ingest
+        from gateway.ledger import Ledger
+        from gateway.scheduler import Scheduler
+
+        self.cfg = cfg
+        self.clock = FakeClock(t)
+        self.conn = db.connect(cfg.db, "NORMAL")
+        self.ledger = Ledger(self.conn, cfg.origin, note.load_or_create_signing_key(cfg.key_path))
+        self.counters: Counter[str] = Counter()
+        self.ingest = Ingest(cfg, self.conn, self.ledger, self.clock, self.counters)  # type: ignore[arg-type]
+        self.scheduler = Scheduler(cfg, self.conn, self.ledger, clear, self.counters)
+
+    def send(self, *messages: tuple[str, bytes]) -> list:  # noqa: ANN201
+        return self.ingest.process(list(messages))
+
+    def tick(self, t: float | None = None) -> list:  # noqa: ANN201
+        if t is not None:
+            self.clock.t = t
+        return self.scheduler.tick(self.clock.t)
+
+
+INTERVAL_S = 60
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> Offline:
+    cfg = make_config(tmp_path, None, interval_s=INTERVAL_S, gate_closure_s=10)
+    cfg.settlement.grace_s = 5
+    return Offline(cfg, 1_700_000_000.0 // INTERVAL_S * INTERVAL_S)
+
+
+def populate(off: Offline, meters: int = 3, intervals: int = 3) -> list[MeterSpec]:
+    """Bids, readings, clearings, settlements and checkpoints for a few intervals."""
+    from tests.gateway.meters import bid, reading
+
+    specs = provision(off.cfg, meters)
+    iv0 = int(off.clock.t) // INTERVAL_S
+    for k in range(intervals):
+        iv = iv0 + k + 1
+        off.tick(iv * INTERVAL_S - 30)
+        off.send(*(bid(s, "c1", iv, k, [[40 - 30 * (i % 2), 100_000], [60, 200_000]], int(off.clock.t))
+                   for i, s in enumerate(specs)))
+        off.tick(iv * INTERVAL_S + 1)
+        off.send(*(reading(s, "c1", iv, INTERVAL_S, imp_wh=10 * i, exp_wh=50)[:2] for i, s in enumerate(specs)))
+    off.tick((iv0 + intervals + 2) * INTERVAL_S)
+    return specs
