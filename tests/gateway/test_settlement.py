@@ -1,0 +1,165 @@
+"""Settlement arithmetic, the scheduler's interval life cycle, late readings and the feeder check."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import settlement
+from gateway.clearing import round_awards
+from gateway.config import MarketConfig, SettlementConfig
+from gateway.registry import Registry
+from protocols import messages
+from tests.gateway.conftest import INTERVAL_S, Offline, first_point_clearing, populate
+from tests.gateway.meters import MeterSpec, bid, reading
+
+MARKET = MarketConfig(import_price=300_000, export_price=50_000)
+
+
+def test_money_is_integer_and_rounds_half_up() -> None:
+    assert settlement.money(1000, 175_000) == 175_000
+    assert settlement.money(1, 500) == 1  # 0.5 rounds up
+    assert settlement.money(-1, 500) == 0
+
+
+def test_member_line_awarded_energy_at_price_deviation_at_grid_prices() -> None:
+    award = settlement.Award(40, 175_000)
+    over = settlement.settle_member("a", award, 50, MARKET)
+    assert (over.award_amount, over.deviation_amount, over.amount) == (7000, 500, 7500)
+    under = settlement.settle_member("a", award, 30, MARKET)
+    assert (under.deviation_amount, under.amount) == (-3000, 4000)
+    missing = settlement.settle_member("a", award, None, MARKET)
+    assert (missing.metered_wh, missing.amount) == (None, 7000)
+    p2p = settlement.Award(40, 175_000, (("b", 30, 100_000),))
+    assert p2p.amount() == 3000 + settlement.money(10, 175_000)
+
+
+@given(st.dictionaries(st.text("abc", min_size=1, max_size=3), st.floats(-50, 50, allow_nan=False), max_size=20))
+def test_rounded_awards_sum_to_the_rounded_total_deterministically(awards: dict[str, float]) -> None:
+    rounded = round_awards(awards)
+    assert sum(rounded.values()) == round(sum(q * 1000 for q in awards.values()))
+    assert all(abs(rounded[m] - awards[m] * 1000) < 1 + 1e-6 for m in awards)
+    assert rounded == round_awards(dict(reversed(list(awards.items()))))
+
+
+def test_balance_within_tolerance() -> None:
+    cfg = SettlementConfig(loss_tolerance=0.05, loss_tolerance_wh=10)
+    assert settlement.balance(1030, 1030, 1000, cfg) == settlement.Balance(True, 30)
+    assert settlement.balance(1200, 1200, 1000, cfg).balanced is False
+    assert settlement.balance(None, 0, 1000, cfg).balanced is None
+
+
+def _lines(off: Offline) -> dict[tuple[int, str, int], int]:
+    return {(iv, m, rev): amount for iv, m, rev, amount in
+            off.conn.execute("SELECT iv, meter, rev, amount FROM settlements")}
+
+
+def test_scheduler_clears_publishes_awards_and_settles(offline: Offline) -> None:
+    populate(offline)
+    lines = _lines(offline)
+    ivs = sorted({k[0] for k in lines})
+    assert len(ivs) == 3
+    assert lines[(ivs[0], "m000", 0)] == 7500
+    assert lines[(ivs[0], "m002", 0)] == 4000
+    states = dict(offline.conn.execute("SELECT iv, state FROM intervals"))
+    assert all(states[iv] == "settled" for iv in ivs)
+
+
+def test_awards_and_result_are_published_tagged(offline: Offline) -> None:
+    specs = {s.meter: s for s in _provision(offline, 2)}
+    iv = int(offline.clock.t) // INTERVAL_S + 1
+    offline.tick(iv * INTERVAL_S - 30)
+    offline.send(*(bid(s, "c1", iv, 0, [[25, 1000]], int(offline.clock.t)) for s in specs.values()))
+    out = offline.tick(iv * INTERVAL_S - 5)
+    kinds = {}
+    for o in out:
+        community, subject, msg, _ = messages.decode(o.topic, o.payload, lambda m, k: specs[m].key)
+        kinds.setdefault(msg["type"], []).append(msg)
+    assert {a["meter"]: a["q_wh"] for a in kinds["award"]} == {"m000": 25, "m001": 25}
+    assert kinds["result"][0]["bids"] == 2 and kinds["result"][0]["iv"] == iv
+
+
+def _provision(off: Offline, n: int) -> list[MeterSpec]:
+    from tests.gateway.conftest import provision
+
+    return provision(off.cfg, n)
+
+
+def test_late_reading_is_settled_as_an_adjustment_once(offline: Offline) -> None:
+    populate(offline)
+    iv = offline.conn.execute("SELECT MIN(iv) FROM settlements").fetchone()[0]
+    reg = Registry(conn=offline.conn)
+    dev = reg.provision("m009", "c1")
+    spec = MeterSpec("m009", dev.kid, dev.key)
+    acks = offline.send(reading(spec, "c1", iv, INTERVAL_S, imp_wh=100, exp_wh=0)[:2])
+    assert b'"res":"stored"' in acks[0].payload
+    offline.tick()
+    offline.tick()
+    lines = _lines(offline)
+    assert lines[(iv, "m009", 0)] == -30_000  # no award: 100 Wh bought at the import price
+    assert (iv, "m009", 1) not in lines
+    # A second late reading of an already settled member adds revision 1 with the difference only.
+    offline.send(reading(spec, "c1", iv, INTERVAL_S, imp_wh=10, exp_wh=0)[:2])
+    offline.tick()
+    offline.tick()
+    lines = _lines(offline)
+    assert lines[(iv, "m009", 1)] == -3000
+    assert (iv, "m009", 2) not in lines
+
+
+def test_an_interval_is_never_settled_twice(offline: Offline) -> None:
+    populate(offline)
+    before = _lines(offline)
+    iv = min(k[0] for k in before)
+    offline.scheduler.settle_interval(iv, offline.clock.t)
+    offline.tick()
+    offline.tick(offline.clock.t + 1)
+    assert _lines(offline) == before
+    assert offline.conn.execute("SELECT COUNT(*) FROM leaves WHERE kind='interval' AND iv=?", (iv,)).fetchone()[0] == 1
+
+
+def test_restart_resumes_open_intervals(offline: Offline) -> None:
+    specs = _provision(offline, 2)
+    iv = int(offline.clock.t) // INTERVAL_S + 1
+    offline.tick(iv * INTERVAL_S - 30)
+    offline.send(*(bid(s, "c1", iv, 0, [[25, 1000]], int(offline.clock.t)) for s in specs))
+    offline.tick(iv * INTERVAL_S - 5)  # cleared, not yet settled
+    offline.send(*(reading(s, "c1", iv, INTERVAL_S)[:2] for s in specs))
+    offline.conn.close()
+    again = Offline(offline.cfg, offline.clock.t)  # a new process on the same database
+    again.tick((iv + 1) * INTERVAL_S + offline.cfg.settlement.grace_s)
+    assert {m for (i, m, _) in _lines(again) if i == iv} == {"m000", "m001"}
+    assert again.conn.execute("SELECT state FROM intervals WHERE iv=?", (iv,)).fetchone()[0] == "settled"
+
+
+def test_feeder_meter_must_balance_with_members(offline: Offline) -> None:
+    specs = _provision(offline, 2)
+    dev = Registry(conn=offline.conn).provision("feeder", "c1", feeder=True)
+    feeder = MeterSpec("feeder", dev.kid, dev.key)
+    iv = int(offline.clock.t) // INTERVAL_S + 1
+    offline.tick((iv + 1) * INTERVAL_S)
+    offline.send(*(reading(s, "c1", iv, INTERVAL_S, imp_wh=500, exp_wh=0)[:2] for s in specs))
+    offline.send(reading(feeder, "c1", iv, INTERVAL_S, imp_wh=1020, exp_wh=0)[:2])  # 2 % losses: fine
+    offline.send(reading(feeder, "c1", iv + 1, INTERVAL_S, imp_wh=1500, exp_wh=0)[:2])
+    offline.send(*(reading(s, "c1", iv + 1, INTERVAL_S, imp_wh=500, exp_wh=0)[:2] for s in specs))  # 500 Wh unexplained
+    offline.tick((iv + 3) * INTERVAL_S)
+    rows = dict((r[0], (r[1], r[2])) for r in offline.conn.execute("SELECT iv, balanced, feeder_diff_wh FROM intervals"))
+    assert rows[iv] == (1, 20)
+    assert rows[iv + 1] == (0, 500)
+    assert offline.counters["unbalanced_interval"] == 1
+    assert "feeder" not in {m for (_, m, _) in _lines(offline)}  # the feeder is not a member
+
+
+def test_clearing_failure_awards_nothing_and_keeps_going(offline: Offline) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("engine bug")
+
+    offline.scheduler.clear = broken  # type: ignore[assignment]
+    specs = _provision(offline, 1)
+    iv = int(offline.clock.t) // INTERVAL_S + 1
+    offline.tick(iv * INTERVAL_S - 30)
+    offline.send(bid(specs[0], "c1", iv, 0, [[25, 1000]], int(offline.clock.t)))
+    offline.tick(iv * INTERVAL_S - 5)
+    assert offline.counters["clearing_failed"] == 1
+    assert offline.conn.execute("SELECT state FROM intervals WHERE iv=?", (iv,)).fetchone()[0] == "cleared"
+    assert first_point_clearing(iv, [], MARKET).awards == {}
