@@ -1,0 +1,140 @@
+"""Ingest rules on the database directly: tags, replays, duplicates, conflicts, monotonic counters,
+range checks, key rotation; and the fair queue's per-meter bound and round robin."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from gateway.fairqueue import FairQueue
+from gateway.registry import Registry
+from protocols import messages
+from tests.gateway.conftest import INTERVAL_S, Offline, provision
+from tests.gateway.meters import MeterSpec, reading
+
+
+def res(out: list) -> list[str]:  # noqa: ANN001
+    return [messages.canonical.parse(o.payload.rsplit(b"\n", 1)[0])["res"] for o in out]
+
+
+def _iv(off: Offline) -> int:
+    return int(off.clock.t) // INTERVAL_S
+
+
+def test_stored_then_duplicate_is_acked_again_and_stored_once(offline: Offline) -> None:
+    spec = provision(offline.cfg, 1)[0]
+    msg = reading(spec, "c1", _iv(offline), INTERVAL_S)[:2]
+    assert res(offline.send(msg)) == ["stored"]
+    assert res(offline.send(msg, msg)) == ["duplicate", "duplicate"]  # a replay is a duplicate
+    assert offline.conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 1
+    assert offline.counters["stored"] == 1 and offline.counters["duplicate"] == 2
+
+
+def test_forged_tags_are_rejected_counted_and_never_acked(offline: Offline) -> None:
+    a, b = provision(offline.cfg, 2)
+    topic, payload, _ = reading(a, "c1", _iv(offline), INTERVAL_S)
+    forged_body = payload.replace(b'"imp_wh":100', b'"imp_wh":900')
+    wrong_key = reading(MeterSpec(a.meter, a.kid, bytes(32), seq=50), "c1", _iv(offline), INTERVAL_S)[:2]
+    as_other = (topic.replace(a.meter, b.meter), payload)  # A's message replayed on B's topic
+    out = offline.send((topic, forged_body), wrong_key, as_other)
+    assert out == []
+    assert offline.counters["bad_tag"] == 3
+    assert offline.conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 0
+
+
+def test_unknown_meter_and_retired_key(offline: Offline) -> None:
+    spec = provision(offline.cfg, 1)[0]
+    stranger = MeterSpec("x1", 1, bytes(32))
+    assert offline.send(reading(stranger, "c1", _iv(offline), INTERVAL_S)[:2]) == []
+    reg = Registry(conn=offline.conn)
+    new = reg.provision(spec.meter, "c1")  # rotation: kid 2, kid 1 still valid
+    assert new.kid == 2
+    assert res(offline.send(reading(spec, "c1", _iv(offline), INTERVAL_S)[:2])) == ["stored"]
+    rotated = MeterSpec(spec.meter, 2, new.key, seq=spec.seq, counter_imp=spec.counter_imp, counter_exp=spec.counter_exp)
+    assert res(offline.send(reading(rotated, "c1", _iv(offline), INTERVAL_S)[:2])) == ["stored"]
+    assert reg.retire(spec.meter, 1)
+    offline.ingest.keys._keys.clear()  # what the cache refresh does after KEY_CACHE_S
+    assert offline.send(reading(spec, "c1", _iv(offline), INTERVAL_S)[:2]) == []
+    assert offline.counters["unknown_key"] == 2
+
+
+def test_conflicting_record_with_same_sequence_is_rejected_with_an_ack(offline: Offline) -> None:
+    spec = provision(offline.cfg, 1)[0]
+    offline.send(reading(spec, "c1", _iv(offline), INTERVAL_S)[:2])
+    spec.seq -= 1
+    assert res(offline.send(reading(spec, "c1", _iv(offline), INTERVAL_S, imp_wh=5)[:2])) == ["conflict"]
+
+
+def test_counters_must_not_decrease_unless_flagged(offline: Offline) -> None:
+    spec = provision(offline.cfg, 1)[0]
+    iv = _iv(offline)
+    offline.send(reading(spec, "c1", iv, INTERVAL_S)[:2])
+    spec.counter_imp -= 1000
+    assert res(offline.send(reading(spec, "c1", iv, INTERVAL_S)[:2])) == ["counter_decrease"]
+    spec.counter_imp -= 1000
+    assert res(offline.send(reading(spec, "c1", iv, INTERVAL_S, flags=messages.FLAG_COUNTER_RESET)[:2])) == ["stored"]
+    # Out of order: an older record arriving late must fit between its neighbours.
+    late = MeterSpec(spec.meter, spec.kid, spec.key, boot=spec.boot, seq=1, counter_imp=10_100, counter_exp=5_020)
+    assert res(offline.send(reading(late, "c1", iv, INTERVAL_S)[:2])) == ["stored"]
+
+
+def test_range_checks(offline: Offline) -> None:
+    spec = provision(offline.cfg, 1)[0]
+    iv = _iv(offline)
+    assert offline.send(reading(spec, "c1", iv + 5, INTERVAL_S)[:2]) == []  # future: not acked, may retry
+    assert offline.counters["future_interval"] == 1
+    assert res(offline.send(reading(spec, "c1", iv, INTERVAL_S, imp_wh=10 ** 8)[:2])) == ["energy_out_of_range"]
+    spec.seq += 1
+    msg = messages.reading(spec.meter, spec.kid, spec.boot, spec.seq, iv, 0, 10, 1, 1, spec.counter_imp + 1,
+                           spec.counter_exp + 1, 0)
+    out = offline.send(("tm/v1/c1/meters/m000/reading", messages.encode(msg, spec.key)))
+    assert res(out) == ["time_out_of_range"]
+
+
+def test_wrong_community_and_gateway_kinds_are_rejected(offline: Offline) -> None:
+    spec = provision(offline.cfg, 1)[0]
+    topic, payload, _ = reading(spec, "c1", _iv(offline), INTERVAL_S)
+    msg = messages.reading(spec.meter, spec.kid, 1, 99, _iv(offline), 0, 0, 0, 0, 0, 0, messages.FLAG_TIME_UNSYNCED)
+    assert offline.send(("tm/v1/c2/meters/m000/reading", messages.encode(msg, spec.key))) == []
+    ack = messages.encode(messages.ack(spec.meter, spec.kid, 1, 1, "stored"), spec.key)
+    assert offline.send(("tm/v1/c1/meters/m000/ack", ack)) == []
+    assert offline.counters["wrong_community"] == 1 and offline.counters["topic_mismatch"] == 1
+
+
+def test_an_internal_error_leaves_nothing_behind(offline: Offline, monkeypatch) -> None:  # noqa: ANN001
+    spec = provision(offline.cfg, 1)[0]
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(offline.ingest, "_export", boom)
+    assert offline.send(reading(spec, "c1", _iv(offline), INTERVAL_S)[:2]) == []
+    assert offline.counters["internal_error"] == 1
+    assert offline.conn.execute("SELECT COUNT(*) FROM leaves").fetchone()[0] == offline.ledger.size
+    monkeypatch.undo()
+    spec.seq -= 1
+    assert res(offline.send(reading(spec, "c1", _iv(offline), INTERVAL_S)[:2])) == ["stored"]
+
+
+@dataclass
+class Msg:
+    topic: str
+    payload: bytes = b""
+
+
+def test_fair_queue_bounds_each_meter_and_serves_round_robin() -> None:
+    async def main() -> None:
+        dropped: list[str] = []
+        q = FairQueue(per_meter=10, total=1000, on_drop=dropped.append)
+        for i in range(500):
+            q.put_nowait(Msg(f"tm/v1/c1/meters/flood/reading", bytes([i % 256])))
+        for m in ("a", "b", "c"):
+            q.put_nowait(Msg(f"tm/v1/c1/meters/{m}/reading"))
+        q.put_nowait(Msg("garbage"))
+        assert len(dropped) == 490 and q.qsize() == 14
+        first = await q.get_batch(5)
+        assert sorted(str(m.topic).split("/")[4] if "/" in m.topic else "" for m in first) == ["", "a", "b", "c", "flood"]
+        rest = await q.get_batch(100)
+        assert len(rest) == 9 and q.qsize() == 0
+
+    asyncio.run(main())
