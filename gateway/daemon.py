@@ -290,6 +290,11 @@ class GatewayThread:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
+        """Stop cleanly (drain, ack, checkpoint, offline status); safe to call more than once."""
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:
+                pass  # the loop closed between the check and the call: already stopped
+        if self._thread.is_alive():
+            self._thread.join(timeout)

@@ -8,6 +8,7 @@ community's public topics. The gateway user has full access to the community's t
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,4 +69,9 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    try:
+        # Mosquitto started as root drops to the "mosquitto" user: let its group read the file.
+        shutil.chown(tmp, group="mosquitto")
+    except (LookupError, PermissionError):
+        pass  # no such group here (or not allowed): the operator sets ownership
     os.replace(tmp, path)  # the broker never sees a half-written file

@@ -1,0 +1,1 @@
+"""Market clearing (placeholder docstring, replaced below)."""

@@ -1,0 +1,142 @@
+"""Mechanism 1: the uniform-price collective (ARCHITECTURE §5; Moret & Pinson 2019, "Energy
+collectives: a community and fairness based approach to future electricity markets").
+
+The community problem is
+
+    min  sum_n C_n(q_n) + import_price * I - export_price * E
+    s.t. sum_n q_n + I - E = 0,   q_min_n <= q_n <= q_max_n,   0 <= I <= I_cap,  0 <= E <= E_cap
+
+and lambda, the multiplier of the balance, is the community price. With the grid written as
+one more bid (`community`), its optimality conditions say that every participant's net export
+is on its supply function at lambda and that the supplies add up to zero: lambda is a zero of
+the aggregate supply F(lambda) = sum_n S_n(lambda), found exactly by `rootfind.market_interval`.
+
+Determinism, where the optimum is not unique:
+- price: F may be zero on a whole interval of prices (the last block sold and the first one
+  left unsold are at different prices); the community price is the middle of that interval
+  (the k = 1/2 double auction), its finite end if it is unbounded on one side;
+- quantities: at the clearing price several participants may be indifferent (flat pieces at
+  exactly lambda, or lambda equal to a grid price). Members come first: their total is the
+  feasible value closest to zero grid exchange, and every indifferent member fills the same
+  fraction theta of its indifferent range, so identical bids get identical awards whatever
+  their order. The grid takes the rest.
+- congestion: when a capacity binds, lambda leaves [export_price, import_price]; the
+  difference is the capacity's shadow price, reported as congestion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from .bids import BidBook
+from .community import Community
+from .errors import InfeasibleMarket
+from .ramps import Ramps
+from .result import ClearingResult
+from .rootfind import market_interval, pick_price
+from .settlement import business_as_usual, payments
+
+FloatArray = npt.NDArray[np.float64]
+REL_TOL = 1e-10  # quantities below REL_TOL * (market size) count as zero: far above rounding
+
+
+def clear_uniform(book: BidBook, community: Community) -> ClearingResult:
+    """Clear one interval at one community price (see the module docstring)."""
+    ext = community.with_grid(book)
+    ramps = ext.ramps()
+    base = float(ext.q_min.sum())
+    tol = tolerance(ext)
+    check_feasible(book, community, ramps, base, tol)
+    lo, hi = market_interval(ramps, base, tol)
+    price = _price(ext, lo, hi)
+    q = member_awards(ext, ramps, len(book), 0.0 if price is None else price)
+    return _result(book, community, q, price, (lo, hi), tol)
+
+
+def tolerance(book: BidBook) -> float:
+    size = float(np.abs(book.q_min).sum() + book.seg_dq.sum())
+    return REL_TOL * (size + 1.0)
+
+
+def check_feasible(
+    book: BidBook, community: Community, ramps: Ramps, base: float, tol: float
+) -> None:
+    least, most = float(book.q_min.sum()), float(book.q_max.sum())
+    imp, exp = community.capacities(book)
+    if base > tol:
+        raise InfeasibleMarket(
+            f"members must export at least {least:g} kWh in total but the grid can take at "
+            f"most {exp:g} kWh{' (islanded)' if community.islanded else ''}"
+        )
+    if base + float(ramps.dq.sum()) < -tol:
+        raise InfeasibleMarket(
+            f"members must import at least {-most:g} kWh in total but the grid can supply at "
+            f"most {imp:g} kWh{' (islanded)' if community.islanded else ''}"
+        )
+
+
+def _price(ext: BidBook, lo: float, hi: float) -> float | None:
+    """The clearing price rule; with no price-setting piece at all, the middle of the prices bid."""
+    if len(ext) == 0 and not (np.isfinite(lo) or np.isfinite(hi)):
+        return None
+    prices = np.concatenate([ext.p_first, ext.p_last])
+    fallback = 0.5 * (prices.min() + prices.max()) if prices.size else 0.0
+    return float(pick_price(np.array(lo), np.array(hi), fallback))
+
+
+def member_awards(ext: BidBook, ramps: Ramps, n_members: int, price: float) -> FloatArray:
+    """Members' awards at ``price``, ties split as the module docstring says."""
+    lo_f, hi_f = ramps.fractions(price)
+    rows = len(ext)
+    least = ext.q_min + np.bincount(ramps.owner, lo_f * ramps.dq, rows)
+    most = ext.q_min + np.bincount(ramps.owner, hi_f * ramps.dq, rows)
+    a, b = least[:n_members], most[:n_members]
+    grid_lo, grid_hi = (least[-1], most[-1]) if rows > n_members else (0.0, 0.0)
+    # The members' total closest to zero grid exchange that the grid's range allows.
+    total = float(np.clip(np.clip(0.0, -grid_hi, -grid_lo), a.sum(), b.sum()))
+    spread = float(b.sum() - a.sum())
+    theta = (total - float(a.sum())) / spread if spread > 0 else 0.0
+    return a + theta * (b - a)
+
+
+def _result(
+    book: BidBook,
+    community: Community,
+    q: FloatArray,
+    price: float | None,
+    interval: tuple[float, float],
+    tol: float,
+) -> ClearingResult:
+    net = -float(q.sum())  # what the grid must supply
+    net = 0.0 if abs(net) <= tol else net  # rounding of the members' sum, not a flow
+    grid_import = max(net, 0.0) if community.import_price is not None else 0.0
+    grid_export = max(-net, 0.0) if community.export_price is not None else 0.0
+    own = book.cost(q)
+    community_cost = float(own.sum()) + community.grid_bill(grid_import, grid_export)
+    pay = payments(q, price, community, grid_import, grid_export, community.allocation)
+    bau = business_as_usual(book, community)
+    return ClearingResult(
+        mechanism="uniform",
+        meters=book.meters,
+        q=q,
+        price=price,
+        price_interval=interval,
+        objective=community_cost,
+        grid_import=grid_import,
+        grid_export=grid_export,
+        community_cost=community_cost,
+        member_cost=own + pay,
+        member_payment=pay,
+        bau_q=None if bau is None else bau[0],
+        bau_member_cost=None if bau is None else bau[1],
+        allocation=community.allocation,
+        congestion_import=_excess(price, community.import_price, 1.0),
+        congestion_export=_excess(price, community.export_price, -1.0),
+    )
+
+
+def _excess(price: float | None, grid_price: float | None, sign: float) -> float:
+    if price is None or grid_price is None:
+        return 0.0
+    return max(sign * (price - grid_price), 0.0)
