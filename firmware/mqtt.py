@@ -92,7 +92,7 @@ class Client:
         self.on_message = on_message
         self.on_connect = on_connect
         self.c = counters if counters is not None else {}
-        for k in ("reconnects", "mqtt_retx", "mqtt_rx"):
+        for k in ("reconnects", "mqtt_retx"):
             self.c.setdefault(k, 0)
         self.connected = False
         self.window = 8
@@ -192,7 +192,6 @@ class Client:
             if qos:
                 pid = (body[pos] << 8) | body[pos + 1]
                 pos += 2
-            self.c["mqtt_rx"] += 1
             if self.on_message is not None:
                 try:
                     self.on_message(topic, bytes(body[pos:]))

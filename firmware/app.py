@@ -1,0 +1,353 @@
+# The meter application: wires the hardware layer, Modbus devices, accounting, the record
+# queue, MQTT, bidding and awards into concurrent asyncio tasks.
+#
+#   meter loop   polls the meter, closes intervals, signs and queues readings, applies awards,
+#                prepares bids; it never waits on the network
+#   forwarder    sends queued readings (oldest first, a window in flight), re-sends the ones
+#                not acknowledged in time; acks remove them from the queue
+#   bidder       publishes the prepared bid unless its gate has closed
+#   status       retained status with counters (and the same as last will, online = 0)
+#   mqtt         the client's connect/reconnect loop
+#   watchdog     feeds the watchdog while the meter loop makes progress
+#   clock        NTP sync on boards (until synced, readings carry FLAG_TIME_UNSYNCED)
+import asyncio
+
+from firmware import awards as awards_mod
+from firmware import bidding, devices, mqtt
+from firmware.accounting import Accountant
+from firmware.modbus_master import Master, ModbusError
+from firmware.outbox import Outbox
+from firmware.state import State
+from firmware.watchdog import LoopWatchdog
+from protocols import messages, topics
+from protocols.errors import ProtocolError
+
+COUNTERS = ("records", "acked", "rejected", "ack_bad", "q_depth", "q_drop", "q_bad", "bids", "bid_skip",
+            "heap_free")
+
+
+class App:
+    def __init__(self, cfg, board, readers):
+        self.cfg = cfg
+        self.board = board
+        self.meter_id = cfg["meter"]
+        self.kid = cfg["kid"]
+        self.key = cfg["key_bytes"]
+        self.interval_s = cfg["interval_s"]
+        self.interval_ms = cfg["interval_s"] * 1000
+        self.c = {}
+        for k in COUNTERS:
+            self.c[k] = 0
+        community = cfg["community"]
+        self.t_reading = topics.meter_topic(community, self.meter_id, "reading")
+        self.t_bid = topics.meter_topic(community, self.meter_id, "bid")
+        self.t_status = topics.meter_topic(community, self.meter_id, "status")
+        self.t_ack = topics.meter_topic(community, self.meter_id, "ack")
+        self.t_award = topics.meter_topic(community, self.meter_id, "award")
+        self.state = State(board)
+        self.outbox = Outbox(board, self.key, cfg["queue_max"], self.c)
+        self.acct = Accountant(self.interval_s)
+        mb = cfg["modbus"]
+        self.master = Master(board, board.open_link(mb), mb, self.c)
+        self.meter = devices.Meter(self.master, mb["meter_unit"], readers[0])
+        self.battery = devices.Battery(self.master, mb["battery_unit"], readers[1]) \
+            if readers[1] is not None else None
+        self.awards = awards_mod.AwardBook(self.meter_id, self.kid, self.key, self.interval_s, self.c)
+        self.forecast = bidding.Forecaster()
+        self.client = mqtt.Client(board, cfg["mqtt"], "tm-" + self.meter_id, will=self._will,
+                                  on_message=self._on_message, on_connect=self._on_connect,
+                                  counters=self.c)
+        self.client.subscriptions = [self.t_ack, self.t_award]
+        self.client.window = cfg["send_window"]
+        self.wdt = LoopWatchdog(board, cfg["wdt_s"] * 1000, self.c)
+        self.boot = 0
+        self.status_n = 0
+        self.bid_n = 0
+        self.closed = 0
+        self.sent = {}              # seq -> ticks when last sent (not yet acknowledged)
+        self.bid = None             # (iv, payload) ready for the bidder
+        self.applied_iv = None      # interval whose award is applied to the battery
+        self.overflow = False       # a record was dropped; the next one carries the flag
+        self.batt_mark = None       # battery energy counters at the last boundary
+        self.heap = []              # (closed intervals, free heap) samples, for tests
+        self._wake_fwd = asyncio.Event()
+        self._wake_bid = asyncio.Event()
+        self._wake_status = asyncio.Event()
+        self.done = asyncio.Event()
+
+    # -- boot ------------------------------------------------------------------------------
+    def restore(self):
+        """Load state and queue, reconcile them after a crash, count this boot."""
+        self.state.load()
+        self.outbox.load()
+        self.state.recover(self.outbox.newest())
+        self.boot = self.state.next_boot()
+        now = self.board.now_ms()
+        iv = now // self.interval_ms
+        if self.state.iv is not None and self.state.iv >= iv:
+            iv = self.state.iv + 1  # never a second record for an interval already closed
+        self.acct.restore(iv, self.state.imp, self.state.exp, self.state.t_ms, self.state.iv)
+        self.board.log("boot " + str(self.boot) + " seq " + str(self.state.seq) + " queued " +
+                       str(len(self.outbox)) + " iv " + str(iv))
+
+    # -- signing and queueing ----------------------------------------------------------------
+    def emit(self, rec):
+        """Sign one reading, store it on flash, then advance the persistent state."""
+        if self.outbox.make_room():
+            self.overflow = True
+        flags = rec["flags"]
+        if self.overflow:
+            flags |= messages.FLAG_QUEUE_OVERFLOW
+        if not self.board.time_ok():
+            flags |= messages.FLAG_TIME_UNSYNCED
+        seq = self.state.seq
+        msg = messages.reading(self.meter_id, self.kid, self.boot, seq, rec["iv"], rec["t0"],
+                               rec["t1"], rec["imp_wh"], rec["exp_wh"], rec["cnt_imp_wh"],
+                               rec["cnt_exp_wh"], flags)
+        payload = messages.encode(msg, self.key)
+        # Queue first, state second: State.recover() repairs a crash between the two.
+        self.outbox.put(seq, self.boot, payload)
+        self.overflow = False
+        st = self.state
+        st.seq = seq + 1
+        st.iv = rec["iv"]
+        st.imp = self.acct.last_imp
+        st.exp = self.acct.last_exp
+        st.t_ms = self.acct.last_ms
+        st.save()
+        self.c["records"] += 1
+        self._wake_fwd.set()
+        return msg
+
+    # -- Modbus ------------------------------------------------------------------------------
+    async def poll(self):
+        try:
+            imp, exp, _power = await self.meter.read()
+        except ModbusError:
+            self.acct.missed()
+            return False
+        self.acct.observe(imp, exp, self.board.now_ms())
+        return True
+
+    async def _battery_boundary(self):
+        """Battery state at a boundary; returns its net export (Wh) since the last one."""
+        if self.battery is None:
+            return 0
+        try:
+            s = await self.battery.read()
+        except ModbusError:
+            self.batt_mark = None
+            return 0
+        mark = (s["discharged_wh"], s["charged_wh"])
+        prev = self.batt_mark
+        self.batt_mark = mark
+        if prev is None or mark[0] < prev[0] or mark[1] < prev[1]:
+            return 0
+        return (mark[0] - prev[0]) - (mark[1] - prev[1])
+
+    async def apply_award(self, iv):
+        """Follow the award for ``iv`` (the current interval) or fall back to self-consumption."""
+        if self.battery is None:
+            self.awards.take(iv)
+            return
+        q = self.awards.take(iv)
+        try:
+            if q is not None:
+                if self.battery.state is None:
+                    await self.battery.read()
+                watts = self.battery.clamp(self.awards.setpoint_w(q, self.forecast.value or 0))
+                await self.battery.set_power(watts)
+                self.applied_iv = iv
+                self.board.log("award iv " + str(iv) + " q " + str(q) + " -> battery " +
+                               str(watts) + " W")
+            elif self.applied_iv is None or self.applied_iv < iv:
+                if self.applied_iv != -1:
+                    await self.battery.self_consumption()
+                    self.applied_iv = -1
+        except ModbusError:
+            if q is not None:
+                self.awards.pending[iv] = q  # try again at the next poll, inside the interval
+
+    # -- bidding -----------------------------------------------------------------------------
+    def prepare_bid(self, iv):
+        prefs = self.cfg["prefs"]
+        soc = 0
+        charge = discharge = 0
+        if self.battery is not None and self.battery.state is not None:
+            s = self.battery.state
+            soc = s["soc_pct"]
+            charge, discharge = bidding.battery_energy(s, soc, self.interval_s)
+        forecast = self.forecast.value or 0
+        curve = bidding.curve(forecast, prefs, soc, charge, discharge)
+        self.bid_n += 1
+        msg = messages.bid(self.meter_id, self.kid, self.boot, self.bid_n, iv,
+                           self.board.now_ms() // 1000, curve)
+        self.bid = (iv, messages.encode(msg, self.key))
+        self._wake_bid.set()
+
+    # -- the meter loop ------------------------------------------------------------------------
+    async def close_interval(self):
+        await self.poll()  # a fresh read at the boundary ends the interval
+        batt_net = await self._battery_boundary()
+        now = self.board.now_ms()
+        rec = self.acct.close(now // self.interval_ms, now)
+        if rec["iv"] >= self.acct.iv:
+            self.acct.iv = rec["iv"] + 1
+        self.emit(rec)
+        self.closed += 1
+        self.forecast.update(rec["exp_wh"] - rec["imp_wh"] - batt_net)
+        iv = self.acct.iv
+        await self.apply_award(iv)
+        self.prepare_bid(iv + 1)
+        every = self.cfg["heap_log"]
+        if every and self.closed % every == 0:
+            self.board.collect()
+            free = self.board.mem_free()
+            self.heap.append((self.closed, free))
+            self.board.log("HEAP " + str(self.closed) + " " + str(free))
+
+    async def meter_loop(self):
+        poll_ms = self.cfg["poll_s"] * 1000
+        await self.poll()
+        limit = self.cfg["max_intervals"]
+        while not limit or self.closed < limit:
+            now = self.board.now_ms()
+            end = (self.acct.iv + 1) * self.interval_ms
+            if now >= end:
+                await self.close_interval()
+            else:
+                if self.applied_iv != self.acct.iv and self.acct.iv in self.awards.pending:
+                    await self.apply_award(self.acct.iv)
+                await self.board.sleep_sim_ms(min(poll_ms, end - now))
+                if self.board.now_ms() < end:
+                    await self.poll()
+            self.wdt.progress()
+        self.done.set()
+
+    # -- uplink ------------------------------------------------------------------------------
+    async def forwarder(self):
+        timeout = int(self.cfg["ack_timeout_s"] * 1000)
+        window = self.cfg["send_window"]
+        while True:
+            self._wake_fwd.clear()
+            if self.client.connected:
+                now = self.board.ticks_ms()
+                for seq in list(self.sent):
+                    if seq not in self.outbox.boots:
+                        del self.sent[seq]
+                for seq in list(self.outbox.seqs[:window * 2]):
+                    if len(self.sent) >= window and seq not in self.sent:
+                        break
+                    t = self.sent.get(seq)
+                    if t is not None and self.board.ticks_diff(now, t) < timeout:
+                        continue
+                    payload = self.outbox.get(seq)
+                    if payload is None:
+                        continue
+                    self.sent[seq] = now
+                    await self.client.publish(self.t_reading, payload, 1)
+            try:
+                await asyncio.wait_for(self._wake_fwd.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+
+    async def bidder(self):
+        gate_ms = self.cfg["gate_closure_s"] * 1000
+        while True:
+            await self._wake_bid.wait()
+            self._wake_bid.clear()
+            bid = self.bid
+            self.bid = None
+            if bid is None:
+                continue
+            gate = bid[0] * self.interval_ms - gate_ms
+            if not self.client.connected or self.board.now_ms() >= gate or \
+                    self.client.inflight() >= self.client.window:
+                self.c["bid_skip"] += 1  # worthless after gate closure: not kept for later
+                continue
+            await self.client.publish(self.t_bid, bid[1], 1)
+            self.c["bids"] += 1
+
+    def _status_payload(self, online):
+        self.status_n += 1
+        self.c["q_depth"] = len(self.outbox)
+        self.c["heap_free"] = self.board.mem_free()
+        msg = messages.status(self.meter_id, self.kid, self.boot, self.status_n,
+                              self.board.now_ms() // 1000, online, 1 if self.board.time_ok() else 0,
+                              self.c)
+        return messages.encode(msg, self.key)
+
+    def _will(self):
+        return (self.t_status, self._status_payload(0), True)
+
+    async def _on_connect(self):
+        self._wake_status.set()
+        self._wake_fwd.set()
+        # Re-send everything unacknowledged now rather than after the ack timeout: acks sent
+        # while we were away may be lost with the broker.
+        self.sent = {}
+
+    async def status_task(self):
+        period = self.cfg["status_s"]
+        while True:
+            try:
+                await asyncio.wait_for(self._wake_status.wait(), period)
+            except asyncio.TimeoutError:
+                pass
+            self._wake_status.clear()
+            if self.client.connected:
+                await self.client.publish(self.t_status, self._status_payload(1), 1, True)
+
+    def _on_message(self, topic, payload):
+        if topic == self.t_ack:
+            self._on_ack(topic, payload)
+        elif topic == self.t_award:
+            iv = self.awards.receive(topic, payload, self.board.now_ms())
+            if iv is not None:
+                self.board.log("award for iv " + str(iv))
+
+    def _on_ack(self, topic, payload):
+        try:
+            _c, _m, msg, _b = messages.decode(topic, payload, self._keys)
+        except ProtocolError:
+            self.c["ack_bad"] += 1
+            return
+        seq = msg["seq"]
+        if self.outbox.ack(seq, msg["boot"]):
+            self.sent.pop(seq, None)
+            if msg["res"] == messages.ACK_STORED or msg["res"] == messages.ACK_DUPLICATE:
+                self.c["acked"] += 1
+            else:
+                self.c["rejected"] += 1
+                self.board.log("reading " + str(seq) + " rejected: " + msg["res"])
+            self._wake_fwd.set()
+
+    def _keys(self, meter, kid):
+        return self.key if meter == self.meter_id and kid == self.kid else None
+
+    async def clock_task(self):
+        while True:
+            ok = self.board.time_ok() or await self.board.sync_time()
+            await self.board.sleep_ms(3600000 if ok else 30000)
+
+    # -- run ---------------------------------------------------------------------------------
+    async def run(self):
+        self.restore()
+        tasks = [asyncio.create_task(t) for t in (
+            self.client.run(), self.forwarder(), self.bidder(), self.status_task(),
+            self.wdt.run(), self.clock_task())]
+        meter = asyncio.create_task(self.meter_loop())
+        try:
+            await self.done.wait()
+            await self.drain()
+        finally:
+            meter.cancel()
+            for t in tasks:
+                t.cancel()
+            await self.client.disconnect()
+
+    async def drain(self, timeout_ms=30000):
+        """At a test's max_intervals: give the queue time to empty before stopping."""
+        start = self.board.ticks_ms()
+        while len(self.outbox) and self.board.ticks_diff(self.board.ticks_ms(), start) < timeout_ms:
+            await self.board.sleep_ms(50)

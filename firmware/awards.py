@@ -1,0 +1,55 @@
+# Awards from the gateway: verified, kept until their interval, applied only inside it.
+#
+# An award for interval iv is the net export q_wh the market gave this meter. The battery is
+# the flexible part: its setpoint is the awarded position minus the forecast of the rest of
+# the household, converted to a power over the interval and clamped to the inverter's limits.
+# An award that arrives after its interval has ended is never applied (counted award_late);
+# an interval without an award falls back to self-consumption.
+from protocols import messages
+from protocols.errors import ProtocolError
+
+KEEP = 3  # awards held ahead of time: the next intervals only, so memory stays bounded
+
+
+class AwardBook:
+    def __init__(self, meter, kid, key, interval_s, counters):
+        self.meter = meter
+        self.kid = kid
+        self.key = key
+        self.interval_s = interval_s
+        self.c = counters
+        for k in ("awards", "award_bad", "award_late"):
+            self.c.setdefault(k, 0)
+        self.pending = {}   # iv -> q_wh
+
+    def _keys(self, meter, kid):
+        return self.key if meter == self.meter and kid == self.kid else None
+
+    def receive(self, topic, payload, now_ms):
+        """Verify (tag before parse) and file an award; returns its iv or None."""
+        try:
+            _c, _m, msg, _b = messages.decode(topic, payload, self._keys)
+        except ProtocolError:
+            self.c["award_bad"] += 1
+            return None
+        iv = msg["iv"]
+        if (iv + 1) * self.interval_s * 1000 <= now_ms:
+            self.c["award_late"] += 1
+            return None
+        self.c["awards"] += 1
+        self.pending[iv] = msg["q_wh"]
+        while len(self.pending) > KEEP:
+            del self.pending[min(self.pending)]
+        return iv
+
+    def take(self, iv):
+        """The award for interval ``iv`` (removed), or None; drops awards of past intervals."""
+        for old in list(self.pending):
+            if old < iv:
+                del self.pending[old]
+        return self.pending.pop(iv, None)
+
+    def setpoint_w(self, q_wh, base_forecast_wh):
+        """Battery power (+ discharge) that turns the household's forecast position into the
+        awarded one over one interval."""
+        return (q_wh - base_forecast_wh) * 3600 // self.interval_s

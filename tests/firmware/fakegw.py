@@ -1,0 +1,105 @@
+"""A test-side stand-in for the gateway: verifies every meter message with
+protocols.messages.decode, stores readings once, acknowledges them, and can send awards.
+
+Not the product gateway: just enough of its contract (ARCHITECTURE section 6, ingest) for the
+firmware's end-to-end and fault tests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import paho.mqtt.client as mqtt
+
+from protocols import messages, topics
+from protocols.errors import ProtocolError
+
+
+class FakeGateway:
+    def __init__(self, host: str, port: int, community: str, keys: dict[str, bytes], kid: int = 1,
+                 ack: bool = True) -> None:
+        self.community = community
+        self.keys = keys
+        self.kid = kid
+        self.ack_enabled = ack
+        self.lock = threading.Lock()
+        self.readings: dict[tuple[str, int, int], dict] = {}   # (meter, boot, seq) -> msg
+        self.reading_bodies: dict[tuple[str, int, int], bytes] = {}
+        self.deliveries: Counter[tuple[str, int, int]] = Counter()
+        self.acks_sent: Counter[tuple[str, int, int]] = Counter()
+        self.bids: list[tuple[float, dict]] = []
+        self.statuses: list[dict] = []
+        self.rejected: Counter[str] = Counter()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fake-gw-" + community,
+                                  clean_session=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_a: self._subscribed.set()
+        self.client.reconnect_delay_set(0.1, 1)
+        self.client.connect(host, port, keepalive=10)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError("fake gateway could not subscribe")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def _on_connect(self, client, _u, _f, _rc, _p=None) -> None:
+        for kind in ("reading", "bid", "status"):
+            client.subscribe(topics.meter_filter(self.community, kind), qos=1)
+
+    def _key(self, meter: str, kid: int) -> bytes | None:
+        return self.keys.get(meter) if kid == self.kid else None
+
+    def _on_message(self, client, _u, m) -> None:
+        try:
+            _c, meter, msg, body = messages.decode(m.topic, m.payload, self._key)
+        except ProtocolError as e:
+            with self.lock:
+                self.rejected[e.code] += 1
+            return
+        kind = msg["type"]
+        with self.lock:
+            if kind == "bid":
+                self.bids.append((time.time(), msg))
+            elif kind == "status":
+                self.statuses.append(msg)
+            elif kind == "reading":
+                ident = (meter, msg["boot"], msg["seq"])
+                self.deliveries[ident] += 1
+                res = messages.ACK_DUPLICATE if ident in self.readings else messages.ACK_STORED
+                if res == messages.ACK_STORED:
+                    self.readings[ident] = msg
+                    self.reading_bodies[ident] = body
+                elif self.reading_bodies[ident] != body:
+                    self.rejected["conflict"] += 1  # same (meter, boot, seq), other content
+                if not self.ack_enabled:
+                    return
+                self.acks_sent[ident] += 1
+        if kind == "reading":
+            ack = messages.ack(meter, self.kid, msg["boot"], msg["seq"], res)
+            client.publish(topics.meter_topic(self.community, meter, "ack"),
+                           messages.encode(ack, self.keys[meter]), qos=1)
+
+    def send_award(self, meter: str, iv: int, q_wh: int, price: int = 100000) -> None:
+        msg = messages.award(meter, self.kid, iv, int(time.time()), "uniform", q_wh, price, [])
+        self.client.publish(topics.meter_topic(self.community, meter, "award"),
+                            messages.encode(msg, self.keys[meter]), qos=1)
+
+    def snapshot(self, meter: str | None = None) -> list[dict]:
+        with self.lock:
+            return sorted((m for k, m in self.readings.items() if meter is None or k[0] == meter),
+                          key=lambda r: (r["meter"], r["seq"]))
+
+    def wait_for(self, predicate, timeout: float, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate(self):
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
