@@ -35,7 +35,8 @@ class Ramps:
     @classmethod
     def build(cls, p0: FloatArray, p1: FloatArray, dq: FloatArray, owner: IntArray) -> Ramps:
         width = p1 - p0
-        step = width <= 0
+        # A rise of the price this small is a step in all but rounding (and 1/width overflows).
+        step = width <= 1e-12 * np.maximum(1.0, np.abs(p1))
         inv = np.divide(1.0, width, out=np.zeros_like(width), where=~step)
         return cls(p0, p1, dq, owner, inv, step)
 

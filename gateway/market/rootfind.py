@@ -57,9 +57,9 @@ def crossing(
     anchor = np.where(has_left, left, np.where(has_right, right, 0.0))
     f_anchor = np.where(has_left, f_left, f_right)
     span = np.where(both, right - left, 1.0)
-    rate = np.where(both, (f_right - f_left) / span, slope)
-    sloped = rate > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):  # a span of a few ulps gives an infinite rate: x = anchor
+        rate = np.where(both, (f_right - f_left) / span, slope)
+        sloped = rate > 0
         x = anchor + (target - f_anchor) / np.where(sloped, rate, 1.0)
     if lower:
         flat = np.where(f_anchor >= target, left, right)
