@@ -199,6 +199,7 @@ def test_a_flooding_meter_does_not_starve_the_others(running, gw_config: Gateway
 
 def test_status_endpoint_and_retained_status(running, gw_config: GatewayConfig, mosquitto: MosquittoBroker) -> None:  # noqa: ANN001
     gw, *_ = running
+    assert wait_until(lambda: status(gw)["checkpoint"] is not None)  # signed at the first tick
     snap = status(gw)
     assert snap["health"] == "ok" and snap["community"] == "c1" and snap["mqtt_connected"]
     assert snap["interval"] == messages.interval_index(time.time(), gw_config.interval_s)
