@@ -1,0 +1,138 @@
+"""Crash safety: SIGKILL the gateway process at random moments while meters keep publishing and
+resending what was not acknowledged. Afterwards every acknowledged record is stored exactly once,
+no interval was settled twice (settlement sums equal one settlement of what was metered), the
+last will announced the gateway offline, and `tmeter ledger verify` passes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from gateway import settlement
+from gateway.config import GatewayConfig, MarketConfig
+from protocols import messages, topics
+from sim_hardware.mosquitto import MosquittoBroker
+from tests.gateway.conftest import make_config, provision
+from tests.gateway.meters import AckCollector, Fleet, publisher
+
+pytestmark = pytest.mark.mosquitto
+ITERATIONS = int(os.environ.get("TMETER_CRASH_ITERATIONS", "15"))
+ROOT = Path(__file__).parents[2]
+
+
+def write_toml(cfg: GatewayConfig, path: Path) -> Path:
+    path.write_text(f"""community = "{cfg.community}"
+db = "{cfg.db}"
+interval_s = {cfg.interval_s}
+gate_closure_s = {cfg.gate_closure_s}
+synchronous = "{cfg.synchronous}"
+[mqtt]
+host = "{cfg.mqtt.host}"
+port = {cfg.mqtt.port}
+client_id = "{cfg.mqtt.client_id}"
+[settlement]
+grace_s = {cfg.settlement.grace_s}
+[status]
+http_port = 0
+publish_s = 0.5
+""")
+    return path
+
+
+def start(toml: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(toml),
+                             "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=log.open("ab"), env={**os.environ, **env})
+
+
+class StatusWatch:
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self.offline = 0
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.c.on_message = self._on
+        self.c.connect(broker.host, broker.port)
+        self.c.subscribe(topics.gateway_status_topic("c1"), 1)
+        self.c.loop_start()
+
+    def _on(self, c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+        if messages.decode(m.topic, m.payload)[2]["online"] == 0:
+            self.offline += 1
+
+
+def expected_amounts(conn, market: MarketConfig) -> dict[tuple[int, str], int]:  # noqa: ANN001
+    """One settlement of what was metered in every settled interval (no awards: no bids sent)."""
+    rows = conn.execute("SELECT r.iv, r.meter, SUM(r.exp_wh - r.imp_wh) FROM readings r JOIN intervals i"
+                        " ON i.iv = r.iv WHERE i.state='settled' GROUP BY r.iv, r.meter").fetchall()
+    return {(iv, m): settlement.settle_member(m, None, net, market).amount for iv, m, net in rows}
+
+
+def test_sigkill_at_random_points_loses_nothing_and_settles_once(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    rng = random.Random(6)
+    cfg = make_config(tmp_path, mosquitto, interval_s=4, gate_closure_s=1)
+    cfg.settlement.grace_s = 1
+    toml = write_toml(cfg, tmp_path / "gateway.toml")
+    log = tmp_path / "gateway.log"
+    specs = provision(cfg, 12)
+    fleet = Fleet("c1", cfg.interval_s, specs)
+    acks = AckCollector(mosquitto.host, mosquitto.port, "c1", {s.meter: s.key for s in specs})
+    watch = StatusWatch(mosquitto)
+    pub = publisher(mosquitto.host, mosquitto.port)
+    acked_ever: set[tuple[str, int, int]] = set()
+    produced = 0
+
+    def meters_step() -> None:
+        nonlocal produced
+        fleet.produce(messages.interval_index(time.time(), cfg.interval_s))
+        produced += len(specs)
+        fleet.send(pub)
+        time.sleep(0.05)
+        with acks.lock:
+            acked_ever.update(acks.acks)
+        fleet.forget_acked(acks.acks)
+
+    for _ in range(ITERATIONS):
+        proc = start(toml, log)
+        deadline = time.monotonic() + rng.uniform(0.3, 2.5)
+        while time.monotonic() < deadline:
+            meters_step()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    proc = start(toml, log)
+    deadline = time.monotonic() + 60
+    while fleet.unacked and time.monotonic() < deadline:
+        fleet.send(pub)
+        time.sleep(0.5)
+        with acks.lock:
+            acked_ever.update(acks.acks)
+        fleet.forget_acked(acks.acks)
+    time.sleep(3 * cfg.interval_s)  # let the last intervals settle
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+    pub.loop_stop()
+    acks.close()
+    assert not fleet.unacked, f"{len(fleet.unacked)} records never acknowledged"
+    assert watch.offline >= 1  # the last will (and the clean stop) said so
+
+    from gateway import db
+
+    conn = db.connect(cfg.db)
+    stored = set(conn.execute("SELECT meter, boot, seq FROM readings").fetchall())
+    assert acked_ever <= stored
+    assert len(stored) == produced == conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+    sums = dict(((iv, m), a) for iv, m, a in conn.execute("SELECT iv, meter, SUM(amount) FROM settlements GROUP BY iv, meter"))
+    assert sums and sums == expected_amounts(conn, cfg.market)
+    for iv, m, revs in conn.execute("SELECT iv, meter, GROUP_CONCAT(rev) FROM settlements GROUP BY iv, meter"):
+        assert sorted(int(r) for r in revs.split(",")) == list(range(len(revs.split(","))))
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "ledger", "verify", "--db", cfg.db],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stdout
+    assert "ledger OK" in out.stdout
