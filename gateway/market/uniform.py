@@ -39,6 +39,7 @@ from .settlement import business_as_usual, payments
 
 FloatArray = npt.NDArray[np.float64]
 REL_TOL = 1e-10  # quantities below REL_TOL * (market size) count as zero: far above rounding
+PRICE_WINDOW = 1e-12  # relative: prices this close to the clearing price are at it
 
 
 def clear_uniform(book: BidBook, community: Community) -> ClearingResult:
@@ -86,8 +87,18 @@ def _price(ext: BidBook, lo: float, hi: float) -> float | None:
 
 
 def member_awards(ext: BidBook, ramps: Ramps, n_members: int, price: float) -> FloatArray:
-    """Members' awards at ``price``, ties split as the module docstring says."""
-    lo_f, hi_f = ramps.fractions(price)
+    """Members' awards at ``price``, ties split as the module docstring says.
+
+    Every participant's range is read over [price - d, price + d], d a relative 1e-12: wider
+    than the price's rounding, and so narrow that on it every sloped piece is linear. One
+    common fraction theta of those ranges is then both the exact solution of the balance
+    (linear pieces move together) and the tie rule (blocks at the price share it), and the
+    awards balance to rounding even where a piece is so steep that one ulp of price would
+    move it by more than the tolerance.
+    """
+    delta = PRICE_WINDOW * max(1.0, abs(price))
+    lo_f = ramps.fractions(price - delta)[0]
+    hi_f = ramps.fractions(price + delta)[1]
     rows = len(ext)
     least = ext.q_min + np.bincount(ramps.owner, lo_f * ramps.dq, rows)
     most = ext.q_min + np.bincount(ramps.owner, hi_f * ramps.dq, rows)

@@ -15,7 +15,7 @@ from gateway.market.errors import InfeasibleMarket
 from gateway.market.uniform import clear_uniform
 
 from .checks import assert_matches_reference, assert_uniform_kkt
-from .reference import solve_uniform
+from .reference import OK, solve_uniform
 from .strategies import communities, cost, markets
 
 GRID = Community(import_price=0.30, export_price=0.08)
@@ -39,7 +39,7 @@ def test_matches_reference_on_random_markets(bids: list[Bid], community: Communi
     except InfeasibleMarket:
         assert "infeasible" in ref.status
         return
-    assert ref.status == "optimal", ref.status
+    assert ref.status in OK, ref.status
     assert_matches_reference(bids, res, ref, unique_awards=False)
     assert_uniform_kkt(bids, community, res)
 
