@@ -1,0 +1,49 @@
+"""The daemon as systemd runs it: sd_notify READY and WATCHDOG, clean SIGTERM; the example config."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway import config
+from sim_hardware.mosquitto import MosquittoBroker
+from tests.gateway.conftest import make_config
+from tests.gateway.test_crash import start, write_toml
+
+ROOT = Path(__file__).parents[2]
+pytestmark = pytest.mark.mosquitto
+
+
+def test_example_config_loads_with_every_section() -> None:
+    cfg = config.load(ROOT / "deploy" / "gateway.toml")
+    assert cfg.community == "c1" and cfg.market.mechanism == "uniform" and cfg.ledger.origin
+    with pytest.raises(config.ConfigError):
+        config.from_dict({"mqtt": {"hots": "x"}})
+
+
+def test_systemd_notify_watchdog_and_clean_sigterm(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    cfg = make_config(tmp_path, mosquitto)
+    toml = write_toml(cfg, tmp_path / "gateway.toml")
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(15)
+    proc = start(toml, tmp_path / "log", NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 15
+        while not ({"READY=1", "WATCHDOG=1"} <= set(seen)) and time.monotonic() < deadline:
+            seen.extend(sock.recv(4096).decode().split("\n"))
+        assert "READY=1" in seen and "WATCHDOG=1" in seen
+        proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in seen:
+            seen.extend(sock.recv(4096).decode().split("\n"))
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
