@@ -163,3 +163,24 @@ def test_clearing_failure_awards_nothing_and_keeps_going(offline: Offline) -> No
     assert offline.counters["clearing_failed"] == 1
     assert offline.conn.execute("SELECT state FROM intervals WHERE iv=?", (iv,)).fetchone()[0] == "cleared"
     assert first_point_clearing(iv, [], MARKET).awards == {}
+
+
+def test_scheduler_clears_with_the_market_engine(tmp_path) -> None:  # noqa: ANN001
+    from gateway.clearing import market_clear
+    from tests.gateway.conftest import make_config
+
+    cfg = make_config(tmp_path, None, interval_s=INTERVAL_S, gate_closure_s=10)
+    off = Offline(cfg, 1_700_000_000.0 // INTERVAL_S * INTERVAL_S, clear=market_clear)
+    specs = _provision(off, 3)
+    iv = int(off.clock.t) // INTERVAL_S + 1
+    off.tick(iv * INTERVAL_S - 30)
+    curves = [[[-500, 100_000], [500, 200_000]], [[-300, 400_000]], [[200, 10_000]]]
+    off.send(*(bid(s, "c1", iv, 0, c, int(off.clock.t)) for s, c in zip(specs, curves)))
+    out = off.tick(iv * INTERVAL_S - 5)
+    awards = dict(off.conn.execute("SELECT meter, q_wh FROM awards WHERE iv=?", (iv,)).fetchall())
+    price = off.conn.execute("SELECT price FROM intervals WHERE iv=?", (iv,)).fetchone()[0]
+    assert awards == {"m000": 100, "m001": -300, "m002": 200}  # supply meets demand inside the community
+    assert cfg.market.export_price <= price <= cfg.market.import_price
+    result = [o for o in out if o.topic.endswith("/result")][0]
+    _, _, msg, _ = messages.decode(result.topic, result.payload)
+    assert msg["bids"] == 3 and msg["grid_import_wh"] == 0 and msg["price"] == price
