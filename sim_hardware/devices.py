@@ -43,6 +43,7 @@ class ModbusDevice:
         self._index = {fc: sorted((e[regs.ADDRESS], e) for e in regmap.table(fc)) for fc in (3, 4)}
         self.reads = 0
         self.writes = 0
+        self.last_t = math.nan  # simulated time of the last request the device served
 
     # ------------------------------------------------------------------ model interface
     def values(self, function: int, t: float) -> dict[str, Any]:
@@ -85,7 +86,7 @@ class ModbusDevice:
     async def _action(self, function: int, block_start: int, address: int, count: int,
                       registers: list[int], values: list[int] | None) -> ExcCodes | None:
         try:
-            t = self.clock.now()
+            t = self.last_t = self.clock.now()
             if values is None or function in (3, 4):
                 self.reads += 1
                 self._fill(3 if function == 6 else function, block_start, address, count,

@@ -149,7 +149,7 @@ class Community:
                                       max(self.faults.next_boundary(self.t), self.last_t))
             while self.next_event <= t:
                 self._event(self.next_event)
-            if changed and t > self.t:
+            if changed:
                 self._event(t)
             self.last_t = t
 
@@ -244,8 +244,11 @@ class Community:
             return self.meter(device).values(self.last_t)
 
     def meter_energy_wh(self, device: str, t: float) -> tuple[float, float]:
-        """(import Wh, export Wh) of a meter at ``t``, before any float32 rounding."""
+        """(import Wh, export Wh) of a meter at ``t``, before any float32 rounding. The model
+        only moves forward: ``t`` before the latest time anything was read is refused."""
         with self._lock:
+            if t < self.last_t - 1e-3:
+                raise ValueError(f"t={t} is before the model's present {self.last_t}")
             self.advance(t)
             return self.meter(device).energy_wh(self.last_t)
 
