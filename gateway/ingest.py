@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import wire
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.ledger import Ledger
@@ -81,11 +82,27 @@ class Ingest:
         self.export = export  # (measurement kind, fields) -> line protocol, or None
         self.keys = KeyCache(Registry(conn=conn))
         self.max_wh = cfg.ingest.max_power_w * cfg.interval_s // 3600
+        # Intervals known to have a row, so most readings skip that insert; grown only after a
+        # commit, so a rolled-back batch cannot leave an interval believed present but missing.
+        self._known_ivs: set[int] = set()
+        self._new_ivs: set[int] = set()
+        self._latest: dict[str, tuple[int, int]] = {}  # includes this batch's uncommitted records
 
     def process(self, batch: list[tuple[str, bytes]]) -> list[Outgoing]:
         """Store a batch in one transaction; returns the acks to publish after it committed."""
         outgoing: list[Outgoing] = []
         counts: Counter[str] = Counter()
+        self._new_ivs = set()
+        try:
+            self._batch(batch, outgoing, counts)
+        except BaseException:
+            self._latest.clear()  # the batch rolled back: forget its records, reload on demand
+            raise
+        self._known_ivs |= self._new_ivs
+        self.counters.update(counts)
+        return outgoing
+
+    def _batch(self, batch: list[tuple[str, bytes]], outgoing: list[Outgoing], counts: Counter[str]) -> None:
         with self.ledger.transaction() as conn:
             for topic, payload in batch:
                 conn.execute("SAVEPOINT msg")
@@ -95,15 +112,20 @@ class Ingest:
                 except Exception:  # noqa: BLE001 - the daemon never stops on input
                     conn.execute("ROLLBACK TO msg")
                     self.ledger.rollback_to(mark)
+                    self._forget_rolled_back(conn)
                     counts["internal_error"] += 1
                     log.exception("internal error on %s", topic[:128])
                 conn.execute("RELEASE msg")
-        self.counters.update(counts)
-        return outgoing
+
+    def _forget_rolled_back(self, conn: sqlite3.Connection) -> None:
+        # Caches must not keep what the rolled-back message added (rare path: re-read them).
+        self._latest.clear()
+        self._new_ivs = {iv for iv in self._new_ivs
+                         if conn.execute("SELECT 1 FROM intervals WHERE iv=?", (iv,)).fetchone()}
 
     def _one(self, topic: str, payload: bytes, out: list[Outgoing], counts: Counter[str]) -> None:
         try:
-            community, meter, msg, body = messages.decode(topic, payload, self.keys)
+            community, meter, msg, body = wire.decode(topic, payload, self.keys)
         except ProtocolError as exc:
             counts[exc.code] += 1
             log.info("rejected %s: %s", _meter_hint(topic), exc)
@@ -132,31 +154,49 @@ class Ingest:
     def _ack(self, msg: dict[str, Any], res: str) -> Outgoing:
         key = self.keys(msg["meter"], msg["kid"])
         assert key is not None  # the reading's tag verified under this very key
-        ack = messages.ack(msg["meter"], msg["kid"], msg["boot"], msg["seq"], res)
-        return Outgoing(topics.meter_topic(self.cfg.community, msg["meter"], "ack"), messages.encode(ack, key))
+        payload = wire.ack(msg["meter"], msg["kid"], msg["boot"], msg["seq"], res, key)
+        return Outgoing(topics.meter_topic(self.cfg.community, msg["meter"], "ack"), payload)
 
     def _reading(self, meter: str, msg: dict[str, Any], body: bytes, counts: Counter[str]) -> Outgoing:
+        pos = (msg["boot"], msg["seq"])
+        # The stored record at this (boot, seq) if any, else the one just before it.
         row = self.conn.execute(
-            "SELECT o.record FROM readings r LEFT JOIN openings o ON o.idx = r.leaf"
-            " WHERE r.meter=? AND r.boot=? AND r.seq=?", (meter, msg["boot"], msg["seq"])).fetchone()
-        if row is not None:
-            if row[0] is not None and bytes(row[0]) != body:
-                raise Rejected("conflict", ack=True)  # same (boot, seq), other content: a device bug
-            counts["duplicate"] += 1
-            return self._ack(msg, messages.ACK_DUPLICATE)
-        self._check_reading(meter, msg)
+            "SELECT boot, seq, cnt_imp_wh, cnt_exp_wh, leaf FROM readings WHERE meter=? AND (boot, seq) <= (?, ?)"
+            " ORDER BY boot DESC, seq DESC LIMIT 1", (meter, *pos)).fetchone()
+        if row is not None and (row[0], row[1]) == pos:
+            return self._repeat(msg, body, row[4], counts)
+        self._check_reading(meter, msg, row)
         leaf = self.ledger.append("reading", meter, msg["iv"], body)
         self.conn.execute(
             "INSERT INTO readings(meter, boot, seq, iv, imp_wh, exp_wh, cnt_imp_wh, cnt_exp_wh, flags, leaf, received)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (meter, msg["boot"], msg["seq"], msg["iv"], msg["imp_wh"], msg["exp_wh"], msg["cnt_imp_wh"],
              msg["cnt_exp_wh"], msg["flags"], leaf, self.clock.now()))
-        self.conn.execute("INSERT OR IGNORE INTO intervals(iv, state) VALUES (?, 'open')", (msg["iv"],))
+        if msg["iv"] not in self._known_ivs:
+            self.conn.execute("INSERT OR IGNORE INTO intervals(iv, state) VALUES (?, 'open')", (msg["iv"],))
+            self._new_ivs.add(msg["iv"])
         self._export("reading", msg)
+        if pos > self._newest(meter):
+            self._latest[meter] = pos
         counts["stored"] += 1
         return self._ack(msg, messages.ACK_STORED)
 
-    def _check_reading(self, meter: str, msg: dict[str, Any]) -> None:
+    def _repeat(self, msg: dict[str, Any], body: bytes, leaf: int, counts: Counter[str]) -> Outgoing:
+        stored = self.conn.execute("SELECT record FROM openings WHERE idx=?", (leaf,)).fetchone()
+        if stored is not None and bytes(stored[0]) != body:
+            raise Rejected("conflict", ack=True)  # same (boot, seq), other content: a device bug
+        counts["duplicate"] += 1  # replays included: acked again, stored once
+        return self._ack(msg, messages.ACK_DUPLICATE)
+
+    def _newest(self, meter: str) -> tuple[int, int]:
+        """The meter's highest stored (boot, seq), cached (it only grows)."""
+        if meter not in self._latest:
+            row = self.conn.execute("SELECT boot, seq FROM readings WHERE meter=? ORDER BY boot DESC, seq DESC"
+                                    " LIMIT 1", (meter,)).fetchone()
+            self._latest[meter] = (row[0], row[1]) if row else (-1, -1)
+        return self._latest[meter]
+
+    def _check_reading(self, meter: str, msg: dict[str, Any], before: tuple[int, ...] | None) -> None:
         iv, interval = msg["iv"], self.cfg.interval_s
         if iv > messages.interval_index(self.clock.now(), interval) + self.cfg.ingest.future_intervals:
             raise Rejected("future_interval", ack=False)  # maybe our clock is behind: let it retry
@@ -166,22 +206,20 @@ class Ingest:
         if not msg["flags"] & messages.FLAG_TIME_UNSYNCED and (
                 msg["t0"] < iv * interval - slack or msg["t1"] > (iv + 1) * interval + slack):
             raise Rejected("time_out_of_range", ack=True)
-        self._check_monotonic(meter, msg)
+        self._check_monotonic(meter, msg, before)
 
-    def _check_monotonic(self, meter: str, msg: dict[str, Any]) -> None:
+    def _check_monotonic(self, meter: str, msg: dict[str, Any], before: tuple[int, ...] | None) -> None:
         """Counters never decrease from one record to the next in (boot, seq) order, unless the
         later record carries the counter-reset flag. Records may arrive out of order (store and
         forward), so the new one is checked against both neighbours."""
-        pos = (meter, msg["boot"], msg["seq"])
-        before = self.conn.execute(
-            "SELECT cnt_imp_wh, cnt_exp_wh FROM readings WHERE meter=? AND (boot, seq) < (?, ?)"
-            " ORDER BY boot DESC, seq DESC LIMIT 1", pos).fetchone()
         reset = msg["flags"] & messages.FLAG_COUNTER_RESET
-        if before and not reset and (msg["cnt_imp_wh"] < before[0] or msg["cnt_exp_wh"] < before[1]):
+        if before and not reset and (msg["cnt_imp_wh"] < before[2] or msg["cnt_exp_wh"] < before[3]):
             raise Rejected("counter_decrease", ack=True)
+        if (msg["boot"], msg["seq"]) > self._newest(meter):
+            return  # nothing stored after it: the common, in-order case needs no second query
         after = self.conn.execute(
             "SELECT cnt_imp_wh, cnt_exp_wh, flags FROM readings WHERE meter=? AND (boot, seq) > (?, ?)"
-            " ORDER BY boot, seq LIMIT 1", pos).fetchone()
+            " ORDER BY boot, seq LIMIT 1", (meter, msg["boot"], msg["seq"])).fetchone()
         if after and not after[2] & messages.FLAG_COUNTER_RESET and (
                 after[0] < msg["cnt_imp_wh"] or after[1] < msg["cnt_exp_wh"]):
             raise Rejected("counter_decrease", ack=True)
