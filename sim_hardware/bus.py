@@ -27,7 +27,6 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from sim_hardware.clock import SimClock
 from sim_hardware.devices import ModbusDevice
 from sim_hardware.faults import FaultSchedule
-from sim_hardware.netutil import free_port
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class BusEndpoint:
         self.clock = clock
         self.faults = faults
         self.host = host
-        self.port = port if port or transport == "serial" else free_port(host)
+        self.port = port  # None: the OS picks a free one when the server starts
         self.serial_port = serial_port
         self.baudrate = baudrate
         self.stats = BusStats()
@@ -111,6 +110,10 @@ class BusEndpoint:
             self._server = ModbusTcpServer(simdevices, framer=framer,
                                            address=(self.host, self.port or 0), **hooks)
         await asyncio.wait_for(self._server.serve_forever(background=True), timeout=10)
+        if self.transport != "serial" and not self.port:
+            # Bound to port 0: ask the listening socket (picking a "free" port first and binding
+            # it later races with every other endpoint doing the same).
+            self.port = int(self._server.transport.sockets[0].getsockname()[1])
         log.info("bus up name=%s transport=%s endpoint=%s units=%s", self.name, self.transport,
                  self.endpoint, sorted(self.devices))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import struct
 from typing import Any
 
 from pymodbus.constants import ExcCodes
@@ -40,7 +41,9 @@ class ModbusDevice:
         self.regmap = regmap
         self.community = community
         self.clock = clock
-        self._index = {fc: sorted((e[regs.ADDRESS], e) for e in regmap.table(fc)) for fc in (3, 4)}
+        # Per table, entries sorted by address with their end: requests find theirs by bisection.
+        self._index = {fc: sorted((e[regs.ADDRESS], e[regs.ADDRESS] + regs.width(e[regs.TYPE]), e)
+                                  for e in regmap.table(fc)) for fc in (3, 4)}
         self.reads = 0
         self.writes = 0
         self.last_t = math.nan  # simulated time of the last request the device served
@@ -61,27 +64,7 @@ class ModbusDevice:
 
     # ------------------------------------------------------------------ pymodbus glue
     def simdevice(self) -> SimDevice:
-        bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
-        return SimDevice(self.unit, simdata=(bits, bits, self._blocks(3), self._blocks(4)),
-                         action=self._action)
-
-    def _blocks(self, function: int) -> list[SimData]:
-        """SimData covering the readable windows: one per register, zero-filled gaps."""
-        blocks: list[SimData] = []
-        for lo, hi in self.regmap.windows(function):
-            address = lo
-            for start, entry in self._index[function]:
-                if not lo <= start < hi:
-                    continue
-                if start > address:
-                    blocks.append(_zeros(address, start - address))
-                width = regs.width(entry[regs.TYPE])
-                blocks.append(SimData(start, values=[0] * width, datatype=DataType.REGISTERS,
-                                      readonly="w" not in entry[regs.ACCESS]))
-                address = start + width
-            if address < hi:
-                blocks.append(_zeros(address, hi - address))
-        return blocks or [SimData(0, datatype=DataType.INVALID)]
+        return SimDevice(self.unit, simdata=register_layout(self.regmap), action=self._action)
 
     async def _action(self, function: int, block_start: int, address: int, count: int,
                       registers: list[int], values: list[int] | None) -> ExcCodes | None:
@@ -103,8 +86,13 @@ class ModbusDevice:
         index = self._index[function]
         i = bisect.bisect_left(index, (address - 1,))
         end = address + count
-        return [e for start, e in index[i:] if start < end
-                and start + regs.width(e[regs.TYPE]) > address]
+        out = []
+        for start, stop, entry in index[i:]:
+            if start >= end:
+                break
+            if stop > address:
+                out.append(entry)
+        return out
 
     def _fill(self, function: int, block_start: int, address: int, count: int,
               registers: list[int], t: float) -> None:
@@ -112,13 +100,16 @@ class ModbusDevice:
         if not entries:
             return
         values = self.values(function, t)
-        for entry in entries:
-            name = entry[regs.NAME]
-            if name not in values:
+        low_first = self.regmap.word_order == regs.LOW_FIRST
+        for name, start, dtype, _unit, _access in entries:
+            value = values.get(name)
+            if value is None:
                 continue
-            words = self.regmap.encode(name, values[name])
-            for k, word in enumerate(words):
-                registers[entry[regs.ADDRESS] + k - block_start] = word
+            words = _encode(dtype, value)
+            if low_first and len(words) == 2:
+                words = (words[1], words[0])
+            offset = start - block_start
+            registers[offset:offset + len(words)] = words
 
     def _write(self, address: int, values: list[int], t: float) -> ExcCodes | None:
         entries = self._entries(3, address, len(values))
@@ -144,8 +135,48 @@ class ModbusDevice:
                 "map": self.regmap.name, "word_order": self.regmap.word_order}
 
 
+def register_layout(regmap: regs.RegisterMap) -> tuple[list[SimData], ...]:
+    """pymodbus blocks (coils, discrete inputs, holding, input) for ``regmap``: every readable
+    window covered, one SimData per register (read-only unless writable), zero-filled gaps.
+    Coils and discrete inputs are placeholders: the bus layer refuses their function codes."""
+    bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+    return (bits, bits, _blocks(regmap, 3), _blocks(regmap, 4))
+
+
+def _blocks(regmap: regs.RegisterMap, function: int) -> list[SimData]:
+    blocks: list[SimData] = []
+    entries = sorted(regmap.table(function), key=lambda e: e[regs.ADDRESS])
+    for lo, hi in regmap.windows(function):
+        address = lo
+        for entry in entries:
+            start = entry[regs.ADDRESS]
+            if not lo <= start < hi:
+                continue
+            if start > address:
+                blocks.append(_zeros(address, start - address))
+            width = regs.width(entry[regs.TYPE])
+            blocks.append(SimData(start, values=[0] * width, datatype=DataType.REGISTERS,
+                                  readonly="w" not in entry[regs.ACCESS]))
+            address = start + width
+        if address < hi:
+            blocks.append(_zeros(address, hi - address))
+    return blocks or [SimData(0, datatype=DataType.INVALID)]
+
+
 def _zeros(address: int, count: int) -> SimData:
     return SimData(address, values=[0] * count, datatype=DataType.REGISTERS, readonly=True)
+
+
+_F32 = struct.Struct(">f")
+_WORDS = struct.Struct(">HH")
+
+
+def _encode(dtype: str, value: float | int) -> tuple[int, ...]:
+    """Registers (high word first) for ``value``: the hot path of every read, so floats go
+    through precompiled structs rather than the general encoder in protocols.registers."""
+    if dtype == regs.F32:
+        return _WORDS.unpack(_F32.pack(value))
+    return tuple(regs.int_to_words(int(value), dtype))
 
 
 def _decode(dtype: str, words: list[int]) -> float | int:

@@ -43,7 +43,11 @@ class MeterAccumulator:
         self.demand = np.zeros(6 + n_phases)
         self.max_demand = np.zeros(6 + n_phases)
         self._snapshot = self.acc.copy()
+        self._instant: dict[str, float] | None = None  # cached instantaneous values
         self.set_counters(import_kwh, export_kwh)
+
+    def _index(self, name: str, phase: int) -> int:
+        return 6 + PHASE_GROUPS.index(name) * self.n + phase
 
     def _group(self, name: str) -> slice:
         start = 6 + PHASE_GROUPS.index(name) * self.n
@@ -62,6 +66,7 @@ class MeterAccumulator:
         at voltage ``v`` (V)."""
         self.settle(t)
         self.p, self.q, self.v, self.frequency = list(p), list(q), list(v), frequency
+        self._instant = None
         rate = np.zeros_like(self.acc)
         total_p, total_q = sum(p), sum(q)
         rate[IMP], rate[EXP] = max(total_p, 0.0), max(-total_p, 0.0)
@@ -85,6 +90,7 @@ class MeterAccumulator:
         self._snapshot = self.acc.copy()
         self.max_demand[:] = 0.0
         self.demand[:] = 0.0
+        self._instant = None
 
     def counters_at(self, t: float) -> np.ndarray:
         return self.acc + self.rate * (max(t - self.t0, 0.0) / 3600.0)
@@ -114,6 +120,7 @@ class MeterAccumulator:
         self.demand = demand
         self.max_demand = np.maximum(self.max_demand, demand)
         self._snapshot = self.acc.copy()
+        self._instant = None
 
     def set_demand_period(self, t: float, minutes: int) -> None:
         self.settle(t)
@@ -122,6 +129,7 @@ class MeterAccumulator:
 
     def reset_max_demand(self) -> None:
         self.max_demand[:] = 0.0
+        self._instant = None
 
     # ---------------------------------------------------------------- instantaneous values
     def currents(self) -> list[float]:
@@ -139,17 +147,24 @@ class MeterAccumulator:
         return abs(total)
 
     def values(self, t: float) -> dict[str, float]:
-        """Every quantity the Eastron maps name, at simulated time ``t``."""
-        acc = self.counters_at(t)
+        """Every quantity the Eastron maps name, at simulated time ``t``. Instantaneous values
+        only change with the flows, so they are computed once per event; counters per call."""
+        if self._instant is None:
+            self._instant = self._instant_values()
+        out = dict(self._instant)
+        self._counter_values(out, self.counters_at(t).tolist())
+        return out
+
+    def _instant_values(self) -> dict[str, float]:
         out: dict[str, float] = {"frequency": self.frequency}
         currents = self.currents()
         for k in range(self.n):
-            self._phase_values(out, k, acc, currents[k])
-        self._totals(out, acc, currents)
+            self._phase_values(out, k, currents[k])
+        self._totals(out, currents)
         self._demands(out)
         return out
 
-    def _phase_values(self, out: dict[str, float], k: int, acc: np.ndarray, current: float) -> None:
+    def _phase_values(self, out: dict[str, float], k: int, current: float) -> None:
         ph = f"l{k + 1}_"
         pk, qk, vk = self.p[k], self.q[k], self.v[k]
         s = math.hypot(pk, qk)
@@ -162,16 +177,8 @@ class MeterAccumulator:
         out[ph + "phase_angle"] = math.degrees(math.atan2(qk, pk)) if s > 0 else 0.0
         out[ph + "voltage_thd"] = VOLTAGE_THD_PCT
         out[ph + "current_thd"] = CURRENT_THD_PCT if current > 0.05 else 0.0
-        imp = acc[self._group("imp")][k] / 1000.0
-        exp = acc[self._group("exp")][k] / 1000.0
-        qimp = acc[self._group("qimp")][k] / 1000.0
-        qexp = acc[self._group("qexp")][k] / 1000.0
-        out[ph + "import_energy"], out[ph + "export_energy"] = imp, exp
-        out[ph + "total_energy"] = imp + exp
-        out[ph + "import_reactive_energy"], out[ph + "export_reactive_energy"] = qimp, qexp
-        out[ph + "total_reactive_energy"] = qimp + qexp
 
-    def _totals(self, out: dict[str, float], acc: np.ndarray, currents: list[float]) -> None:
+    def _totals(self, out: dict[str, float], currents: list[float]) -> None:
         total_p, total_q = sum(self.p), sum(self.q)
         total_s = sum(math.hypot(pk, qk) for pk, qk in zip(self.p, self.q))
         out["total_power"] = total_p
@@ -183,17 +190,29 @@ class MeterAccumulator:
         out["avg_current"] = sum(currents) / self.n
         out["sum_current"] = sum(currents)
         out["neutral_current"] = self.neutral_current()
+        out["avg_voltage_ln_thd"] = VOLTAGE_THD_PCT
+        out["avg_current_thd"] = CURRENT_THD_PCT if sum(currents) > 0.05 else 0.0
+        if self.n == 3:
+            self._line_voltages(out)
+
+    def _counter_values(self, out: dict[str, float], acc: list[float]) -> None:
+        for k in range(self.n):
+            ph = f"l{k + 1}_"
+            imp = acc[self._index("imp", k)] / 1000.0
+            exp = acc[self._index("exp", k)] / 1000.0
+            qimp = acc[self._index("qimp", k)] / 1000.0
+            qexp = acc[self._index("qexp", k)] / 1000.0
+            out[ph + "import_energy"], out[ph + "export_energy"] = imp, exp
+            out[ph + "total_energy"] = imp + exp
+            out[ph + "import_reactive_energy"], out[ph + "export_reactive_energy"] = qimp, qexp
+            out[ph + "total_reactive_energy"] = qimp + qexp
         out["import_energy"], out["export_energy"] = acc[IMP] / 1000.0, acc[EXP] / 1000.0
         out["total_energy"] = (acc[IMP] + acc[EXP]) / 1000.0
         out["import_reactive_energy"] = acc[QIMP] / 1000.0
         out["export_reactive_energy"] = acc[QEXP] / 1000.0
         out["total_reactive_energy"] = (acc[QIMP] + acc[QEXP]) / 1000.0
         out["apparent_energy"] = acc[VAH] / 1000.0
-        out["charge"] = float(sum(acc[self._group("ah")]))
-        out["avg_voltage_ln_thd"] = VOLTAGE_THD_PCT
-        out["avg_current_thd"] = CURRENT_THD_PCT if sum(currents) > 0.05 else 0.0
-        if self.n == 3:
-            self._line_voltages(out)
+        out["charge"] = sum(acc[self._index("ah", k)] for k in range(self.n))
 
     def _line_voltages(self, out: dict[str, float]) -> None:
         phasors = [cmath.rect(vk, -2 * math.pi * k / 3) for k, vk in enumerate(self.v)]
