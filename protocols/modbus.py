@@ -108,19 +108,28 @@ def _check_unit(unit, broadcast_ok):
 # ---------------------------------------------------------------------------------------- requests
 
 
+def _head(unit, function, address, word):
+    # Every request here starts unit, function, address, then a quantity or a value.
+    buf = bytearray((unit, function))
+    _u16(buf, address)
+    _u16(buf, word)
+    return buf
+
+
+def _check_range(address, count, limit):
+    _check_int(address, 0, 0xFFFF, "bad_address")
+    _check_int(count, 1, limit, "bad_count")
+    if address + count > 0x10000:
+        raise ProtocolError("bad_address", "range past 0xFFFF")
+
+
 def build_read(unit, function, address, count):
     """Read holding (03) or input (04) registers: ``count`` registers from ``address``."""
     if function != READ_HOLDING and function != READ_INPUT:
         raise ProtocolError("bad_function", str(function))
     _check_unit(unit, False)  # [SERIAL] 2.1: reads are never broadcast
-    _check_int(address, 0, 0xFFFF, "bad_address")
-    _check_int(count, 1, MAX_READ, "bad_count")
-    if address + count > 0x10000:
-        raise ProtocolError("bad_address", "range past 0xFFFF")
-    buf = bytearray((unit, function))
-    _u16(buf, address)
-    _u16(buf, count)
-    return with_crc(buf)
+    _check_range(address, count, MAX_READ)
+    return with_crc(_head(unit, function, address, count))
 
 
 def build_write_single(unit, address, value):
@@ -128,24 +137,15 @@ def build_write_single(unit, address, value):
     _check_unit(unit, True)
     _check_int(address, 0, 0xFFFF, "bad_address")
     _check_int(value, 0, 0xFFFF, "bad_value")
-    buf = bytearray((unit, WRITE_SINGLE))
-    _u16(buf, address)
-    _u16(buf, value)
-    return with_crc(buf)
+    return with_crc(_head(unit, WRITE_SINGLE, address, value))
 
 
 def build_write_multiple(unit, address, values):
     """Write multiple registers (16)."""
     _check_unit(unit, True)
-    _check_int(address, 0, 0xFFFF, "bad_address")
-    count = len(values)
-    _check_int(count, 1, MAX_WRITE, "bad_count")
-    if address + count > 0x10000:
-        raise ProtocolError("bad_address", "range past 0xFFFF")
-    buf = bytearray((unit, WRITE_MULTIPLE))
-    _u16(buf, address)
-    _u16(buf, count)
-    buf.append(2 * count)
+    _check_range(address, len(values), MAX_WRITE)
+    buf = _head(unit, WRITE_MULTIPLE, address, len(values))
+    buf.append(2 * len(values))
     for value in values:
         _check_int(value, 0, 0xFFFF, "bad_value")
         _u16(buf, value)
@@ -255,7 +255,7 @@ def parse_request(frame):
     if function == READ_HOLDING or function == READ_INPUT:
         _need_len(frame, 8)
         count = _get16(frame, 4)
-        _check_quantity(count, MAX_READ, _get16(frame, 2))
+        _check_range(_get16(frame, 2), count, MAX_READ)
         return (unit, function, _get16(frame, 2), count, [])
     if function == WRITE_SINGLE:
         _need_len(frame, 8)
@@ -270,19 +270,12 @@ def _need_len(frame, n):
         raise ProtocolError("bad_length", str(len(frame)))
 
 
-def _check_quantity(count, limit, address):
-    if count < 1 or count > limit:
-        raise ProtocolError("bad_count", str(count))
-    if address + count > 0x10000:
-        raise ProtocolError("bad_address", "range past 0xFFFF")
-
-
 def _parse_write_multiple(frame):
     if len(frame) < 9:
         raise ProtocolError("short_frame", str(len(frame)))
     address = _get16(frame, 2)
     count = _get16(frame, 4)
-    _check_quantity(count, MAX_WRITE, address)
+    _check_range(address, count, MAX_WRITE)
     if frame[6] != 2 * count or len(frame) != 9 + 2 * count:
         raise ProtocolError("bad_length", str(frame[6]))
     values = [_get16(frame, 7 + 2 * i) for i in range(count)]
@@ -306,10 +299,7 @@ def build_read_response(unit, function, registers):
 def build_write_response(unit, function, address, value_or_count):
     """Normal response to 06 (echoes the value) or 16 (echoes the quantity)."""
     _check_unit(unit, False)
-    buf = bytearray((unit, function))
-    _u16(buf, address)
-    _u16(buf, value_or_count)
-    return with_crc(buf)
+    return with_crc(_head(unit, function, address, value_or_count))
 
 
 def build_exception(unit, function, code):

@@ -14,6 +14,7 @@ import math
 import struct
 from typing import Any
 
+import pymodbus
 from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -25,6 +26,13 @@ from sim_hardware.household import FEEDER_ID, Community, Household
 from sim_hardware.metering import DEMAND_PERIODS_MIN, MeterAccumulator
 
 log = logging.getLogger(__name__)
+
+# SimDevice with per-request actions and servers taking SimDevice lists: the 3.16 data model
+# (older 3.x releases routed the same calls through datastore contexts, with other semantics).
+MIN_PYMODBUS = (3, 16)
+if tuple(int(p) for p in pymodbus.__version__.split(".")[:2]) < MIN_PYMODBUS:
+    raise ImportError(f"sim_hardware needs pymodbus >= {'.'.join(map(str, MIN_PYMODBUS))}, "
+                      f"found {pymodbus.__version__}: pip install -U 'pymodbus>=3.16'")
 
 Entry = tuple[str, int, str, str, str]
 
