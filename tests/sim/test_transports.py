@@ -110,3 +110,26 @@ def test_sdm120_and_low_word_first_battery() -> None:
                 client.close()
 
     arun(scenario())
+
+
+def test_simulator_thread_for_synchronous_callers() -> None:
+    from pymodbus.client import ModbusTcpClient
+
+    from sim_hardware.simulator import SimulatorThread
+
+    with SimulatorThread(SimConfig(meters=1), SimClock(T0, speed=60)) as sim:
+        endpoint = sim.endpoints[0]
+        client = ModbusTcpClient(endpoint.host, port=endpoint.port, framer=FramerType.RTU,
+                                 timeout=1, retries=0)
+        assert client.connect()
+        try:
+            assert not client.read_input_registers(0x48, count=4, device_id=1).isError()
+            fault = sim.faults.add("exception", "hh000-meter", code=4)
+            rr = client.read_input_registers(0x48, count=4, device_id=1)
+            assert rr.isError() and rr.exception_code == 4
+            sim.faults.remove(fault)
+            rr = client.write_registers(0x10, registers.battery().encode("setpoint", 700),
+                                        device_id=2)
+            assert not rr.isError() and sim.battery_power_w(0) == 700
+        finally:
+            client.close()
