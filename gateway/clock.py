@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from gateway.config import ClockConfig
@@ -24,3 +25,11 @@ class Clock:
     def real_seconds(self, simulated: float) -> float:
         """How long to sleep for ``simulated`` seconds to pass."""
         return max(0.0, simulated / self.speed)
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep for ``seconds`` or until ``stop`` is set, whichever comes first."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

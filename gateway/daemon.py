@@ -27,7 +27,7 @@ import aiomqtt
 
 from gateway import db, note, sdnotify
 from gateway.clearing import ClearFn, market_clear
-from gateway.clock import Clock
+from gateway.clock import Clock, pause
 from gateway.config import GatewayConfig
 from gateway.fairqueue import FairQueue
 from gateway.ingest import Ingest, Outgoing
@@ -47,8 +47,11 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 MAX_TICK_S = 1.0  # the scheduler looks at least this often (real seconds) for late readings
 STALL_S = 60.0  # no scheduler tick for this long: unhealthy, stop feeding the systemd watchdog
-MAX_ACKS_IN_FLIGHT = 5000
+# QoS 1 publishes awaiting PUBACK. Enough to hide the broker's round trip, few enough that
+# paho's per-publish bookkeeping (linear in what is in flight) stays cheap; more wait in its queue.
+MAX_IN_FLIGHT = 100
 STATUS_COUNTERS = 24
+SHUTDOWN_WAIT_S = 5.0
 
 
 class Gateway:
@@ -65,8 +68,6 @@ class Gateway:
         self.latest_checkpoint: dict[str, Any] | None = None
         self.queue = FairQueue(cfg.ingest.per_meter_queue, cfg.ingest.total_queue, self._dropped)
         self._dbx = ThreadPoolExecutor(1, thread_name_prefix="tmeter-db")  # the one writer thread
-        self._acks = asyncio.Semaphore(MAX_ACKS_IN_FLIGHT)
-        self._pending: set[asyncio.Task[None]] = set()
         self.status_server: StatusServer | None = None
         self.exporter: Any = None
 
@@ -120,30 +121,40 @@ class Gateway:
     async def _publish(self, client: aiomqtt.Client, o: Outgoing) -> None:
         try:
             await client.publish(o.topic, o.payload, qos=o.qos, retain=o.retain, timeout=30)
-        except Exception as exc:  # noqa: BLE001 - a lost ack is re-sent when the meter retries
+        except Exception as exc:  # noqa: BLE001 - a lost message is re-sent or superseded
             self.counters["publish_failed"] += 1
             log.debug("publish to %s failed: %s", o.topic, exc)
-        finally:
-            self._acks.release()
+
+    def _send_acks(self, client: aiomqtt.Client, acks: list[Outgoing]) -> None:
+        """Hand acks to the MQTT session without waiting for their PUBACKs.
+
+        aiomqtt's ``publish`` awaits each PUBACK with an event, a timeout task and bookkeeping
+        linear in what is in flight; at thousands of acks a second that is most of the main
+        loop. The session (paho, under aiomqtt) retransmits QoS 1 itself and queues what exceeds
+        its in-flight window, and an ack lost with the connection is re-sent when the meter
+        repeats its record, so nothing here needs the confirmation.
+        """
+        session = getattr(client, "_client", None)  # aiomqtt's paho client
+        for o in acks:
+            if session is None:
+                asyncio.get_running_loop().create_task(self._publish(client, o))
+                continue
+            info = session.publish(o.topic, o.payload, qos=o.qos, retain=o.retain)
+            if info.rc != 0:
+                self.counters["publish_failed"] += 1
 
     async def _send(self, client: aiomqtt.Client, out: list[Outgoing]) -> None:
-        """Hand publishes to the client without waiting for their PUBACKs (bounded in number)."""
-        for o in out:
-            await self._acks.acquire()
-            task = asyncio.create_task(self._publish(client, o))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+        """Publish awards, results, checkpoints: few, and each confirmed."""
+        await asyncio.gather(*(self._publish(client, o) for o in out))
 
-    async def _ingest_loop(self, client: aiomqtt.Client) -> None:
-        while True:
+    async def _ingest_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             batch = await self.queue.get_batch(self.cfg.ingest.batch)
-            items = [(str(m.topic), m.payload if isinstance(m.payload, bytes) else bytes(str(m.payload), "utf-8"))
-                     for m in batch]
-            acks = await self._db(self.ingest.process, items)
-            await self._send(client, acks)
+            self.counters["ingest_batches"] += 1
+            self._send_acks(client, await self._db(self.ingest.process, batch))
 
-    async def _scheduler_loop(self, client: aiomqtt.Client) -> None:
-        while True:
+    async def _scheduler_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             now = self.clock.now()
             out = await self._db(self.scheduler.tick, now)
             self.last_tick = time.monotonic()
@@ -154,13 +165,13 @@ class Gateway:
                     self._note_checkpoint(cp["size"], cp["root"])
             await self._send(client, out)
             nxt = await self._db(self.scheduler.next_event, self.clock.now())
-            await asyncio.sleep(min(MAX_TICK_S, self.clock.real_seconds(nxt - self.clock.now())))
+            await pause(stop, min(MAX_TICK_S, self.clock.real_seconds(nxt - self.clock.now())))
 
-    async def _status_loop(self, client: aiomqtt.Client) -> None:
+    async def _status_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         topic = topics.gateway_status_topic(self.cfg.community)
-        while True:
+        while not stop.is_set():
             await client.publish(topic, self._status_message(1), qos=1, retain=True, timeout=30)
-            await asyncio.sleep(self.cfg.status.publish_s)
+            await pause(stop, self.cfg.status.publish_s)
 
     async def _watchdog_loop(self) -> None:
         interval = sdnotify.watchdog_interval()
@@ -169,7 +180,22 @@ class Gateway:
         while True:
             if self.health() != "stalled":  # fed only while the scheduler makes progress
                 sdnotify.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # cancelled by run() on the way out
+
+    def _on_message(self, session: Any, userdata: Any, message: Any) -> None:
+        self.queue.put_nowait((message.topic, message.payload))
+
+    def _take_messages(self, client: aiomqtt.Client) -> None:
+        """Incoming messages go straight from the MQTT session into the fair queue.
+
+        aiomqtt would wrap each in its own Message and Topic objects and an unbounded queue; at
+        ingest rates that wrapping costs more than verifying and storing the record. The session
+        (paho) calls this from the event loop thread, like aiomqtt's own callback.
+        """
+        session = getattr(client, "_client", None)
+        if session is None:
+            raise RuntimeError("this aiomqtt version hides its MQTT session; pin aiomqtt 2.x")
+        session.on_message = self._on_message
 
     def _client(self) -> aiomqtt.Client:
         m = self.cfg.mqtt
@@ -181,12 +207,13 @@ class Gateway:
             m.host, m.port, username=m.user, password=m.password, identifier=m.client_id,
             clean_session=False,  # the broker keeps our subscriptions and queues QoS 1 while we restart
             will=will, keepalive=m.keepalive_s, logger=mqtt_log, tls_context=tls, timeout=30,
-            queue_type=lambda maxsize=0: self.queue,  # type: ignore[arg-type,misc] - duck-typed queue
-            max_inflight_messages=1000, max_queued_outgoing_messages=0,
+            max_inflight_messages=MAX_IN_FLIGHT, max_queued_outgoing_messages=0,
         )
 
     async def _session(self, stop: asyncio.Event) -> None:
-        async with self._client() as client:
+        client = self._client()
+        self._take_messages(client)  # before connecting: a resumed session delivers at once
+        async with client:
             filters = [(topics.meter_filter(self.cfg.community, k), 1) for k in topics.METER_UP]
             await client.subscribe(filters)
             self.connected = True
@@ -195,14 +222,17 @@ class Gateway:
             log.info("connected to %s:%d, community %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.community)
             try:
                 tasks = [asyncio.create_task(c) for c in (
-                    self._ingest_loop(client), self._scheduler_loop(client), self._status_loop(client))]
+                    self._ingest_loop(client, stop), self._scheduler_loop(client, stop),
+                    self._status_loop(client, stop))]
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
                 for t in [*tasks, stopper]:
                     t.cancel()
-                await asyncio.gather(*tasks, stopper, return_exceptions=True)
+                # Bounded: on Python 3.11 a cancel that races a completing wait_for (inside
+                # aiomqtt) can be swallowed; the loops also watch ``stop``, so they end anyway.
+                await asyncio.wait([*tasks, stopper], timeout=SHUTDOWN_WAIT_S)
                 for t in done:
-                    if t is not stopper and t.exception() is not None:
+                    if t is not stopper and not t.cancelled() and t.exception() is not None:
                         raise t.exception()  # type: ignore[misc]
                 if stop.is_set():
                     await self._drain(client)
@@ -212,11 +242,8 @@ class Gateway:
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Clean shutdown: store what is queued, ack it, sign the tree, say we are offline."""
         while self.queue.qsize():
-            await self._send(client, await self._db(self.ingest.process, [
-                (str(m.topic), bytes(m.payload)) for m in self.queue.take(self.cfg.ingest.batch)]))
+            self._send_acks(client, await self._db(self.ingest.process, self.queue.take(self.cfg.ingest.batch)))
         await self._send(client, await self._db(self.scheduler.checkpoint))
-        if self._pending:
-            await asyncio.wait(self._pending, timeout=10)
         await client.publish(topics.gateway_status_topic(self.cfg.community), self._status_message(0),
                              qos=1, retain=True, timeout=10)
 

@@ -1,6 +1,6 @@
 """A bounded, per-meter fair queue of incoming MQTT messages.
 
-aiomqtt hands every message to ``put_nowait`` from its network callback. Each meter gets its
+The MQTT session hands every message to ``put_nowait`` from its network callback. Each meter gets its
 own bounded FIFO, and ``get_batch`` takes one message per meter in turn, so a meter flooding
 the broker fills (and overflows) only its own queue while every other meter keeps its share of
 the gateway. An overflowing message is dropped and counted; since the gateway acknowledges only
@@ -30,7 +30,7 @@ class FairQueue:
         self.per_meter = per_meter
         self.total = total
         self.on_drop = on_drop
-        self._queues: OrderedDict[str, deque[Any]] = OrderedDict()  # order = round-robin ring
+        self._queues: OrderedDict[str, deque[tuple[str, bytes]]] = OrderedDict()  # order = round-robin ring
         self._size = 0
         self._ready = asyncio.Event()
 
@@ -40,8 +40,9 @@ class FairQueue:
     def empty(self) -> bool:
         return self._size == 0
 
-    def put_nowait(self, message: Any) -> None:
-        meter = meter_of(str(message.topic))
+    def put_nowait(self, message: tuple[str, bytes]) -> None:
+        """Queue one (topic, payload); a full meter queue drops it (counted by ``on_drop``)."""
+        meter = meter_of(message[0])
         q = self._queues.get(meter)
         if q is None:
             q = self._queues[meter] = deque()
@@ -53,9 +54,9 @@ class FairQueue:
         self._size += 1
         self._ready.set()
 
-    def take(self, limit: int) -> list[Any]:
+    def take(self, limit: int) -> list[tuple[str, bytes]]:
         """Up to ``limit`` messages, one per meter per round, without waiting."""
-        batch: list[Any] = []
+        batch: list[tuple[str, bytes]] = []
         while self._size and len(batch) < limit:
             for meter in list(self._queues):
                 q = self._queues[meter]
@@ -71,10 +72,10 @@ class FairQueue:
             self._ready.clear()
         return batch
 
-    async def get_batch(self, limit: int) -> list[Any]:
+    async def get_batch(self, limit: int) -> list[tuple[str, bytes]]:
         while not self._size:
             await self._ready.wait()
         return self.take(limit)
 
-    async def get(self) -> Any:
+    async def get(self) -> tuple[str, bytes]:
         return (await self.get_batch(1))[0]

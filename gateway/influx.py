@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Any
 
 from gateway import db
+from gateway.clock import pause
 from gateway.config import GatewayConfig, InfluxConfig
 
 log = logging.getLogger("tmeter.gateway.influx")
@@ -95,20 +96,13 @@ class Exporter:
             except Exception as exc:  # noqa: BLE001 - any failure: keep the outbox, retry later
                 self.counters["influx_errors"] += 1
                 log.warning("influx export failed (%s); retrying in %.1f s", str(exc)[:200], backoff)
-                await _sleep(stop, backoff)
+                await pause(stop, backoff)
                 backoff = min(self.cfg.retry_max_s, backoff * 2)
                 continue
-            await _sleep(stop, self.cfg.flush_s)
+            await pause(stop, self.cfg.flush_s)
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
         if self._conn is not None:
             self._conn.close()
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

@@ -33,16 +33,27 @@ def _run_daemon(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config.load(args.config)
+    import faulthandler  # noqa: PLC0415
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack to the log
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)  # `kill -USR2`: every task's stack
         await Gateway(cfg).run(stop)
 
     asyncio.run(main())
     return 0
+
+
+def _dump_tasks() -> None:
+    import asyncio  # noqa: PLC0415
+
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
 
 
 def _mosquitto_config(args: argparse.Namespace) -> int:

@@ -42,6 +42,11 @@ def test_systemd_notify_watchdog_and_clean_sigterm(tmp_path: Path, mosquitto: Mo
         proc.send_signal(signal.SIGTERM)
         while "STOPPING=1" not in seen:
             seen.extend(sock.recv(4096).decode().split("\n"))
+            if len(seen) > 30:
+                proc.send_signal(signal.SIGUSR2)
+                time.sleep(1)
+                print((tmp_path / "log").read_text())
+                break
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
