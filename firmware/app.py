@@ -22,7 +22,7 @@ from firmware.watchdog import LoopWatchdog
 from protocols import messages, topics
 from protocols.errors import ProtocolError
 
-COUNTERS = ("records", "acked", "rejected", "ack_bad", "q_depth", "q_drop", "q_bad", "bids", "bid_skip",
+COUNTERS = ("records", "acked", "rejected", "q_depth", "q_drop", "q_bad", "bids", "bid_skip",
             "heap_free")
 
 
@@ -195,6 +195,9 @@ class App:
             self.acct.iv = rec["iv"] + 1
         self.emit(rec)
         self.closed += 1
+        # Collect at a quiet point, once per interval, rather than in the middle of building
+        # a message: keeps the heap from fragmenting into pieces too small for a payload.
+        self.board.collect()
         self.forecast.update(rec["exp_wh"] - rec["imp_wh"] - batt_net)
         iv = self.acct.iv
         await self.apply_award(iv)
@@ -310,7 +313,7 @@ class App:
         try:
             _c, _m, msg, _b = messages.decode(topic, payload, self._keys)
         except ProtocolError:
-            self.c["ack_bad"] += 1
+            self.c["rejected"] += 1
             return
         seq = msg["seq"]
         if self.outbox.ack(seq, msg["boot"]):

@@ -17,10 +17,20 @@ def _unload(name):
 
 
 def boot(cfg_path):
-    """(config, register readers), with the boot-only modules unloaded."""
+    """(config, register readers), with the boot-only modules unloaded. A plan file beside the
+    config (regplan.json, from the host tools) saves loading the register maps at all."""
+    import json
+
     from firmware import config, regmap
     cfg = config.load(cfg_path)
-    readers = regmap.build(cfg["modbus"])
+    readers = None
+    try:
+        with open(cfg_path[:-len("config.json")] + "regplan.json") as f:
+            readers = regmap.load(cfg["modbus"], json.load(f))
+    except (OSError, ValueError, KeyError):
+        pass
+    if readers is None:
+        readers = regmap.build(cfg["modbus"])
     _unload("firmware.config")
     _unload("firmware.regmap")
     return cfg, readers

@@ -34,7 +34,7 @@ class Master:
         self.retries = cfg.get("retries", 2)
         self.offline_after = cfg.get("offline_after", 3)
         self.c = counters
-        for k in ("mb_ok", "mb_err", "mb_retry", "mb_timeout", "mb_crc", "mb_exc", "mb_offline"):
+        for k in ("mb_err", "mb_retry", "mb_timeout", "mb_crc", "mb_exc", "mb_offline"):
             self.c.setdefault(k, 0)
         self._fails = {}          # unit -> failed transactions in a row
         self._last_io = board.ticks_ms()
@@ -91,7 +91,6 @@ class Master:
             try:
                 frame = await self._exchange(request)
                 result = modbus.parse_response(request, frame)
-                self.c["mb_ok"] += 1
                 self._result(unit, True)
                 return result
             except ModbusError as e:

@@ -19,7 +19,15 @@ class Reader:
     """One device's values: ``blocks`` [(function, start, count)] to read, and per value its
     block index, offset, type ("f32", "u16", "s16", "u32", "s32") and address."""
 
-    def __init__(self, registers, regmap, names):
+    def __init__(self, registers=None, regmap=None, names=(), saved=None):
+        if saved is not None:
+            # From a plan file (see plan()): blocks, word order and fields as exported.
+            self.blocks = [tuple(b) for b in saved["blocks"]]
+            self.low_first = saved["low_first"]
+            self.fields = {}
+            for name in saved["fields"]:
+                self.fields[name] = tuple(saved["fields"][name])
+            return
         self.blocks = regmap.plan(names)
         self.low_first = regmap.word_order == registers.LOW_FIRST
         self.fields = {}
@@ -62,6 +70,30 @@ class Reader:
         bits = value & 0xFFFFFFFF
         words = [bits >> 16, bits & 0xFFFF]
         return [words[1], words[0]] if self.low_first else words
+
+
+def plan_key(mb):
+    return str(mb["meter_model"]) + "/" + (str(mb.get("battery_map", "battery"))
+                                            if mb.get("battery_unit") is not None else "-")
+
+
+def export(mb):
+    """The plan file (regplan.json) for a device config: the readers of build() as data, so a
+    board can skip loading the maps at boot. Made on the host by `tmeter fw deploy/run`."""
+    meter, battery = build(mb)
+    out = {"key": plan_key(mb)}
+    for name, r in (("meter", meter), ("battery", battery)):
+        out[name] = None if r is None else {"blocks": r.blocks, "low_first": r.low_first,
+                                            "fields": r.fields}
+    return out
+
+
+def load(mb, plan):
+    """Readers from a plan file made for this config, or None if it was made for another."""
+    if not plan or plan.get("key") != plan_key(mb):
+        return None
+    b = plan.get("battery")
+    return Reader(saved=plan["meter"]), (Reader(saved=b) if b else None)
 
 
 def build(mb):

@@ -24,7 +24,7 @@ class FakeGateway:
         self.keys = keys
         self.kid = kid
         self.ack_enabled = ack
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.readings: dict[tuple[str, int, int], dict] = {}   # (meter, boot, seq) -> msg
         self.reading_bodies: dict[tuple[str, int, int], bytes] = {}
         self.deliveries: Counter[tuple[str, int, int]] = Counter()
