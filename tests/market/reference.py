@@ -32,9 +32,17 @@ FALLBACK_OPTS = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, 
 OK = ("optimal", "optimal_inaccurate")
 
 
-def solve(prob: cp.Problem) -> None:
-    """Clarabel at the tightest tolerances it reaches: on a few degenerate problems the
-    tightest settings stall, and the merely high-accuracy ones still answer."""
+OSQP_OPTS = {"eps_abs": 1e-11, "eps_rel": 1e-11, "max_iter": 200000, "polish": True}
+
+
+def solve(prob: cp.Problem, solver: str = "CLARABEL") -> None:
+    """Clarabel at the tightest tolerances it reaches (on a few degenerate problems the
+    tightest settings stall, and the merely high-accuracy ones still answer), or OSQP with
+    solution polishing, whose active-set polish gives exact duals where an interior point's
+    are off by ~1e-6 (prices exactly at a kink)."""
+    if solver == "OSQP":
+        prob.solve(solver=cp.OSQP, **OSQP_OPTS)
+        return
     try:
         prob.solve(solver=cp.CLARABEL, **SOLVER_OPTS)
     except cp.error.SolverError:
@@ -55,13 +63,15 @@ class Reference:
 def _member_costs(book: BidBook) -> tuple[cp.Variable, cp.Expression, cp.Expression, list]:
     """Segment fills x, members' q = q_min + A x, and the members' total cost."""
     s = len(book.seg_dq)
-    x = cp.Variable(s)
-    a = sp.csr_matrix((np.ones(s), (book.seg_owner, np.arange(s))), shape=(len(book), s))
-    curvature = (book.seg_p1 - book.seg_p0) / book.seg_dq
+    dq = book.seg_dq if s else np.zeros(1)  # no flexible member: one fill pinned at zero
+    x = cp.Variable(len(dq))
+    a = sp.csr_matrix((np.ones(s), (book.seg_owner, np.arange(s))), shape=(len(book), len(dq)))
+    curvature = (book.seg_p1 - book.seg_p0) / book.seg_dq if s else np.zeros(1)
+    p0 = book.seg_p0 if s else np.zeros(1)
     constant = float(book.cost(book.q_min).sum())  # C_n(q_min), checked on its own in the tests
-    cost = book.seg_p0 @ x + 0.5 * cp.sum(cp.multiply(curvature, cp.square(x))) + constant
+    cost = p0 @ x + 0.5 * cp.sum(cp.multiply(curvature, cp.square(x))) + constant
     q = book.q_min + a @ x
-    return x, q, cost, [x >= 0, x <= book.seg_dq]
+    return x, q, cost, [x >= 0, x <= dq]
 
 
 def _grid(community: Community, book: BidBook) -> tuple[cp.Variable, cp.Variable, cp.Expression, list]:
@@ -77,14 +87,12 @@ def _grid(community: Community, book: BidBook) -> tuple[cp.Variable, cp.Variable
     return imp, exp, bill, cons
 
 
-def solve_uniform(book: BidBook, community: Community) -> Reference:
-    if len(book.seg_dq) == 0:
-        return _solve_uniform_fixed(book, community)
+def solve_uniform(book: BidBook, community: Community, solver: str = "CLARABEL") -> Reference:
     x, q, cost, cons = _member_costs(book)
     imp, exp, bill, grid_cons = _grid(community, book)
     balance = cp.sum(q) + imp - exp == 0
     prob = cp.Problem(cp.Minimize(cost + bill), cons + grid_cons + [balance])
-    solve(prob)
+    solve(prob, solver)
     if prob.status not in OK:
         return Reference(prob.status, np.nan, np.array([]), None, np.nan, np.nan)
     return Reference(
@@ -97,17 +105,58 @@ def solve_uniform(book: BidBook, community: Community) -> Reference:
     )
 
 
-def _solve_uniform_fixed(book: BidBook, community: Community) -> Reference:
-    """No flexible member: the grid takes the net position (if it can); no dual to read."""
-    net = -float(book.q_min.sum())
-    imp, exp = max(net, 0.0), max(-net, 0.0)
-    cap_ok = (community.import_capacity is None or imp <= community.import_capacity) and (
-        community.export_capacity is None or exp <= community.export_capacity
-    )
-    side_ok = (imp == 0 or community.import_price is not None) and (
-        exp == 0 or community.export_price is not None
-    )
-    if not (cap_ok and side_ok):
-        return Reference("infeasible", np.nan, np.array([]), None, np.nan, np.nan)
-    bill = (community.import_price or 0.0) * imp - (community.export_price or 0.0) * exp
-    return Reference("optimal", float(book.cost(book.q_min).sum()) + bill, book.q_min.copy(), None, imp, exp)
+def nearest_pairs(pos: np.ndarray, k: int | None) -> list[tuple[int, int]]:
+    """The trading graph by brute force: every pair, or each member's k nearest (either side)."""
+    n = len(pos)
+    if k is None or k >= n - 1:
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
+    np.fill_diagonal(dist, np.inf)
+    pairs = set()
+    for i in range(n):
+        for j in np.argsort(dist[i], kind="stable")[:k]:
+            pairs.add((min(i, int(j)), max(i, int(j))))
+    return sorted(pairs)
+
+
+def solve_p2p(book: BidBook, community: Community, positions: np.ndarray, prefs: np.ndarray,
+              k: int | None, grid_distance: float | None = None) -> Reference:
+    """Sorin et al.'s multi-bilateral dispatch with one variable per direction of every pair,
+    reciprocity as constraints (their duals are the trade prices), the grid as a selling node
+    and a buying node connected to every member."""
+    n = len(book)
+    pairs = nearest_pairs(positions, k)
+    dist = [float(np.linalg.norm(positions[i] - positions[j])) for i, j in pairs]
+    gdist = grid_distance if grid_distance is not None else (max(dist) if dist else 0.0)
+    gi, ge = n, n + 1  # grid import node (only sells) and export node (only buys)
+    links = [(i, j, d) for (i, j), d in zip(pairs, dist)]
+    if community.import_price is not None:
+        links += [(m, gi, gdist) for m in range(n)]
+    if community.export_price is not None:
+        links += [(m, ge, gdist) for m in range(n)]
+    owner = [i for i, _, _ in links] + [j for _, j, _ in links]  # directed: (i->j), then (j->i)
+    c = np.concatenate([prefs, [0.0, 0.0]])
+    gamma = np.array([d for _, _, d in links] * 2)
+    P = cp.Variable(len(owner))
+    out = sp.csr_matrix((np.ones(len(owner)), (owner, np.arange(len(owner)))), shape=(n + 2, len(owner)))
+    x, q, cost, cons = _member_costs(book)
+    imp, exp, bill, grid_cons = _grid(community, book)
+    net = out @ P
+    cons += grid_cons + [net[:n] == q, net[gi] == imp, net[ge] == -exp]
+    role = np.concatenate([book.q_min >= 0, [True, False]]), np.concatenate([book.q_max <= 0, [False, True]])
+    sells_only, buys_only = role[0][owner], role[1][owner]
+    if sells_only.any():
+        cons.append(P[np.flatnonzero(sells_only)] >= 0)
+    if buys_only.any():
+        cons.append(P[np.flatnonzero(buys_only)] <= 0)
+    m = len(links)
+    reciprocity = P[:m] + P[m:] == 0
+    preference = cp.sum(cp.multiply(c[owner] * gamma, cp.abs(P)))
+    prob = cp.Problem(cp.Minimize(cost + bill + preference), cons + [reciprocity] if m else cons)
+    solve(prob)
+    if prob.status not in OK:
+        return Reference(prob.status, np.nan, np.array([]), None, np.nan, np.nan)
+    duals = -np.asarray(reciprocity.dual_value).reshape(-1) if m else np.zeros(0)
+    prices = {(i, j): float(duals[e]) for e, (i, j, _) in enumerate(links)}
+    return Reference(prob.status, float(prob.value), np.asarray(q.value).reshape(-1), None,
+                     float(imp.value), float(exp.value), prices)

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import strategies as st
 
 from gateway.market.bids import Bid
 from gateway.market.community import Community
+
+# MARKET_EXAMPLES=20 runs every property test with 20 times its examples (a longer soak).
+SCALE = int(os.environ.get("MARKET_EXAMPLES", "1"))
+
+
+def examples(n: int) -> int:
+    return n * SCALE
+
 
 prices = st.floats(0.0, 0.5, allow_nan=False).map(lambda v: round(v, 4))
 quantities = st.floats(-3.0, 3.0, allow_nan=False).map(lambda v: round(v, 3))
@@ -59,7 +69,7 @@ def supply(bid: Bid, price: float) -> tuple[float, float]:
             lo += width if price > p0 else 0.0
             hi += width if price >= p0 else 0.0
         else:
-            frac = min(max((price - p0) / (p1 - p0), 0.0), 1.0)
+            frac = 0.0 if price <= p0 else 1.0 if price >= p1 else (price - p0) / (p1 - p0)
             lo += frac * width
             hi += frac * width
     return lo, hi

@@ -16,7 +16,7 @@ from gateway.market.uniform import clear_uniform
 
 from .checks import assert_matches_reference, assert_uniform_kkt
 from .reference import OK, solve_uniform
-from .strategies import communities, cost, markets
+from .strategies import communities, examples, cost, markets
 
 GRID = Community(import_price=0.30, export_price=0.08)
 
@@ -29,7 +29,7 @@ def block(meter: str, q_from: float, q_to: float, price: float) -> Bid:
     return Bid.curve(meter, [(q_from, price), (q_to, price)])
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(markets(), communities())
 def test_matches_reference_on_random_markets(bids: list[Bid], community: Community) -> None:
     book = BidBook.from_bids(bids)
@@ -40,11 +40,12 @@ def test_matches_reference_on_random_markets(bids: list[Bid], community: Communi
         assert "infeasible" in ref.status
         return
     assert ref.status in OK, ref.status
-    assert_matches_reference(bids, res, ref, unique_awards=False)
+    polished = lambda: solve_uniform(book, community, "OSQP")  # noqa: E731
+    assert_matches_reference(bids, res, ref, unique_awards=False, polished=polished)
     assert_uniform_kkt(bids, community, res)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(markets(sloped_only=True), communities(allow_islanded=False))
 def test_strictly_convex_awards_match_reference(bids: list[Bid], community: Community) -> None:
     """With strictly increasing curves the awards are unique: they must agree one by one."""
@@ -55,11 +56,12 @@ def test_strictly_convex_awards_match_reference(bids: list[Bid], community: Comm
     except InfeasibleMarket:
         assert "infeasible" in ref.status
         return
-    assert_matches_reference(bids, res, ref, unique_awards=True)
+    polished = lambda: solve_uniform(book, community, "OSQP")  # noqa: E731
+    assert_matches_reference(bids, res, ref, unique_awards=True, polished=polished)
     assert_uniform_kkt(bids, community, res)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(markets(), communities(capacities=False))
 def test_bau_is_each_member_clearing_alone(bids: list[Bid], community: Community) -> None:
     try:
@@ -75,7 +77,7 @@ def test_bau_is_each_member_clearing_alone(bids: list[Bid], community: Community
     assert res.savings is not None and res.savings >= -1e-9
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(markets(), st.floats(-4, 4))
 def test_cost_is_the_integral_of_the_curve(bids: list[Bid], q: float) -> None:
     book = BidBook.from_bids(bids)
