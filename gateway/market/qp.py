@@ -29,9 +29,10 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 STEP = 0.995  # fraction of the way to the boundary taken each step
 DENSE_MAX = 300  # up to this many rows the normal equations are factorised dense
+DENSE_DEGREE = 64  # rows with more entries (and 8x the median) go to a dense Schur complement
 THETA_FLOOR = 1e-12
 RIDGE = 1e-10
-POLISH_FROM = 1e-5  # first polish once the gap is this small (it is cheap; failing costs little)
+POLISH_FROM = 1e-8  # first polish once the gap is this small, then every hundredfold
 DIVERGED = 1e9  # node prices this many times the largest price bid mean an infeasible problem
 
 
@@ -109,10 +110,13 @@ class _State:
 
     @classmethod
     def start(cls, qp: BoxQP) -> _State:
+        # Inside every box, but no further from its lower bound than a typical segment is
+        # wide: most trade bounds are loose and most optimal trades are small or zero.
         n = len(qp.g)
         dual = max(1.0, float(np.abs(qp.g).max(initial=0.0)))
-        half = 0.5 * qp.u
-        return cls(half, half.copy(), np.zeros(len(qp.b)), np.full(n, dual), np.full(n, dual))
+        typical = float(np.median(qp.u)) if n else 1.0
+        x = np.minimum(0.5 * qp.u, typical)
+        return cls(x, qp.u - x, np.zeros(len(qp.b)), np.full(n, dual), np.full(n, dual))
 
     def diverged(self, qp: BoxQP) -> bool:
         """Prices running off to infinity: the dual is unbounded, i.e. the primal infeasible."""
@@ -156,13 +160,10 @@ class _State:
         rc1 = x * self.z + aff[0] * aff[2] - target
         rc2 = s * self.w - aff[0] * aff[3] - target
         dx, dy, dz, dw = self._direction(qp, res, solve, theta_inv, rc1, rc2)
-        # Separate primal and dual step lengths: near a degenerate optimum a common step is
-        # blocked by whichever side is at its boundary and the other side stalls.
-        a_p, a_d = self._max_steps(dx, dy, dz, dw)
-        a_p, a_d = STEP * a_p, STEP * a_d
-        return _State(
-            x + a_p * dx, s - a_p * dx, self.y + a_d * dy, self.z + a_d * dz, self.w + a_d * dw
-        )
+        # One step length for primal and dual: with h != 0 the dual residual depends on x, and
+        # separate lengths can make the iterates cycle.
+        a = STEP * min(self._max_steps(dx, dy, dz, dw))
+        return _State(x + a * dx, s - a * dx, self.y + a * dy, self.z + a * dz, self.w + a * dw)
 
     def _direction(
         self,
@@ -215,14 +216,39 @@ def _normal_equations(qp: BoxQP, theta: FloatArray) -> Callable[[FloatArray], Fl
 
 
 def _factor(K) -> Callable[[FloatArray], FloatArray]:
+    """Factorise the SPD matrix K: dense Cholesky when small; else sparse LU (minimum-degree
+    ordering) of the sparse part and a dense Schur complement for the few dense rows (the
+    grid's nodes, linked to every member), which would otherwise fill the factors."""
     import scipy.linalg
     import scipy.sparse.linalg
 
-    if K.shape[0] <= DENSE_MAX:
+    n = K.shape[0]
+    if n <= DENSE_MAX:
         factor = scipy.linalg.cho_factor(K.toarray(), check_finite=False)
         return lambda r: scipy.linalg.cho_solve(factor, r, check_finite=False)
-    lu = scipy.sparse.linalg.splu(K, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0)
-    return lu.solve
+    degree = np.diff(K.indptr)
+    dense = degree > max(DENSE_DEGREE, 8 * float(np.median(degree)))
+    sparse_rows = np.flatnonzero(~dense)
+    dense_rows = np.flatnonzero(dense)
+    Kss = K[sparse_rows][:, sparse_rows].tocsc()
+    lu = scipy.sparse.linalg.splu(Kss, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0)
+    if not len(dense_rows):
+        return lu.solve
+    Ksd = K[sparse_rows][:, dense_rows].toarray()
+    X = lu.solve(Ksd)
+    schur = scipy.linalg.cho_factor(
+        K[dense_rows][:, dense_rows].toarray() - Ksd.T @ X, check_finite=False
+    )
+
+    def solve(r: FloatArray) -> FloatArray:
+        a = lu.solve(r[sparse_rows])
+        yd = scipy.linalg.cho_solve(schur, r[dense_rows] - Ksd.T @ a, check_finite=False)
+        out = np.empty(n)
+        out[sparse_rows] = a - X @ yd
+        out[dense_rows] = yd
+        return out
+
+    return solve
 
 
 def _polish(qp: BoxQP, state: _State, tol: float, refinements: int = 25) -> _State | None:
@@ -251,8 +277,14 @@ def _polish(qp: BoxQP, state: _State, tol: float, refinements: int = 25) -> _Sta
         return None
     rhs = np.concatenate([-qp.g[free], rhs_p])
     v = np.concatenate([state.x[free], -state.y])
+    scale = 1.0 + float(np.abs(rhs).max(initial=0.0))
     for _ in range(refinements):
-        v = v + lu.solve(rhs - M @ v)
+        residual = rhs - M @ v
+        if np.abs(residual).max(initial=0.0) <= 1e-15 * scale:
+            break
+        v = v + lu.solve(residual)
+        if not np.isfinite(v).all() or np.abs(v).max(initial=0.0) > 1e12 * scale:
+            return None  # an inconsistent guess: the refinement runs away
     x = np.where(upper, qp.u, 0.0)
     x[free] = v[:nf]
     y = -v[nf:]
