@@ -135,11 +135,12 @@ def broker_rate(port: int, msgs: list[tuple[str, bytes]]) -> float:
     return bare.rate(120)
 
 
-def start_gateway(work: Path, port: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_gateway(work: Path, port: int, ack_qos: int = 1) -> tuple[subprocess.Popen[bytes], int]:
     http = free_port()
     toml = work / "gateway.toml"
     toml.write_text(f'community = "{COMMUNITY}"\ndb = "{work / "gateway.db"}"\ninterval_s = {INTERVAL_S}\n'
-                    f'[mqtt]\nport = {port}\nclient_id = "bench-gateway"\n[status]\nhttp_port = {http}\n')
+                    f'[mqtt]\nport = {port}\nclient_id = "bench-gateway"\n[status]\nhttp_port = {http}\n'
+                    f'[ingest]\nack_qos = {ack_qos}\n')
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(toml),
                              "--log-level", "ERROR"], cwd=ROOT)
     deadline = time.monotonic() + 30
@@ -159,6 +160,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--meters", type=int, default=1000)
     ap.add_argument("--per-meter", type=int, default=10)
+    ap.add_argument("--ack-qos", type=int, choices=(0, 1), default=1, help="the gateway's ingest.ack_qos")
     ap.add_argument("--json", action="store_true", help="print the numbers as JSON too")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tmeter-bench-ingest-"))
@@ -173,7 +175,7 @@ def main() -> int:
                        check=lambda m: b'"res":"stored"' in m.payload)
         acks.connect()
         publish(broker.port, msgs)
-        gw, _ = start_gateway(work, broker.port)
+        gw, _ = start_gateway(work, broker.port, args.ack_qos)
         try:
             g_rate = acks.rate(300)
         finally:
@@ -182,7 +184,7 @@ def main() -> int:
     ratio = g_rate / b_rate
     report(args, n, b_rate, g_rate, ratio, in_db)
     if args.json:
-        print(json.dumps({"meters": args.meters, "messages": n, "broker_rate": b_rate,
+        print(json.dumps({"meters": args.meters, "messages": n, "ack_qos": args.ack_qos, "broker_rate": b_rate,
                           "gateway_rate": g_rate, "ratio": ratio, "stored": in_db}))
     return 0 if in_db == n else 1
 
@@ -196,7 +198,7 @@ def report(args: argparse.Namespace, n: int, broker_rate: float, gateway_rate: f
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Ingest: {args.meters} meters, {n} signed readings, real Mosquitto")
+    table = Table(title=f"Ingest: {args.meters} meters, {n} signed readings, real Mosquitto, acks QoS {args.ack_qos}")
     table.add_column("path")
     table.add_column("readings/s", justify="right")
     table.add_column("goal", justify="right")

@@ -50,6 +50,8 @@ class IngestConfig:
     max_power_w: int = 200_000  # a reading above this average power is out of range
     time_slack_s: int = 300  # t0/t1 may stray this far outside their interval
     future_intervals: int = 1  # readings/bids this many intervals ahead of our clock pass
+    ack_qos: int = 1  # 0 is cheaper and safe too: an ack lost is re-sent when the meter repeats
+    ack_window: int = 256  # QoS 1 acks awaiting PUBACK at once; more wait in the gateway
 
 
 @dataclass

@@ -18,7 +18,7 @@ import random
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from collections.abc import Callable
@@ -47,11 +47,49 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 MAX_TICK_S = 1.0  # the scheduler looks at least this often (real seconds) for late readings
 STALL_S = 60.0  # no scheduler tick for this long: unhealthy, stop feeding the systemd watchdog
-# QoS 1 publishes awaiting PUBACK. Enough to hide the broker's round trip, few enough that
-# paho's per-publish bookkeeping (linear in what is in flight) stays cheap; more wait in its queue.
-MAX_IN_FLIGHT = 100
+MAX_IN_FLIGHT = 100  # paho's window for the gateway's own (awaited) publishes
 STATUS_COUNTERS = 24
 SHUTDOWN_WAIT_S = 5.0
+
+
+class AckWindow:
+    """Publishes acks on the MQTT session with at most ``window`` QoS 1 acks awaiting PUBACK.
+
+    aiomqtt's ``publish`` awaits each PUBACK with an event, a timeout and bookkeeping linear in
+    what is pending, and paho rescans every message it holds on each PUBACK; at thousands of
+    acks a second both dominate the main loop. Here the rest wait in a plain deque and go out
+    as PUBACKs come back. The session retransmits QoS 1 itself; an ack lost with the connection
+    is sent again when the meter repeats its record, so no caller needs the confirmation.
+    """
+
+    def __init__(self, session: Any, window: int, counters: Counter[str]) -> None:
+        self.session = session
+        self.window = max(1, window)
+        self.counters = counters
+        self.backlog: deque[Outgoing] = deque()
+        self.in_flight: set[int] = set()
+        self._chained = session.on_publish  # aiomqtt's own, for its publishes
+        session.on_publish = self._on_publish
+
+    def send(self, acks: list[Outgoing]) -> None:
+        self.backlog.extend(acks)
+        self._pump()
+
+    def _pump(self) -> None:
+        while self.backlog and len(self.in_flight) < self.window:
+            o = self.backlog.popleft()
+            info = self.session.publish(o.topic, o.payload, qos=o.qos, retain=o.retain)
+            if info.rc != 0:
+                self.counters["publish_failed"] += 1
+            elif o.qos:
+                self.in_flight.add(info.mid)
+
+    def _on_publish(self, session: Any, userdata: Any, mid: int, *rest: Any) -> None:
+        if mid in self.in_flight:
+            self.in_flight.discard(mid)
+            self._pump()
+        elif self._chained is not None:
+            self._chained(session, userdata, mid, *rest)
 
 
 class Gateway:
@@ -68,6 +106,7 @@ class Gateway:
         self.latest_checkpoint: dict[str, Any] | None = None
         self.queue = FairQueue(cfg.ingest.per_meter_queue, cfg.ingest.total_queue, self._dropped)
         self._dbx = ThreadPoolExecutor(1, thread_name_prefix="tmeter-db")  # the one writer thread
+        self.acks: AckWindow | None = None
         self.status_server: StatusServer | None = None
         self.exporter: Any = None
 
@@ -126,22 +165,12 @@ class Gateway:
             log.debug("publish to %s failed: %s", o.topic, exc)
 
     def _send_acks(self, client: aiomqtt.Client, acks: list[Outgoing]) -> None:
-        """Hand acks to the MQTT session without waiting for their PUBACKs.
-
-        aiomqtt's ``publish`` awaits each PUBACK with an event, a timeout task and bookkeeping
-        linear in what is in flight; at thousands of acks a second that is most of the main
-        loop. The session (paho, under aiomqtt) retransmits QoS 1 itself and queues what exceeds
-        its in-flight window, and an ack lost with the connection is re-sent when the meter
-        repeats its record, so nothing here needs the confirmation.
-        """
-        session = getattr(client, "_client", None)  # aiomqtt's paho client
-        for o in acks:
-            if session is None:
+        """Hand acks to the MQTT session without awaiting each PUBACK (see AckWindow)."""
+        if self.acks is None:
+            for o in acks:
                 asyncio.get_running_loop().create_task(self._publish(client, o))
-                continue
-            info = session.publish(o.topic, o.payload, qos=o.qos, retain=o.retain)
-            if info.rc != 0:
-                self.counters["publish_failed"] += 1
+        else:
+            self.acks.send(acks)
 
     async def _send(self, client: aiomqtt.Client, out: list[Outgoing]) -> None:
         """Publish awards, results, checkpoints: few, and each confirmed."""
@@ -151,7 +180,14 @@ class Gateway:
         while not stop.is_set():
             batch = await self.queue.get_batch(self.cfg.ingest.batch)
             self.counters["ingest_batches"] += 1
-            self._send_acks(client, await self._db(self.ingest.process, batch))
+            try:
+                acks = await self._db(self.ingest.process, batch)
+            except Exception:  # noqa: BLE001 - e.g. disk full: nothing stored, nothing acked
+                self.counters["store_failed"] += len(batch)
+                log.exception("could not store a batch of %d; the meters will send it again", len(batch))
+                await pause(stop, 1.0)
+                continue
+            self._send_acks(client, acks)
 
     async def _scheduler_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -182,7 +218,7 @@ class Gateway:
                 sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)  # cancelled by run() on the way out
 
-    def _on_message(self, session: Any, userdata: Any, message: Any) -> None:
+    def _on_message(self, session: Any, userdata: Any, message: Any) -> None:  # noqa: ARG002
         self.queue.put_nowait((message.topic, message.payload))
 
     def _take_messages(self, client: aiomqtt.Client) -> None:
@@ -196,6 +232,7 @@ class Gateway:
         if session is None:
             raise RuntimeError("this aiomqtt version hides its MQTT session; pin aiomqtt 2.x")
         session.on_message = self._on_message
+        self.acks = AckWindow(session, self.cfg.ingest.ack_window, self.counters)
 
     def _client(self) -> aiomqtt.Client:
         m = self.cfg.mqtt

@@ -103,6 +103,21 @@ class Ingest:
         return outgoing
 
     def _batch(self, batch: list[tuple[str, bytes]], outgoing: list[Outgoing], counts: Counter[str]) -> None:
+        """Fast path: the whole batch in one transaction. Should any message fail unexpectedly,
+        the batch is rolled back and redone message by message, each in a savepoint, so the
+        failing one leaves nothing behind and the others are stored."""
+        first = len(outgoing)
+        try:
+            with self.ledger.transaction():
+                for topic, payload in batch:
+                    self._one(topic, payload, outgoing, counts)
+            return
+        except Exception:  # noqa: BLE001 - redone carefully below
+            log.warning("a batch of %d failed; redoing it message by message", len(batch))
+        del outgoing[first:]
+        counts.clear()
+        self._latest.clear()
+        self._new_ivs = set()
         with self.ledger.transaction() as conn:
             for topic, payload in batch:
                 conn.execute("SAVEPOINT msg")
@@ -155,7 +170,7 @@ class Ingest:
         key = self.keys(msg["meter"], msg["kid"])
         assert key is not None  # the reading's tag verified under this very key
         payload = wire.ack(msg["meter"], msg["kid"], msg["boot"], msg["seq"], res, key)
-        return Outgoing(topics.meter_topic(self.cfg.community, msg["meter"], "ack"), payload)
+        return Outgoing(topics.meter_topic(self.cfg.community, msg["meter"], "ack"), payload, qos=self.cfg.ingest.ack_qos)
 
     def _reading(self, meter: str, msg: dict[str, Any], body: bytes, counts: Counter[str]) -> Outgoing:
         pos = (msg["boot"], msg["seq"])

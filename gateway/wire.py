@@ -31,6 +31,9 @@ _dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=Tr
 
 
 _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+# The tag trailer exactly as protocols.messages frames it: key id 0-99999 without leading
+# zeros, a colon, 64 lowercase hex digits.
+_TRAILER = re.compile(rb"(0|[1-9][0-9]{0,4}):([0-9a-f]{64})")
 
 
 def _refuse(text: str) -> Any:
@@ -49,7 +52,11 @@ def decode(topic: str, payload: bytes, keys: KeyLookup) -> tuple[str, Any, dict[
     community, kind, subject = topics.parse(topic)
     if type(payload) is not bytes or len(payload) > messages.MAX_PAYLOAD or kind not in messages.TAGGED:
         return messages.decode(topic, payload, keys)
-    body, kid, received = messages._split_tagged(payload)  # noqa: SLF001 - the protocol's own framing
+    cut = payload.rfind(b"\n")
+    trailer = _TRAILER.fullmatch(payload, cut + 1) if cut >= 0 else None
+    if trailer is None:  # the reference names what is wrong with the framing
+        return messages.decode(topic, payload, keys)
+    body, kid, received = payload[:cut], int(trailer[1]), bytes.fromhex(trailer[2].decode())
     key = keys(subject, kid)
     if key is None:
         raise ProtocolError("unknown_key", "no key " + str(kid) + " for this meter")
@@ -70,6 +77,8 @@ def decode(topic: str, payload: bytes, keys: KeyLookup) -> tuple[str, Any, dict[
 
 def ack(meter: str, kid: int, boot: int, seq: int, res: str, key: bytes) -> bytes:
     """The tagged ack payload for a reading that was just verified (all fields already valid)."""
-    body = _dumps({"boot": boot, "kid": kid, "meter": meter, "res": res, "seq": seq, "type": "ack",
-                   "v": messages.VERSION}).encode()
+    # Canonical JSON by hand: keys in sorted order, and every value an int or an id that needs
+    # no escaping (the caller took them from a validated reading).
+    body = b'{"boot":%d,"kid":%d,"meter":"%s","res":"%s","seq":%d,"type":"ack","v":%d}' % (
+        boot, kid, meter.encode(), res.encode(), seq, messages.VERSION)
     return body + b"\n" + str(kid).encode() + b":" + tag(key, body).hex().encode()

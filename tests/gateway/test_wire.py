@@ -70,3 +70,14 @@ def test_fast_decode_agrees_on_arbitrary_bytes(payload: bytes, kind: str) -> Non
        st.integers(0, 2**32 - 1), st.sampled_from(["stored", "duplicate", "conflict", "counter_decrease"]))
 def test_fast_ack_is_byte_identical(meter: str, kid: int, boot: int, seq: int, res: str) -> None:
     assert wire.ack(meter, kid, boot, seq, res, KEY) == messages.encode(messages.ack(meter, kid, boot, seq, res), KEY)
+
+
+@given(st.sampled_from([b"1", b"01", b"0", b"100000", b"99999", b"", b"1a", b" 1", b"-1"]),
+       st.sampled_from(["lower", "upper", "short", "long", "junk"]))
+def test_fast_decode_agrees_on_trailers(kid: bytes, tag_form: str) -> None:
+    topic, payload = samples()[0]
+    body = payload.rsplit(b"\n", 1)[0]
+    tag = wire.tag(KEY, body).hex()
+    tag = {"lower": tag, "upper": tag.upper(), "short": tag[:-2], "long": tag + "0", "junk": tag[:-1] + "g"}[tag_form]
+    framed = body + b"\n" + kid + b":" + tag.encode()
+    assert outcome(wire.decode, topic, framed) == outcome(messages.decode, topic, framed)
