@@ -127,6 +127,8 @@ class Ledger:
         """GDPR-style erasure: delete the member's salts, records and the rows derived from them;
         the commitments stay, so the tree and every checkpoint still verify. Returns how many
         leaves were erased; an erasure leaf records that it happened."""
+        # Overwrite deleted content in the file too, not just unlink it from the b-trees.
+        self.conn.execute("PRAGMA secure_delete=ON")
         with self.transaction() as conn:
             idxs = [r[0] for r in conn.execute("SELECT idx FROM leaves WHERE meter=? AND erased=0", (meter,))]
             conn.executemany("DELETE FROM openings WHERE idx=?", [(i,) for i in idxs])
