@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,17 @@ class Trade:
     buyer: str
     quantity: float
     price: float
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """How a distributed solver stopped: residuals (kWh and currency/kWh) against its targets."""
+
+    iterations: int
+    converged: bool
+    primal_residual: float
+    dual_residual: float
+    rho: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,6 +62,7 @@ class ClearingResult:
     congestion_import: float = 0.0  # shadow price of the import capacity (price - import_price)
     congestion_export: float = 0.0  # shadow price of the export capacity (export_price - price)
     preference_cost: float = 0.0
+    convergence: Convergence | None = None  # set by the distributed solvers
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,6 +124,8 @@ class ClearingResult:
             ]
             out["member_prices"] = self.member_prices
             out["preference_cost"] = self.preference_cost
+        if self.convergence is not None:
+            out["convergence"] = dataclasses.asdict(self.convergence)
         out.update(self.extra)
         return out
 

@@ -52,7 +52,7 @@ def clear_uniform(book: BidBook, community: Community) -> ClearingResult:
     lo, hi = market_interval(ramps, base, tol)
     price = _price(ext, lo, hi)
     q = member_awards(ext, ramps, len(book), 0.0 if price is None else price)
-    return _result(book, community, q, price, (lo, hi), tol)
+    return uniform_result(book, community, q, price, (lo, hi), tol)
 
 
 def tolerance(book: BidBook) -> float:
@@ -111,7 +111,7 @@ def member_awards(ext: BidBook, ramps: Ramps, n_members: int, price: float) -> F
     return a + theta * (b - a)
 
 
-def _result(
+def uniform_result(
     book: BidBook,
     community: Community,
     q: FloatArray,
@@ -119,6 +119,7 @@ def _result(
     interval: tuple[float, float],
     tol: float,
 ) -> ClearingResult:
+    """The result for members' awards ``q`` at ``price``: grid flows, costs, settlement, BAU."""
     net = -float(q.sum())  # what the grid must supply
     net = 0.0 if abs(net) <= tol else net  # rounding of the members' sum, not a flow
     grid_import = max(net, 0.0) if community.import_price is not None else 0.0
