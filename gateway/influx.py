@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sqlite3
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from gateway import db
@@ -19,6 +20,16 @@ from gateway.clock import pause
 from gateway.config import GatewayConfig, InfluxConfig
 
 log = logging.getLogger("tmeter.gateway.influx")
+
+
+Export = Callable[[str, dict[str, Any]], "str | None"]
+
+
+def enqueue(conn: sqlite3.Connection, export: Export | None, kind: str, fields: dict[str, Any]) -> None:
+    """Add a point to the outbox inside the caller's transaction (no-op without export)."""
+    line = export(kind, fields) if export else None
+    if line:
+        conn.execute("INSERT INTO outbox(line) VALUES (?)", (line,))
 
 
 def line_builder(community: str):  # noqa: ANN201 - returns the export callable of ingest/scheduler

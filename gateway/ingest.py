@@ -18,13 +18,13 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import wire
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
+from gateway.influx import Export, enqueue
 from gateway.ledger import Ledger
 from gateway.registry import Registry
 from protocols import messages, topics
@@ -73,7 +73,7 @@ class KeyCache:
 
 class Ingest:
     def __init__(self, cfg: GatewayConfig, conn: sqlite3.Connection, ledger: Ledger, clock: Clock,
-                 counters: Counter[str], export: Callable[[str, dict[str, Any]], str | None] | None = None) -> None:
+                 counters: Counter[str], export: Export | None = None) -> None:
         self.cfg = cfg
         self.conn = conn
         self.ledger = ledger
@@ -262,9 +262,7 @@ class Ingest:
                           (meter, body.decode(), self.clock.now()))
 
     def _export(self, kind: str, fields: dict[str, Any]) -> None:
-        line = self.export(kind, fields) if self.export else None
-        if line:
-            self.conn.execute("INSERT INTO outbox(line) VALUES (?)", (line,))
+        enqueue(self.conn, self.export, kind, fields)
 
 
 def _meter_hint(topic: str) -> str:

@@ -14,13 +14,13 @@ import json
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from gateway import settlement
 from gateway.clearing import Bid, ClearFn, Clearing
 from gateway.config import GatewayConfig
 from gateway.ingest import Outgoing
+from gateway.influx import Export, enqueue
 from gateway.ledger import Ledger, encode_record
 from gateway.registry import Registry
 from protocols import messages, topics
@@ -30,7 +30,7 @@ log = logging.getLogger("tmeter.gateway.scheduler")
 
 class Scheduler:
     def __init__(self, cfg: GatewayConfig, conn: sqlite3.Connection, ledger: Ledger, clear: ClearFn,
-                 counters: Counter[str], export: Callable[[str, dict[str, Any]], str | None] | None = None) -> None:
+                 counters: Counter[str], export: Export | None = None) -> None:
         self.cfg = cfg
         self.conn = conn
         self.ledger = ledger
@@ -241,6 +241,4 @@ class Scheduler:
         return self.conn.execute("SELECT COUNT(*) FROM leaves WHERE kind='interval' AND iv=?", (iv,)).fetchone()[0]
 
     def _export(self, kind: str, fields: dict[str, Any]) -> None:
-        line = self.export(kind, fields) if self.export else None
-        if line:
-            self.conn.execute("INSERT INTO outbox(line) VALUES (?)", (line,))
+        enqueue(self.conn, self.export, kind, fields)

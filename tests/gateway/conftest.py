@@ -3,6 +3,8 @@ simple deterministic clearing function standing in where the test is not about t
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,15 @@ def first_point_clearing(iv: int, bids: list[Bid], market: MarketConfig) -> Clea
     exercise awards, publication and settlement without depending on gateway.market."""
     price = (market.import_price + market.export_price) // 2
     return Clearing(market.mechanism, price, {b.meter: b.curve[0][0] for b in bids})
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def make_config(tmp_path: Path, broker: MosquittoBroker | None, **overrides: object) -> GatewayConfig:

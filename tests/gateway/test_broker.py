@@ -16,14 +16,13 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
 
 from gateway.config import GatewayConfig
 from gateway.daemon import GatewayThread
 from gateway.registry import Registry
 from protocols import messages, topics
 from sim_hardware.mosquitto import MosquittoBroker
-from tests.gateway.conftest import first_point_clearing, make_config, provision
+from tests.gateway.conftest import first_point_clearing, make_config, provision, wait_until
 from tests.gateway.meters import AckCollector, MeterSpec, publisher, reading
 
 pytestmark = pytest.mark.mosquitto
@@ -33,15 +32,6 @@ def status(gw: GatewayThread, path: str = "/status") -> dict:
     port = gw.gateway.status_server.port  # type: ignore[union-attr]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
         return json.loads(r.read())
-
-
-def wait_until(predicate, timeout: float = 15.0) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

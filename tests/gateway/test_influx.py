@@ -18,7 +18,7 @@ from gateway.daemon import GatewayThread
 from protocols import messages
 from sim_hardware.mosquitto import MosquittoBroker
 from sim_hardware.netutil import free_port, wait_for_port
-from tests.gateway.conftest import first_point_clearing, provision
+from tests.gateway.conftest import first_point_clearing, provision, wait_until
 from tests.gateway.meters import AckCollector, publisher, reading
 
 pytestmark = pytest.mark.mosquitto
@@ -67,15 +67,6 @@ def victoria(tmp_path: Path) -> Iterator[Victoria]:
         vm.stop()
 
 
-def _wait(predicate, timeout: float = 30.0) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_export_survives_a_server_outage(gw_config: GatewayConfig, mosquitto: MosquittoBroker, victoria: Victoria) -> None:
     gw_config.influx.enabled = True
     gw_config.influx.url = victoria.url
@@ -98,14 +89,14 @@ def test_export_survives_a_server_outage(gw_config: GatewayConfig, mosquitto: Mo
 
     try:
         send(specs[:10])
-        assert _wait(lambda: len(victoria.series("reading_imp_wh")) == 10)
+        assert wait_until(lambda: len(victoria.series("reading_imp_wh")) == 10)
         victoria.stop()  # the database goes away
         send(specs[10:])  # ... the gateway keeps storing and acking
-        assert _wait(lambda: gw.gateway.counters["influx_errors"] >= 2)
+        assert wait_until(lambda: gw.gateway.counters["influx_errors"] >= 2)
         assert exporter.pending() >= 10  # buffered on disk
         victoria.start()
-        assert _wait(lambda: exporter.pending() == 0, timeout=60)
-        assert _wait(lambda: len(victoria.series("reading_imp_wh")) == 20)
+        assert wait_until(lambda: exporter.pending() == 0, timeout=60)
+        assert wait_until(lambda: len(victoria.series("reading_imp_wh")) == 20)
         points = victoria.series("reading_imp_wh")
         assert {p["metric"]["meter"] for p in points} == {s.meter for s in specs}
         assert all(p["values"] == [7] and p["metric"]["community"] == "c1" for p in points)
