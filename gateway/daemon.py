@@ -192,7 +192,13 @@ class Gateway:
     async def _scheduler_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         while not stop.is_set():
             now = self.clock.now()
-            out = await self._db(self.scheduler.tick, now)
+            try:
+                out = await self._db(self.scheduler.tick, now)
+            except Exception:  # noqa: BLE001 - retried next tick; the watchdog sees a stall
+                self.counters["scheduler_error"] += 1
+                log.exception("scheduler tick failed; retrying")
+                await pause(stop, MAX_TICK_S)
+                continue
             self.last_tick = time.monotonic()
             self.current_iv = messages.interval_index(now, self.cfg.interval_s)
             for o in out:

@@ -39,6 +39,7 @@ class Scheduler:
         self.export = export
         self.registry = Registry(conn=conn)
         self._last_closed_iv: int | None = None
+        self._adjust_seen = 0  # readings.id up to which late readings were looked for
 
     # --- times, in (possibly simulated) unix seconds
 
@@ -60,6 +61,13 @@ class Scheduler:
     # --- the tick
 
     def tick(self, now: float) -> list[Outgoing]:
+        try:
+            return self._tick(now)
+        except BaseException:
+            self._adjust_seen = 0  # look at every reading again next time
+            raise
+
+    def _tick(self, now: float) -> list[Outgoing]:
         out: list[Outgoing] = []
         current = messages.interval_index(now, self.cfg.interval_s)
         with self.ledger.transaction() as conn:
@@ -210,9 +218,14 @@ class Scheduler:
 
     def settle_adjustments(self, now: float) -> bool:
         """Late readings for settled intervals become adjustment revisions."""
+        # Only readings stored since the last look can be late ones: a range on the primary key,
+        # so a tick stays cheap however long the log grows.
+        newest = self._mark()
         rows = self.conn.execute(
             "SELECT DISTINCT r.iv FROM readings r JOIN intervals i ON i.iv = r.iv"
-            " WHERE i.state='settled' AND r.id > i.reading_mark ORDER BY r.iv").fetchall()
+            " WHERE r.id > ? AND i.state='settled' AND r.id > i.reading_mark ORDER BY r.iv",
+            (self._adjust_seen,)).fetchall()
+        self._adjust_seen = newest
         for (iv,) in rows:
             with self.ledger.transaction():
                 mark = self._mark()
