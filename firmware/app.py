@@ -158,8 +158,9 @@ class App:
                 watts = self.battery.clamp(self.awards.setpoint_w(q, self.forecast.value or 0))
                 await self.battery.set_power(watts)
                 self.applied_iv = iv
+                # The time in this line lets the bench check no award is applied late.
                 self.board.log("award iv " + str(iv) + " q " + str(q) + " -> battery " +
-                               str(watts) + " W")
+                               str(watts) + " W at " + str(self.board.now_ms()))
             elif self.applied_iv is None or self.applied_iv < iv:
                 if self.applied_iv != -1:
                     await self.battery.self_consumption()

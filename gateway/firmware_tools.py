@@ -81,3 +81,24 @@ def write_plan(config: Path, out: Path | None = None) -> Path:
     out = out or Path(config).with_name("regplan.json")
     out.write_text(json.dumps(regmap.export(cfg["modbus"])))
     return out
+
+
+def firmware_command(config: Path, state_dir: Path, runtime: str = "micropython",
+                     heapsize: str | None = None, build: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run one meter on this machine: the real firmware
+    under the MicroPython unix port (sources, or a ``build`` output), or under CPython."""
+    from sim_hardware.upy import find_micropython, micropython_env
+
+    env = micropython_env()
+    if runtime == "micropython":
+        cmd = [find_micropython()]
+        if heapsize:
+            cmd += ["-X", f"heapsize={heapsize}"]
+        if build is not None:
+            env["MICROPYPATH"] = ".frozen:" + str((Path(build) / "unix").resolve())
+    elif runtime == "cpython":
+        cmd = [sys.executable]
+        env["PYTHONPATH"] = str(REPO)
+    else:
+        raise ValueError(f"runtime must be micropython or cpython, not {runtime!r}")
+    return cmd + ["-m", "firmware.main", str(Path(config).resolve()), str(Path(state_dir).resolve())], env

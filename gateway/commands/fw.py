@@ -60,23 +60,10 @@ def run(args: argparse.Namespace) -> int:
                     return result.returncode
         return 0
     # run
-    from sim_hardware.upy import find_micropython, micropython_env
-    import sys
-
     state = args.state_dir or args.config.parent
     state.mkdir(parents=True, exist_ok=True)
     firmware_tools.write_plan(args.config)
-    env = micropython_env()
-    if args.runtime == "micropython":
-        cmd = [find_micropython()]
-        if args.heapsize:
-            cmd += ["-X", f"heapsize={args.heapsize}"]
-        if args.build:
-            env["MICROPYPATH"] = ".frozen:" + str((args.build / "unix").resolve())
-    else:
-        cmd = [sys.executable]
-        env["PYTHONPATH"] = str(firmware_tools.REPO)
-    cmd += ["-m", "firmware.main", str(args.config.resolve()), str(state.resolve())]
+    cmd, env = firmware_tools.firmware_command(args.config, state, args.runtime, args.heapsize, args.build)
     print(shlex.join(cmd), flush=True)
     try:
         return subprocess.run(cmd, env=env, cwd=state).returncode
