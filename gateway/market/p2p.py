@@ -55,6 +55,7 @@ from .uniform import check_feasible, tolerance
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+ELASTIC = 10.0  # cost of an unbalanced kWh, in multiples of the largest price bid (+ premiums)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ def _edge_bounds(nodes: BidBook, tail: IntArray, head: IntArray) -> tuple[FloatA
 
 def clear_p2p(book: BidBook, community: Community, params: P2PParams | None = None) -> ClearingResult:
     """Clear one interval peer to peer, exactly (centralised); see the module docstring."""
+    from .duals import select_prices
     from .qp import solve_box_qp
 
     params = params or P2PParams()
@@ -193,38 +195,68 @@ def clear_p2p(book: BidBook, community: Community, params: P2PParams | None = No
     net = build_network(book, community, params)
     qp, edge_of, sign = _qp(net)
     sol = solve_box_qp(qp)
-    if not sol.converged:
-        raise InfeasibleMarket(
-            "no trade pattern balances every member within its bid on this trading graph "
-            f"(sign constraints, k = {params.k}); primal residual {sol.primal_residual:.2g}"
-        )
+    flows = sol.x[len(net.nodes.seg_dq) : len(net.nodes.seg_dq) + len(edge_of)]
+    _check_balanced(net, sol.x[len(net.nodes.seg_dq) + len(edge_of) :], sol.converged)
     t = np.zeros(len(net.tail))
-    np.add.at(t, edge_of, sol.x[len(net.nodes.seg_dq):] * sign)
-    return p2p_result(net, community, t, sol.y, book, {"iterations": sol.iterations})
+    np.add.at(t, edge_of, flows * sign)
+    traded = np.abs(t) > trade_tolerance(net)
+    t = np.where(traded, t, 0.0)
+    prices = select_prices(net, t, sol.y, traded)
+    return p2p_result(net, community, t, prices, book, {"iterations": sol.iterations})
+
+
+def trade_tolerance(net: Network) -> float:
+    """Trades below this (kWh) are the solver's rounding, not trades."""
+    return 1e-9 * (1.0 + float(np.abs(net.nodes.q_min).sum() + net.nodes.seg_dq.sum()))
 
 
 def _qp(net: Network) -> tuple[BoxQP, IntArray, FloatArray]:
-    """Columns: segment fills, then forward flows, then backward flows (see `qp`)."""
+    """Columns: segment fills, forward flows, backward flows, then elastic slacks.
+
+    The slacks e+ and e- (one pair per node, cost ELASTIC per kWh, far above any price) let a
+    node's balance be missed at a prohibitive cost. A feasible market leaves them at zero;
+    an infeasible one (a sparse graph that cannot route what a member must trade) shows where
+    it fails instead of diverging; and node prices stay bounded by the slack cost where the
+    optimum leaves them free (a member pinned at a bound by a binding capacity).
+    """
     import scipy.sparse as sp
 
     nodes = net.nodes
+    n = len(nodes)
     fwd = np.flatnonzero(net.upper > 0)
     bwd = np.flatnonzero(net.lower < 0)
     edge_of = np.concatenate([fwd, bwd])
     sign = np.concatenate([np.ones(len(fwd)), -np.ones(len(bwd))])  # +1: tail sells
-    s = len(nodes.seg_dq)
-    cols = np.arange(s + len(edge_of))
-    flow_cols = cols[s:]
-    rows = np.concatenate([nodes.seg_owner, net.tail[edge_of], net.head[edge_of]])
-    vals = np.concatenate([np.ones(s), -sign, sign])
-    B = sp.csr_matrix(
-        (vals, (rows, np.concatenate([cols[:s], flow_cols, flow_cols]))),
-        shape=(len(nodes), len(cols)),
-    )
-    h = np.concatenate([(nodes.seg_p1 - nodes.seg_p0) / nodes.seg_dq, np.zeros(len(edge_of))])
-    g = np.concatenate([nodes.seg_p0, net.weight[edge_of]])
-    u = np.concatenate([nodes.seg_dq, np.where(sign > 0, net.upper[edge_of], -net.lower[edge_of])])
+    s, f = len(nodes.seg_dq), len(edge_of)
+    flow_cols = s + np.arange(f)
+    slack_cols = s + f + np.arange(2 * n)
+    rows = np.concatenate([nodes.seg_owner, net.tail[edge_of], net.head[edge_of], np.tile(np.arange(n), 2)])
+    cols = np.concatenate([np.arange(s), flow_cols, flow_cols, slack_cols])
+    vals = np.concatenate([np.ones(s), -sign, sign, np.ones(n), -np.ones(n)])
+    B = sp.csr_matrix((vals, (rows, cols)), shape=(n, s + f + 2 * n))
+    weight = net.weight[edge_of]
+    penalty = ELASTIC * (1.0 + float(np.abs(nodes.seg_p0).max(initial=0.0)) + float(np.abs(nodes.seg_p1).max(initial=0.0)))
+    penalty += float(weight.sum())
+    reach = float(np.abs(nodes.q_min).sum() + np.abs(nodes.q_max).sum()) + 1.0
+    h = np.concatenate([(nodes.seg_p1 - nodes.seg_p0) / nodes.seg_dq, np.zeros(f + 2 * n)])
+    g = np.concatenate([nodes.seg_p0, weight, np.full(2 * n, penalty)])
+    caps = np.where(sign > 0, net.upper[edge_of], -net.lower[edge_of])
+    u = np.concatenate([nodes.seg_dq, caps, np.full(2 * n, reach)])
     return BoxQP(h, g, u, B, -nodes.q_min), edge_of, sign
+
+
+def _check_balanced(net: Network, slack: FloatArray, converged: bool) -> None:
+    n = len(net.nodes)
+    missed = slack[:n] + slack[n:]
+    tol = 1e-7 * (1.0 + float(np.abs(net.nodes.q_min).sum() + net.nodes.seg_dq.sum()))
+    short = np.flatnonzero(missed > tol)
+    if converged and not len(short):
+        return
+    names = sorted({net.nodes.meters[i] for i in short}) or ["(solver did not converge)"]
+    raise InfeasibleMarket(
+        "no trade pattern balances every member within its bid on this trading graph "
+        f"(sign constraints, k nearest peers); unbalanced: {', '.join(names[:10])}"
+    )
 
 
 def trade_prices(net: Network, t: FloatArray, node_price: FloatArray) -> FloatArray:
@@ -245,7 +277,7 @@ def p2p_result(
     P = net.net(t)
     price = trade_prices(net, t, node_price)
     settle = _settlement_prices(net, community, price)
-    tol = 1e-9 * (1.0 + float(np.abs(net.nodes.q_min).sum() + net.nodes.seg_dq.sum()))
+    tol = trade_tolerance(net)
     traded = np.abs(t) > tol
     seller = np.where(t >= 0, net.tail, net.head)
     buyer = np.where(t >= 0, net.head, net.tail)

@@ -20,6 +20,7 @@ optimal face, which spreads trade evenly over equally good counterparts.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ FloatArray = npt.NDArray[np.float64]
 STEP = 0.995  # fraction of the way to the boundary taken each step
 DENSE_MAX = 300  # up to this many rows the normal equations are factorised dense
 DENSE_DEGREE = 64  # rows with more entries (and 8x the median) go to a dense Schur complement
-THETA_FLOOR = 1e-12
+THETA_FLOOR = 1e-10
 RIDGE = 1e-10
 POLISH_FROM = 1e-8  # first polish once the gap is this small, then every hundredfold
 DIVERGED = 1e9  # node prices this many times the largest price bid mean an infeasible problem
@@ -81,9 +82,17 @@ def solve_box_qp(qp: BoxQP, tol: float = 1e-9, max_iter: int = 100) -> QPSolutio
         if it == max_iter or res.gap <= tol * 1e-6 and res.primal <= tol or state.diverged(qp):
             break
         try:
-            state = state.step(qp, res, _normal_equations(qp, state.theta(qp)))
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a singular factor shows as non-finite steps
+                candidate = state.step(qp, res, _normal_equations(qp, state.theta(qp)))
         except (np.linalg.LinAlgError, RuntimeError, ValueError):
-            return state.solution(it, False, res)  # numerically singular: give up, unsolved
+            break  # numerically singular this close to the boundary: polish what we have
+        if not candidate.finite():
+            break
+        state = candidate
+    polished = _polish(qp, state, tol)
+    if polished is not None:
+        return polished.solution(it, True, polished.residuals(qp))
     return state.solution(it, res.done(tol) and not state.diverged(qp), res)
 
 
@@ -117,6 +126,9 @@ class _State:
         typical = float(np.median(qp.u)) if n else 1.0
         x = np.minimum(0.5 * qp.u, typical)
         return cls(x, qp.u - x, np.zeros(len(qp.b)), np.full(n, dual), np.full(n, dual))
+
+    def finite(self) -> bool:
+        return all(np.isfinite(a).all() for a in (self.x, self.s, self.y, self.z, self.w))
 
     def diverged(self, qp: BoxQP) -> bool:
         """Prices running off to infinity: the dual is unbounded, i.e. the primal infeasible."""
@@ -224,8 +236,13 @@ def _factor(K) -> Callable[[FloatArray], FloatArray]:
 
     n = K.shape[0]
     if n <= DENSE_MAX:
-        factor = scipy.linalg.cho_factor(K.toarray(), check_finite=False)
-        return lambda r: scipy.linalg.cho_solve(factor, r, check_finite=False)
+        dense_K = K.toarray()
+        try:
+            factor = scipy.linalg.cho_factor(dense_K, check_finite=False)
+            return lambda r: scipy.linalg.cho_solve(factor, r, check_finite=False)
+        except np.linalg.LinAlgError:  # rounding made it indefinite: pivoting LU still solves
+            lu = scipy.linalg.lu_factor(dense_K, check_finite=False)
+            return lambda r: scipy.linalg.lu_solve(lu, r, check_finite=False)
     degree = np.diff(K.indptr)
     dense = degree > max(DENSE_DEGREE, 8 * float(np.median(degree)))
     sparse_rows = np.flatnonzero(~dense)
