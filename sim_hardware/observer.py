@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from protocols import messages, topics
 from protocols.errors import ProtocolError
@@ -103,18 +104,28 @@ class CommunityObserver:
                 async with aiomqtt.Client(host, port, identifier=f"observer-{self.community}") as client:
                     for topic in self.filters():
                         await client.subscribe(topic, qos=1)
-                    await self._consume(client, stop)
+                    await _until(stop, self._consume(client))
             except aiomqtt.MqttError as e:
                 log.info("observer link lost: %s", e)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
 
-    async def _consume(self, client: object, stop: asyncio.Event) -> None:
-        messages_iter = client.messages.__aiter__()  # type: ignore[attr-defined]
-        while not stop.is_set():
-            try:
-                message = await asyncio.wait_for(messages_iter.__anext__(), timeout=0.5)
-            except asyncio.TimeoutError:
-                continue
+    async def _consume(self, client: Any) -> None:
+        async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             self.handle(message.topic.value, payload)
+
+
+async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until it ends or ``stop`` is set. (Cancelling the whole consumer, not each
+    wait for a message: a cancelled ``__anext__`` would close aiomqtt's message generator.)"""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, stopper):
+            t.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
