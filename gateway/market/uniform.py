@@ -122,8 +122,8 @@ def uniform_result(
     """The result for members' awards ``q`` at ``price``: grid flows, costs, settlement, BAU."""
     net = -float(q.sum())  # what the grid must supply
     net = 0.0 if abs(net) <= tol else net  # rounding of the members' sum, not a flow
-    grid_import = max(net, 0.0) if community.import_price is not None else 0.0
-    grid_export = max(-net, 0.0) if community.export_price is not None else 0.0
+    grid_import = max(0.0, net) if community.import_price is not None else 0.0
+    grid_export = max(0.0, -net) if community.export_price is not None else 0.0  # never -0.0
     own = book.cost(q)
     community_cost = float(own.sum()) + community.grid_bill(grid_import, grid_export)
     pay = payments(q, price, community, grid_import, grid_export, community.allocation)
