@@ -475,3 +475,23 @@ def toml_text(data: dict[str, Any]) -> str:
             lines.append(f"\n[{section}]")
             lines += [f"{k} = {value(v)}" for k, v in table.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class RunResult:
+    community: Community
+    report: InvariantReport
+    drained: bool
+    real_s: float
+
+
+def run_scenario(scenario: Scenario, out: Path, broker: str = "embedded",
+                 on_tick: Callable[[Community], None] | None = None, drain_s: float = 60.0) -> RunResult:
+    """Start a community, run the scenario to its end, let every record be acknowledged and
+    every interval settled, stop, and check the invariants."""
+    began = time.time()
+    community = Community(scenario, out, broker)
+    with community:
+        community.run(on_tick=(lambda: on_tick(community)) if on_tick else None)
+        drained = community.drain(drain_s)
+    return RunResult(community, community.invariants(), drained, time.time() - began)
