@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -201,9 +202,13 @@ class BidBook:
     def __len__(self) -> int:
         return len(self.meters)
 
+    @cached_property
+    def _ramps(self) -> Ramps:
+        return Ramps.build(self.seg_p0, self.seg_p1, self.seg_dq, self.seg_owner)
+
     def ramps(self) -> Ramps:
         """The supply function of every member, one ramp per segment (owner = member row)."""
-        return Ramps.build(self.seg_p0, self.seg_p1, self.seg_dq, self.seg_owner)
+        return self._ramps
 
     def concat(self, other: BidBook) -> BidBook:
         """Both books, ``other``'s rows after this one's (no id checks: used to add the grid)."""
@@ -234,8 +239,11 @@ class BidBook:
 
     def cost(self, q: npt.ArrayLike) -> FloatArray:
         """C_n(q_n) = integral of mc_n from 0 to q_n (mc flat beyond the curve's ends)."""
-        q = np.asarray(q, dtype=float)
-        return self._antiderivative(q) - self._antiderivative(np.zeros_like(q))
+        return self._antiderivative(np.asarray(q, dtype=float)) - self._at_zero
+
+    @cached_property
+    def _at_zero(self) -> FloatArray:
+        return self._antiderivative(np.zeros(len(self)))
 
     def _antiderivative(self, x: FloatArray) -> FloatArray:
         """Integral of the extended mc_n from q_min_n to x_n."""

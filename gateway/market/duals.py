@@ -13,9 +13,10 @@ constraints:
 element, the shortest-path distances of its constraint graph (Cormen et al., Introduction to
 Algorithms, §24.4). We report the middle of the two, or the finite one where the other is
 unbounded: mechanism 1's price rule, node by node (with no preferences and every pair
-connected, every member gets mechanism 1's price). An interior point's own multipliers are an
-arbitrary interior point of that set, so they are used only to make the distances' edge
-weights non-negative (Johnson's reweighting), letting Dijkstra compute them.
+connected, every member gets mechanism 1's price); where the rule gives neighbours
+inconsistent targets, the greatest certifying prices below the targets. An interior point's
+multipliers are an arbitrary point of the set, so they serve only to make the edge weights
+non-negative (Johnson's reweighting) for Dijkstra.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ SLACK = 1e-11  # added to every constraint, relative to the price scale: roundin
 
 
 def select_prices(net: Network, t: FloatArray, y: FloatArray, traded: npt.NDArray[np.bool_]) -> FloatArray:
-    """The middle of the least and greatest certifying prices, node by node."""
+    """Node prices: the middle of the least and greatest certifying prices (see the module
+    docstring), made consistent where some of them are unbounded."""
     q = net.net(t)
     lo, hi = marginal_range(net, q)
     scale = 1.0 + float(np.abs(np.concatenate([net.nodes.p_first, net.nodes.p_last])).max(initial=0.0))
@@ -40,7 +42,19 @@ def select_prices(net: Network, t: FloatArray, y: FloatArray, traded: npt.NDArra
     potential = np.concatenate([y, [0.0]])  # node n == the zero node
     greatest = _distances(u, v, c, n, potential)
     least = -_distances(v, u, c, n, -potential)
-    fallback = 0.5 * (net.nodes.p_first + net.nodes.p_last)  # no constraint at all: its own bid
+    target = _target(least, greatest, 0.5 * (net.nodes.p_first + net.nodes.p_last))
+    # Where one side is unbounded the targets of neighbours need not be consistent (the middle
+    # of one, the finite end of the other): take the greatest certifying prices at or below the
+    # targets, which are the targets themselves whenever those certify.
+    from_zero = u == n
+    u2 = np.concatenate([u[~from_zero], np.full(n, n)])
+    v2 = np.concatenate([v[~from_zero], np.arange(n)])
+    c2 = np.concatenate([c[~from_zero], target])
+    return _distances(u2, v2, c2, n, potential)
+
+
+def _target(least: FloatArray, greatest: FloatArray, fallback: FloatArray) -> FloatArray:
+    """Mechanism 1's rule per node: the middle, the finite end, or the node's own bid."""
     finite_g, finite_l = np.isfinite(greatest), np.isfinite(least)
     mid = 0.5 * (np.where(finite_g, greatest, 0.0) + np.where(finite_l, least, 0.0))
     one = np.where(finite_g, greatest, np.where(finite_l, least, fallback))
@@ -99,15 +113,20 @@ def _constraints(
 
 def _distances(u: IntArray, v: IntArray, c: FloatArray, n: int, potential: FloatArray) -> FloatArray:
     """Shortest distances from the zero node (index n) along u -> v of length c (inf where
-    unreachable), by Dijkstra on the weights reduced by ``potential`` (Johnson)."""
+    unreachable), by Dijkstra on the weights reduced by ``potential`` (Johnson). Edges out of
+    the zero node may reduce below zero; since a shortest path leaves it once, they are all
+    shifted by one constant and the shift is taken off again."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import dijkstra
 
-    reduced = np.maximum(c + potential[u] - potential[v], 0.0) + 1e-300  # > 0: stored edges
+    reduced = c + potential[u] - potential[v]
+    source = u == n
+    shift = max(0.0, -float(reduced[source].min(initial=0.0)))
+    reduced = np.where(source, reduced + shift, np.maximum(reduced, 0.0)) + 1e-300  # > 0: stored
     order = np.lexsort((reduced, v, u))
     u, v, reduced = u[order], v[order], reduced[order]
     first = np.ones(len(u), dtype=bool)
     first[1:] = (u[1:] != u[:-1]) | (v[1:] != v[:-1])  # keep the tightest of parallel edges
     graph = csr_matrix((reduced[first], (u[first], v[first])), shape=(n + 1, n + 1))
-    dist = dijkstra(graph, indices=n)
+    dist = dijkstra(graph, indices=n) - shift
     return (dist + potential - potential[n])[:n]

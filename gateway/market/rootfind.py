@@ -82,11 +82,14 @@ def pick_price(lo: FloatArray, hi: FloatArray, fallback: FloatArray | float) -> 
 
 @dataclass(frozen=True, eq=False)
 class _Bracket:
-    """Search state: the answer lies in [left, right]; ``cand`` = breakpoints strictly inside;
-    ``ramps`` = the ramps not constant inside; ``const`` = base + ramps already full inside."""
+    """Search state: the answer lies in [left, right]; ``cand`` = breakpoints strictly inside.
+    On the bracket F = const + lin * x + (the ``ramps`` with a breakpoint inside): ramps full
+    on all of it are folded into const, ramps sloped across all of it into const + lin * x,
+    so the ramps still looked at shrink with the candidates."""
 
     ramps: Ramps
     const: float
+    lin: float
     cand: FloatArray
     left: float
     f_left: float  # F_hi(left)
@@ -95,20 +98,25 @@ class _Bracket:
 
     def value(self, x: float) -> tuple[float, float]:
         lo, hi = self.ramps.total(x)
-        return self.const + lo, self.const + hi
+        affine = self.const + self.lin * x
+        return affine + lo, affine + hi
 
     def narrow(self, x: float, f_lo: float, f_hi: float, answer_left: bool) -> _Bracket:
-        if answer_left:  # the answer is in [left, x]: ramps starting at or after x are empty
-            keep = self.ramps.p0 < x
-            return replace(
-                self, ramps=self.ramps.take(keep), cand=self.cand[self.cand < x],
-                right=x, f_right=f_lo,
-            )
-        full = self.ramps.p1 <= x  # the answer is in [x, right]: these are full beyond x
-        const = self.const + float(self.ramps.dq[full].sum())
+        left, right = (self.left, x) if answer_left else (x, self.right)
+        r = self.ramps
+        full = r.p1 <= left
+        empty = r.p0 >= right
+        across = (r.p0 <= left) & (r.p1 >= right) & ~r.step
+        rate = r.dq[across] * r.inv_width[across]
+        const = self.const + float(r.dq[full].sum()) - float(rate @ r.p0[across])
+        ends = {"right": x, "f_right": f_lo} if answer_left else {"left": x, "f_left": f_hi}
         return replace(
-            self, ramps=self.ramps.take(~full), const=const, cand=self.cand[self.cand > x],
-            left=x, f_left=f_hi,
+            self,
+            ramps=r.take(~(full | empty | across)),
+            const=const,
+            lin=self.lin + float(rate.sum()),
+            cand=self.cand[(self.cand > left) & (self.cand < right)],
+            **ends,
         )
 
 
@@ -138,7 +146,7 @@ def market_interval(ramps: Ramps, base: float, tol: float) -> tuple[float, float
     if len(ramps) == 0:
         return (-INF, INF) if abs(base) <= tol else (INF, -INF)
     cand = np.concatenate([ramps.p0, ramps.p1])
-    full = _Bracket(ramps, base, cand, -INF, base, INF, base)
+    full = _Bracket(ramps, base, 0.0, cand, -INF, base, INF, base)
     below = _search(full, lambda f_lo, f_hi: f_hi >= -tol)
     lo = _end(below, -tol, lower=True)
     if np.isfinite(below.right) and below.f_right > tol:
