@@ -81,7 +81,6 @@ class Ingest:
         self.counters = counters
         self.export = export  # (measurement kind, fields) -> line protocol, or None
         self.keys = KeyCache(Registry(conn=conn))
-        self.max_wh = cfg.ingest.max_power_w * cfg.interval_s // 3600
         # Intervals known to have a row, so most readings skip that insert; grown only after a
         # commit, so a rolled-back batch cannot leave an interval believed present but missing.
         self._known_ivs: set[int] = set()
@@ -215,11 +214,18 @@ class Ingest:
         iv, interval = msg["iv"], self.cfg.interval_s
         if iv > messages.interval_index(self.clock.now(), interval) + self.cfg.ingest.future_intervals:
             raise Rejected("future_interval", ack=False)  # maybe our clock is behind: let it retry
-        if msg["imp_wh"] > self.max_wh or msg["exp_wh"] > self.max_wh:
+        # A gap record (the meter or its board was down over earlier boundaries) starts where
+        # the previous record ended, so it may begin intervals before its own; it says so with
+        # its flags, and its energy may be that of the whole span.
+        gap = msg["flags"] & (messages.FLAG_PARTIAL | messages.FLAG_METER_OFFLINE)
+        span_s = max(interval, msg["t1"] - msg["t0"]) if gap else interval
+        max_wh = self.cfg.ingest.max_power_w * span_s // 3600
+        if msg["imp_wh"] > max_wh or msg["exp_wh"] > max_wh:
             raise Rejected("energy_out_of_range", ack=True)
         slack = self.cfg.ingest.time_slack_s
         if not msg["flags"] & messages.FLAG_TIME_UNSYNCED and (
-                msg["t0"] < iv * interval - slack or msg["t1"] > (iv + 1) * interval + slack):
+                (msg["t0"] < iv * interval - slack and not gap) or msg["t1"] > (iv + 1) * interval + slack
+                or msg["t1"] < iv * interval - slack):
             raise Rejected("time_out_of_range", ack=True)
         self._check_monotonic(meter, msg, before)
 

@@ -152,10 +152,13 @@ class Scheduler:
             feeders.add(self.cfg.settlement.feeder_meter)
         return feeders
 
-    def _metered(self, iv: int) -> dict[str, tuple[int, int]]:
-        rows = self.conn.execute("SELECT meter, SUM(imp_wh), SUM(exp_wh) FROM readings WHERE iv=? GROUP BY meter",
-                                 (iv,)).fetchall()
-        return {m: (imp, exp) for m, imp, exp in rows}
+    def _metered(self, iv: int) -> dict[str, tuple[int, int, bool]]:
+        """meter -> (import Wh, export Wh, exact): exact unless a record of the interval says
+        it does not describe exactly this interval (partial, offline, reset, overflow, time)."""
+        rows = self.conn.execute(
+            "SELECT meter, SUM(imp_wh), SUM(exp_wh), MAX((flags & ?) != 0) FROM readings WHERE iv=? GROUP BY meter",
+            (settlement.INEXACT_FLAGS, iv)).fetchall()
+        return {m: (imp, exp, not inexact) for m, imp, exp, inexact in rows}
 
     def _awards(self, iv: int) -> dict[str, settlement.Award]:
         rows = self.conn.execute("SELECT meter, q_wh, price, trades FROM awards WHERE iv=?", (iv,)).fetchall()
@@ -170,8 +173,12 @@ class Scheduler:
             lines.append(settlement.settle_member(m, awards.get(m), net_export, self.cfg.market))
         fed = [metered[f] for f in feeders if f in metered]
         members_import = sum(metered[m][0] - metered[m][1] for m in members if m in metered)
-        bal = settlement.balance(sum(i - e for i, e in fed) if fed else None, sum(i + e for i, e in fed),
-                                 members_import, self.cfg.settlement)
+        # Energy in equals energy out can only be judged when every meter of the community
+        # (feeders too) has an exact record of this interval.
+        expected = set(self.registry.meters(self.cfg.community)) | feeders
+        complete = all(m in metered and metered[m][2] for m in expected)
+        bal = settlement.balance(sum(f[0] - f[1] for f in fed) if fed else None, sum(f[0] + f[1] for f in fed),
+                                 members_import, self.cfg.settlement, complete)
         return lines, bal
 
     def _write_line(self, iv: int, rev: int, line: settlement.Line) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.config import MarketConfig, SettlementConfig
+from protocols import messages
 
 
 def money(wh: int, price: int) -> int:
@@ -72,11 +73,20 @@ class Balance:
     diff_wh: int | None  # feeder net import minus members' net import (losses, if positive)
 
 
+# Reading flags that mean a record is not exactly its interval's energy, so the interval
+# cannot be checked against the feeder until late or corrected data arrives.
+INEXACT_FLAGS = (messages.FLAG_PARTIAL | messages.FLAG_METER_OFFLINE | messages.FLAG_COUNTER_RESET
+                 | messages.FLAG_QUEUE_OVERFLOW | messages.FLAG_TIME_UNSYNCED)
+
+
 def balance(feeder_net_import_wh: int | None, feeder_throughput_wh: int, members_net_import_wh: int,
-            cfg: SettlementConfig) -> Balance:
-    """Energy in equals energy out: compare the feeder with the members, within the tolerance."""
+            cfg: SettlementConfig, complete: bool = True) -> Balance:
+    """Energy in equals energy out: compare the feeder with the members, within the tolerance.
+    Undecided (None) without a feeder reading, or when some meter's data is missing or inexact."""
     if feeder_net_import_wh is None:
         return Balance(None, None)
     diff = feeder_net_import_wh - members_net_import_wh
+    if not complete:
+        return Balance(None, diff)
     tolerance = max(cfg.loss_tolerance_wh, int(cfg.loss_tolerance * feeder_throughput_wh))
     return Balance(abs(diff) <= tolerance, diff)

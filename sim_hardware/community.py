@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 FEEDER = "feeder"
 LEAD_S = 3.0  # real seconds between start-up and the scenario's first instant
 STATUS_S = 5  # real seconds between meter status messages
+FLEET_SIZE = 25  # CPython meters per process
 
 
 class Broker(Protocol):
@@ -166,8 +167,7 @@ class Community:
             self._start_proxies()
             self._start_gateway()
             self._start_observer()
-            for meter in self.meters:
-                self._start_meter(meter)
+            self._start_firmware()
         except BaseException:
             self.stop()
             raise
@@ -297,13 +297,32 @@ class Community:
         self.gateway = Process("gateway", cmd, dict(os.environ), self.out, self.out / "logs" / "gateway.log")
         self.gateway.start()
 
-    def _start_meter(self, meter: Meter) -> None:
+    def _start_firmware(self) -> None:
+        """MicroPython: one process per meter, like one board per household. CPython: fleets of
+        meters sharing a process, so hundreds fit on one machine; a meter the scenario kills
+        runs alone, so the kill takes only it down."""
+        if self.scenario.runtime == "micropython":
+            for meter in self.meters:
+                self._start_process(meter.meter, [meter], "micropython")
+            return
+        alone = {f.target for f in self.scenario.faults if f.action == "meter_kill"}
+        groups = [[m] for m in self.meters if m.meter in alone]
+        rest = [m for m in self.meters if m.meter not in alone]
+        groups += [rest[i:i + FLEET_SIZE] for i in range(0, len(rest), FLEET_SIZE)]
+        for n, group in enumerate(groups):
+            self._start_process(f"fleet-{n}", group, "cpython")
+
+    def _start_process(self, name: str, meters: list[Meter], runtime: str) -> None:
         from gateway.firmware_tools import firmware_command
 
-        config = meter.folder / "config.json"
-        cmd, env = firmware_command(config, meter.folder, self.scenario.runtime)
-        meter.process = Process(meter.meter, cmd, env, meter.folder, self.out / "logs" / f"{meter.meter}.log")
-        meter.process.start()
+        first = meters[0]
+        cmd, env = firmware_command(first.folder / "config.json", first.folder, runtime)
+        if len(meters) > 1:
+            cmd = [sys.executable, "-m", "sim_hardware.fleet"] + [str((m.folder / "config.json").resolve()) for m in meters]
+        process = Process(name, cmd, env, self.out, self.out / "logs" / f"{name}.log")
+        for meter in meters:
+            meter.process = process
+        process.start()
 
     def _start_observer(self) -> None:
         import asyncio

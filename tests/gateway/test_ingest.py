@@ -90,6 +90,30 @@ def test_range_checks(offline: Offline) -> None:
     assert res(out) == ["time_out_of_range"]
 
 
+
+def test_gap_record_after_an_outage_may_span_earlier_intervals(offline: Offline) -> None:
+    """A meter back from a power cut sends one record from its last boundary to now: it starts
+    intervals before its own, carries the partial flag, and is stored; unflagged it is refused."""
+    spec = provision(offline.cfg, 1)[0]
+    iv = _iv(offline)
+    start = iv * INTERVAL_S - 2 * offline.cfg.ingest.time_slack_s  # well beyond the slack
+    end = iv * INTERVAL_S + INTERVAL_S // 2
+    hours = (end - start) / 3600
+    big = int(offline.cfg.ingest.max_power_w * hours * 0.9)  # too much for one interval alone
+
+    def gap(seq: int, flags: int, wh: int) -> tuple[str, bytes]:
+        msg = messages.reading(spec.meter, spec.kid, spec.boot, seq, iv, start, end, wh, 0,
+                               spec.counter_imp + wh, spec.counter_exp, flags)
+        return ("tm/v1/c1/meters/m000/reading", messages.encode(msg, spec.key))
+
+    assert res(offline.send(gap(10, 0, 1))) == ["time_out_of_range"]
+    assert res(offline.send(gap(11, 0, big))) == ["energy_out_of_range"]
+    assert res(offline.send(gap(12, messages.FLAG_PARTIAL, big))) == ["stored"]
+    too_much = messages.reading(spec.meter, spec.kid, spec.boot, 13, iv, end - 60, end, big, 0,
+                                spec.counter_imp + 2 * big, spec.counter_exp, messages.FLAG_PARTIAL)
+    out = offline.send(("tm/v1/c1/meters/m000/reading", messages.encode(too_much, spec.key)))
+    assert res(out) == ["energy_out_of_range"]
+
 def test_wrong_community_and_gateway_kinds_are_rejected(offline: Offline) -> None:
     spec = provision(offline.cfg, 1)[0]
     topic, payload, _ = reading(spec, "c1", _iv(offline), INTERVAL_S)
