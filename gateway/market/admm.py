@@ -29,7 +29,7 @@ from .bids import BidBook
 from .community import Community
 from .result import ClearingResult, Convergence
 from .rootfind import grouped_interval, pick_price
-from .uniform import check_feasible, clear_uniform, tolerance, uniform_result
+from .uniform import check_feasible, clear_uniform, uniform_result
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -47,9 +47,9 @@ class Stopping:
 
 def admm_uniform(book: BidBook, community: Community, stop: Stopping = Stopping()) -> ClearingResult:
     """Mechanism 1 by exchange ADMM; the result carries its `Convergence`."""
+    check_feasible(book, community)
     ext = community.with_grid(book)
     ramps = ext.ramps()
-    check_feasible(book, community, ramps, float(ext.q_min.sum()), tolerance(ext))
     n = len(ext)
     rho = stop.rho or initial_rho(ext)
     if n == 0:  # nobody to negotiate with: the exact engine's answer, after no rounds

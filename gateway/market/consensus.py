@@ -39,7 +39,7 @@ from .p2p import Network, P2PParams, build_network, p2p_result
 from .ramps import Ramps
 from .result import ClearingResult, Convergence
 from .rootfind import grouped_interval, pick_price
-from .uniform import check_feasible, tolerance
+from .uniform import check_feasible
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -78,8 +78,7 @@ def consensus_p2p(
 ) -> ClearingResult:
     """Mechanism 2 by consensus + innovation; the result carries its `Convergence`."""
     params = params or P2PParams()
-    ext = community.with_grid(book)
-    check_feasible(book, community, ext.ramps(), float(ext.q_min.sum()), tolerance(ext))
+    check_feasible(book, community)
     net = build_network(book, community, params)
     pairs = _Pairs.of(net)
     nodes = net.nodes

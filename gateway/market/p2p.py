@@ -51,7 +51,7 @@ from .graph import member_pairs
 from .qp import BoxQP
 from .result import ClearingResult, Trade
 from .settlement import business_as_usual
-from .uniform import check_feasible, tolerance
+from .uniform import check_feasible
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -190,8 +190,7 @@ def clear_p2p(book: BidBook, community: Community, params: P2PParams | None = No
     from .qp import solve_box_qp
 
     params = params or P2PParams()
-    ext = community.with_grid(book)
-    check_feasible(book, community, ext.ramps(), float(ext.q_min.sum()), tolerance(ext))
+    check_feasible(book, community)
     net = build_network(book, community, params)
     qp, edge_of, sign = _qp(net)
     sol = solve_box_qp(qp)

@@ -3,15 +3,15 @@
     min  1/2 sum_j h_j x_j^2 + g^T x    s.t.   B x = b,   0 <= x <= u
 
 with h >= 0 (a diagonal Hessian: every variable is a segment fill or a trade), u finite and B
-sparse (one row per node of the trading graph). Mehrotra's predictor-corrector (Mehrotra 1992;
+sparse with at most two entries per column (one row per node of the trading graph). Mehrotra's predictor-corrector (Mehrotra 1992;
 Nocedal & Wright, Numerical Optimization, 2nd ed., Alg. 16.4 and §16.6 for the QP form). The
 Newton system is reduced to the normal equations
 
     K dy = r,    K = B diag(1/theta) B^T,    theta = h + z/x + w/(u - x),
 
 which here is a weighted graph Laplacian plus a diagonal: nodes x nodes, as sparse as the
-trading graph. It is factorised once per iteration (sparse LU with a minimum-degree ordering;
-dense Cholesky when small) and used for both the predictor and the corrector.
+trading graph. It is factorised once per iteration (`normal`) and used for both the predictor
+and the corrector.
 
 Every variable is boxed, so the feasible set is compact and the iterates cannot run off along
 a flat direction of a degenerate optimum: they converge towards the analytic centre of the
@@ -27,12 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from .normal import NormalEquations
+
 FloatArray = npt.NDArray[np.float64]
 STEP = 0.995  # fraction of the way to the boundary taken each step
-DENSE_MAX = 300  # up to this many rows the normal equations are factorised dense
-DENSE_DEGREE = 64  # rows with more entries (and 8x the median) go to a dense Schur complement
 THETA_FLOOR = 1e-10
-RIDGE = 1e-10
+RIDGE = 1e-10  # static dual regularisation of K (quantity per price): keeps it invertible where
+# a node's only variables sit at their bounds, or an islanded component bids zero width
 POLISH_FROM = 1e-8  # first polish once the gap is this small, then every hundredfold
 DIVERGED = 1e9  # node prices this many times the largest price bid mean an infeasible problem
 
@@ -70,6 +71,8 @@ def solve_box_qp(qp: BoxQP, tol: float = 1e-9, max_iter: int = 100) -> QPSolutio
     tries again each time the gap has fallen another hundredfold.
     """
     state = _State.start(qp)
+    ridge = RIDGE * (1.0 + float(qp.u.max(initial=0.0))) / (1.0 + float(np.abs(qp.g).max(initial=0.0)))
+    normal = NormalEquations(qp.B, ridge)
     next_polish = POLISH_FROM
     res = state.residuals(qp)
     for it in range(max_iter + 1):
@@ -84,7 +87,7 @@ def solve_box_qp(qp: BoxQP, tol: float = 1e-9, max_iter: int = 100) -> QPSolutio
         try:
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a singular factor shows as non-finite steps
-                candidate = state.step(qp, res, _normal_equations(qp, state.theta(qp)))
+                candidate = state.step(qp, res, normal.factor(1.0 / state.theta(qp)))
         except (np.linalg.LinAlgError, RuntimeError, ValueError):
             break  # numerically singular this close to the boundary: polish what we have
         if not candidate.finite():
@@ -214,58 +217,6 @@ def _ratio(v: FloatArray, dv: FloatArray) -> float:
     if not neg.any():
         return 1.0
     return float((v[neg] / -dv[neg]).min())
-
-
-def _normal_equations(qp: BoxQP, theta: FloatArray) -> Callable[[FloatArray], FloatArray]:
-    """A solver for (K + delta I) dy = r, K = B diag(1/theta) B^T. The small static ridge
-    delta (a dual regularisation, in K's units of quantity per price) keeps K invertible where
-    a node's only variables sit at their bounds, or an islanded component bids zero width."""
-    import scipy.sparse as sp
-
-    K = (qp.B.multiply(1.0 / theta).tocsr() @ qp.B.T).tocsc()
-    ridge = RIDGE * (1.0 + float(qp.u.max(initial=0.0))) / (1.0 + float(np.abs(qp.g).max(initial=0.0)))
-    return _factor(K + ridge * sp.identity(K.shape[0], format="csc"))
-
-
-def _factor(K) -> Callable[[FloatArray], FloatArray]:
-    """Factorise the SPD matrix K: dense Cholesky when small; else sparse LU (minimum-degree
-    ordering) of the sparse part and a dense Schur complement for the few dense rows (the
-    grid's nodes, linked to every member), which would otherwise fill the factors."""
-    import scipy.linalg
-    import scipy.sparse.linalg
-
-    n = K.shape[0]
-    if n <= DENSE_MAX:
-        dense_K = K.toarray()
-        try:
-            factor = scipy.linalg.cho_factor(dense_K, check_finite=False)
-            return lambda r: scipy.linalg.cho_solve(factor, r, check_finite=False)
-        except np.linalg.LinAlgError:  # rounding made it indefinite: pivoting LU still solves
-            lu = scipy.linalg.lu_factor(dense_K, check_finite=False)
-            return lambda r: scipy.linalg.lu_solve(lu, r, check_finite=False)
-    degree = np.diff(K.indptr)
-    dense = degree > max(DENSE_DEGREE, 8 * float(np.median(degree)))
-    sparse_rows = np.flatnonzero(~dense)
-    dense_rows = np.flatnonzero(dense)
-    Kss = K[sparse_rows][:, sparse_rows].tocsc()
-    lu = scipy.sparse.linalg.splu(Kss, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0)
-    if not len(dense_rows):
-        return lu.solve
-    Ksd = K[sparse_rows][:, dense_rows].toarray()
-    X = lu.solve(Ksd)
-    schur = scipy.linalg.cho_factor(
-        K[dense_rows][:, dense_rows].toarray() - Ksd.T @ X, check_finite=False
-    )
-
-    def solve(r: FloatArray) -> FloatArray:
-        a = lu.solve(r[sparse_rows])
-        yd = scipy.linalg.cho_solve(schur, r[dense_rows] - Ksd.T @ a, check_finite=False)
-        out = np.empty(n)
-        out[sparse_rows] = a - X @ yd
-        out[dense_rows] = yd
-        return out
-
-    return solve
 
 
 def _polish(qp: BoxQP, state: _State, tol: float, refinements: int = 25) -> _State | None:

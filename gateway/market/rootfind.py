@@ -142,21 +142,26 @@ def _end(br: _Bracket, target: float, lower: bool) -> float:
 
 def market_interval(ramps: Ramps, base: float, tol: float) -> tuple[float, float]:
     """[lo, hi] of the zeros of F = base + sum of ramps, for a feasible F
-    (F_lo(-inf) = base <= tol and F_hi(+inf) = base + sum(dq) >= -tol; the caller checks)."""
+    (F_lo(-inf) = base <= tol and F_hi(+inf) = base + sum(dq) >= -tol; the caller checks).
+
+    One search narrows to both ends while they share a bracket; at the first breakpoint that
+    is itself a clearing price it splits into a search for each end on its own side.
+    """
     if len(ramps) == 0:
         return (-INF, INF) if abs(base) <= tol else (INF, -INF)
     cand = np.concatenate([ramps.p0, ramps.p1])
-    full = _Bracket(ramps, base, 0.0, cand, -INF, base, INF, base)
-    below = _search(full, lambda f_lo, f_hi: f_hi >= -tol)
-    lo = _end(below, -tol, lower=True)
-    if np.isfinite(below.right) and below.f_right > tol:
-        return lo, _end(below, tol, lower=False)  # F rises through [-tol, tol] inside the bracket
-    if not np.isfinite(below.right):
-        return lo, INF if below.f_left <= tol else below.left
-    # below.right is itself a clearing price: search the upper end from there.
-    f_lo, f_hi = full.value(below.right)
-    above = _search(full.narrow(below.right, f_lo, f_hi, False), lambda f_lo, f_hi: f_lo > tol)
-    return lo, _end(above, tol, lower=False)
+    br = _Bracket(ramps, base, 0.0, cand, -INF, base, INF, base)
+    while br.cand.size:
+        x = _pivot(br.cand)
+        f_lo, f_hi = br.value(x)
+        if f_hi < -tol or f_lo > tol:
+            br = br.narrow(x, f_lo, f_hi, answer_left=f_lo > tol)
+            continue
+        below = _search(br.narrow(x, f_lo, f_hi, True), lambda f_lo, f_hi: f_hi >= -tol)
+        above = _search(br.narrow(x, f_lo, f_hi, False), lambda f_lo, f_hi: f_lo > tol)
+        return _end(below, -tol, lower=True), _end(above, tol, lower=False)
+    # No breakpoint inside: F is affine from below -tol to above tol across the bracket.
+    return _end(br, -tol, lower=True), _end(br, tol, lower=False)
 
 
 # --- many small functions at once ---------------------------------------------------------

@@ -44,15 +44,30 @@ PRICE_WINDOW = 1e-12  # relative: prices this close to the clearing price are at
 
 def clear_uniform(book: BidBook, community: Community) -> ClearingResult:
     """Clear one interval at one community price (see the module docstring)."""
-    ext = community.with_grid(book)
-    ramps = ext.ramps()
-    base = float(ext.q_min.sum())
-    tol = tolerance(ext)
-    check_feasible(book, community, ramps, base, tol)
+    check_feasible(book, community)
+    ramps, q_min, prices = market(book, community)
+    base = float(q_min.sum())
+    tol = REL_TOL * (float(np.abs(q_min).sum() + ramps.dq.sum()) + 1.0)
     lo, hi = market_interval(ramps, base, tol)
-    price = _price(ext, lo, hi)
-    q = member_awards(ext, ramps, len(book), 0.0 if price is None else price)
+    price = _price(prices, lo, hi)
+    q = member_awards(ramps, q_min, len(book), 0.0 if price is None else price)
     return uniform_result(book, community, q, price, (lo, hi), tol)
+
+
+def market(book: BidBook, community: Community) -> tuple[Ramps, FloatArray, FloatArray]:
+    """The community's supply: members' ramps (owner = row) and the grid's (owner = last row),
+    every row's q_min, and all prices bid. Built without copying the book."""
+    grid = community.grid_bid(book)
+    prices = np.concatenate([book.p_first, book.p_last])
+    if grid is None:
+        return book.ramps(), book.q_min, prices
+    g = grid.ramps()
+    shifted = Ramps(g.p0, g.p1, g.dq, g.owner + len(book), g.inv_width, g.step)
+    return (
+        Ramps.join([book.ramps(), shifted]),
+        np.append(book.q_min, grid.q_min),
+        np.concatenate([prices, grid.p_first, grid.p_last]),
+    )
 
 
 def tolerance(book: BidBook) -> float:
@@ -60,33 +75,33 @@ def tolerance(book: BidBook) -> float:
     return REL_TOL * (size + 1.0)
 
 
-def check_feasible(
-    book: BidBook, community: Community, ramps: Ramps, base: float, tol: float
-) -> None:
+def check_feasible(book: BidBook, community: Community) -> None:
+    """Raise `InfeasibleMarket` unless members and grid together can balance."""
     least, most = float(book.q_min.sum()), float(book.q_max.sum())
     imp, exp = community.capacities(book)
-    if base > tol:
+    tol = tolerance(book) + REL_TOL * (imp + exp)
+    where = " (islanded)" if community.islanded else ""
+    if least - exp > tol:
         raise InfeasibleMarket(
             f"members must export at least {least:g} kWh in total but the grid can take at "
-            f"most {exp:g} kWh{' (islanded)' if community.islanded else ''}"
+            f"most {exp:g} kWh{where}"
         )
-    if base + float(ramps.dq.sum()) < -tol:
+    if most + imp < -tol:
         raise InfeasibleMarket(
             f"members must import at least {-most:g} kWh in total but the grid can supply at "
-            f"most {imp:g} kWh{' (islanded)' if community.islanded else ''}"
+            f"most {imp:g} kWh{where}"
         )
 
 
-def _price(ext: BidBook, lo: float, hi: float) -> float | None:
+def _price(prices: FloatArray, lo: float, hi: float) -> float | None:
     """The clearing price rule; with no price-setting piece at all, the middle of the prices bid."""
-    if len(ext) == 0 and not (np.isfinite(lo) or np.isfinite(hi)):
+    if prices.size == 0 and not (np.isfinite(lo) or np.isfinite(hi)):
         return None
-    prices = np.concatenate([ext.p_first, ext.p_last])
     fallback = 0.5 * (prices.min() + prices.max()) if prices.size else 0.0
     return float(pick_price(np.array(lo), np.array(hi), fallback))
 
 
-def member_awards(ext: BidBook, ramps: Ramps, n_members: int, price: float) -> FloatArray:
+def member_awards(ramps: Ramps, q_min: FloatArray, n_members: int, price: float) -> FloatArray:
     """Members' awards at ``price``, ties split as the module docstring says.
 
     Every participant's range is read over [price - d, price + d], d a relative 1e-12: wider
@@ -99,9 +114,9 @@ def member_awards(ext: BidBook, ramps: Ramps, n_members: int, price: float) -> F
     delta = PRICE_WINDOW * max(1.0, abs(price))
     lo_f = ramps.fractions(price - delta)[0]
     hi_f = ramps.fractions(price + delta)[1]
-    rows = len(ext)
-    least = ext.q_min + np.bincount(ramps.owner, lo_f * ramps.dq, rows)
-    most = ext.q_min + np.bincount(ramps.owner, hi_f * ramps.dq, rows)
+    rows = len(q_min)
+    least = q_min + np.bincount(ramps.owner, lo_f * ramps.dq, rows)
+    most = q_min + np.bincount(ramps.owner, hi_f * ramps.dq, rows)
     a, b = least[:n_members], most[:n_members]
     grid_lo, grid_hi = (least[-1], most[-1]) if rows > n_members else (0.0, 0.0)
     # The members' total closest to zero grid exchange that the grid's range allows.

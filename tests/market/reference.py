@@ -36,6 +36,16 @@ OSQP_OPTS = {"eps_abs": 1e-11, "eps_rel": 1e-11, "max_iter": 200000, "polish": T
 
 
 def solve(prob: cp.Problem, solver: str = "CLARABEL") -> None:
+    """Solve ``prob``; ``solver`` "CLARABEL" (tight), "OSQP" (polished) or "CLARABEL-DEFAULT"
+    (Clarabel's own default tolerances, 1e-8: what the benchmark times, the fastest fair
+    setting)."""
+    if solver == "CLARABEL-DEFAULT":
+        prob.solve(solver=cp.CLARABEL)
+        return
+    _solve_accurate(prob, solver)
+
+
+def _solve_accurate(prob: cp.Problem, solver: str) -> None:
     """Clarabel at the tightest tolerances it reaches (on a few degenerate problems the
     tightest settings stall, and the merely high-accuracy ones still answer), or OSQP with
     solution polishing, whose active-set polish gives exact duals where an interior point's
@@ -120,7 +130,7 @@ def nearest_pairs(pos: np.ndarray, k: int | None) -> list[tuple[int, int]]:
 
 
 def solve_p2p(book: BidBook, community: Community, positions: np.ndarray, prefs: np.ndarray,
-              k: int | None, grid_distance: float | None = None) -> Reference:
+              k: int | None, grid_distance: float | None = None, solver: str = "CLARABEL") -> Reference:
     """Sorin et al.'s multi-bilateral dispatch with one variable per direction of every pair,
     reciprocity as constraints (their duals are the trade prices), the grid as a selling node
     and a buying node connected to every member."""
@@ -153,7 +163,7 @@ def solve_p2p(book: BidBook, community: Community, positions: np.ndarray, prefs:
     reciprocity = P[:m] + P[m:] == 0
     preference = cp.sum(cp.multiply(c[owner] * gamma, cp.abs(P)))
     prob = cp.Problem(cp.Minimize(cost + bill + preference), cons + [reciprocity] if m else cons)
-    solve(prob)
+    solve(prob, solver)
     if prob.status not in OK:
         return Reference(prob.status, np.nan, np.array([]), None, np.nan, np.nan)
     duals = -np.asarray(reciprocity.dual_value).reshape(-1) if m else np.zeros(0)
