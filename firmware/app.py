@@ -27,7 +27,7 @@ COUNTERS = ("records", "acked", "rejected", "q_depth", "q_drop", "q_bad", "bids"
 
 
 class App:
-    def __init__(self, cfg, board, readers):
+    def __init__(self, cfg, board, plans):
         self.cfg = cfg
         self.board = board
         self.meter_id = cfg["meter"]
@@ -49,9 +49,9 @@ class App:
         self.acct = Accountant(self.interval_s)
         mb = cfg["modbus"]
         self.master = Master(board, board.open_link(mb), mb, self.c)
-        self.meter = devices.Meter(self.master, mb["meter_unit"], readers[0])
-        self.battery = devices.Battery(self.master, mb["battery_unit"], readers[1]) \
-            if readers[1] is not None else None
+        self.meter = devices.Meter(self.master, mb["meter_unit"], plans[0])
+        self.battery = devices.Battery(self.master, mb["battery_unit"], plans[1]) \
+            if plans[1] is not None else None
         self.awards = awards_mod.AwardBook(self.meter_id, self.kid, self.key, self.interval_s, self.c)
         self.forecast = bidding.Forecaster()
         self.client = mqtt.Client(board, cfg["mqtt"], "tm-" + self.meter_id, will=self._will,

@@ -1,29 +1,46 @@
-# The household's Modbus devices, read through the register maps of protocols/registers.py
-# (via firmware/regmap.py): the electricity meter (Eastron SDM630/SDM120) and the battery
-# inverter.
+# The household's Modbus devices, read through register plans (firmware/regmap.py, made from
+# the maps of protocols/registers.py): the electricity meter (Eastron SDM630/SDM120) and the
+# battery inverter.
 #
-# Values become integers at once (float32 kWh -> integer Wh on the IEEE-754 bits), so no float
-# ever reaches accounting. A failed read raises ModbusError: there is no cached value to
-# return by mistake.
+# Values become integers at once (float32 kWh -> integer Wh on the IEEE-754 bits, by
+# protocols.regcore), so no float ever reaches accounting. A failed read raises ModbusError:
+# there is no cached value to return by mistake.
 from firmware.modbus_master import ModbusError
-from protocols import messages
+from protocols import messages, regcore
+from protocols.errors import ProtocolError
 
-# tmeter battery map v1 (protocols/registers.py, BATTERY_MODE_*).
-MODE_SETPOINT = 0
-MODE_SELF_CONSUMPTION = 1
+# Battery state keys, the registers they come from, and the divisor (0.01 % -> %).
+_BATTERY_STATE = (
+    ("soc_pct", "soc", 100), ("max_charge_w", "max_charge_power", 1),
+    ("max_discharge_w", "max_discharge_power", 1), ("capacity_wh", "capacity", 1),
+    ("min_soc_pct", "soc_min", 100), ("max_soc_pct", "soc_max", 100), ("power_w", "power", 1),
+    ("charged_wh", "charged_energy", 1), ("discharged_wh", "discharged_energy", 1),
+    ("mode", "mode", 1),
+)
+_S32_MAX = 0x7FFFFFFF
 
 
 class _Device:
-    def __init__(self, master, unit, reader):
+    def __init__(self, master, unit, plan):
         self.master = master
         self.unit = unit
-        self.regs = reader      # a firmware.regmap.Reader
+        self.blocks, self.word_order, self.fields = plan
+        self._got = [None] * len(self.blocks)  # the last block reads, reused
 
     async def _read_blocks(self):
-        out = []
-        for fc, start, count in self.regs.blocks:
-            out.append(await self.master.read(self.unit, fc, start, count))
-        return out
+        got = self._got
+        for i in range(len(self.blocks)):
+            fc, start, count = self.blocks[i]
+            got[i] = await self.master.read(self.unit, fc, start, count)
+        return got
+
+    def value(self, got, name, scale=1):
+        """Integer round(value * scale) of register ``name`` from the block reads ``got``."""
+        i, offset, dtype, _address = self.fields[name]
+        return regcore.value_at(got[i], offset, dtype, self.word_order, scale)
+
+    def address(self, name):
+        return self.fields[name][3]
 
 
 class Meter(_Device):
@@ -31,12 +48,11 @@ class Meter(_Device):
     async def read(self):
         """(import Wh, export Wh, power W, + import) from one set of block reads."""
         got = await self._read_blocks()
-        v = self.regs.value
         try:
-            imp = v(got, "import_energy", 1000)
-            exp = v(got, "export_energy", 1000)
-            power = v(got, "total_power")
-        except ValueError:  # NaN or infinity: the meter is broken, not the household
+            imp = self.value(got, "import_energy", 1000)
+            exp = self.value(got, "export_energy", 1000)
+            power = self.value(got, "total_power")
+        except ProtocolError:  # NaN or infinity: the meter is broken, not the household
             raise ModbusError("frame")
         cap = messages.MAX_COUNTER_WH
         if imp < 0 or exp < 0 or imp > cap or exp > cap:
@@ -51,21 +67,13 @@ class Battery(_Device):
     state = None
 
     async def read(self):
+        """The inverter's state and limits, as a dict kept and updated in place."""
         got = await self._read_blocks()
-        v = self.regs.value
-        self.state = {
-            "soc_pct": v(got, "soc") // 100,
-            "max_charge_w": v(got, "max_charge_power"),
-            "max_discharge_w": v(got, "max_discharge_power"),
-            "capacity_wh": v(got, "capacity"),
-            "min_soc_pct": v(got, "soc_min") // 100,
-            "max_soc_pct": v(got, "soc_max") // 100,
-            "power_w": v(got, "power"),
-            "charged_wh": v(got, "charged_energy"),
-            "discharged_wh": v(got, "discharged_energy"),
-            "mode": v(got, "mode"),
-        }
-        return self.state
+        s = self.state if self.state is not None else {}
+        for key, name, div in _BATTERY_STATE:
+            s[key] = self.value(got, name) // div
+        self.state = s
+        return s
 
     def clamp(self, watts):
         """``watts`` within the inverter's own limits (read from it, not configured)."""
@@ -80,21 +88,24 @@ class Battery(_Device):
             watts = 0
         if watts < 0 and s["soc_pct"] >= s["max_soc_pct"]:
             watts = 0
-        return watts
+        # and within the 32-bit setpoint register, whatever limits the inverter reported
+        return max(-_S32_MAX, min(_S32_MAX, watts))
 
     async def set_power(self, watts):
         """Follow a setpoint: the 32-bit setpoint with fc 16, then the mode with fc 06."""
         watts = self.clamp(watts)
-        r = self.regs
-        await self.master.write_multiple(self.unit, r.address("setpoint"), r.encode32("setpoint", watts))
-        if self.state is None or self.state["mode"] != MODE_SETPOINT:
-            await self.master.write_single(self.unit, r.address("mode"), MODE_SETPOINT)
-            if self.state is not None:
-                self.state["mode"] = MODE_SETPOINT
+        _i, _offset, dtype, address = self.fields["setpoint"]
+        words = regcore.ordered(regcore.int_to_words(watts, dtype), self.word_order)
+        await self.master.write_multiple(self.unit, address, words)
+        if self.state is None or self.state["mode"] != regcore.BATTERY_MODE_SETPOINT:
+            await self._set_mode(regcore.BATTERY_MODE_SETPOINT)
         return watts
 
     async def self_consumption(self):
         """The safe fallback without an award: the inverter keeps grid exchange at zero."""
-        await self.master.write_single(self.unit, self.regs.address("mode"), MODE_SELF_CONSUMPTION)
+        await self._set_mode(regcore.BATTERY_MODE_SELF_CONSUMPTION)
+
+    async def _set_mode(self, mode):
+        await self.master.write_single(self.unit, self.address("mode"), mode)
         if self.state is not None:
-            self.state["mode"] = MODE_SELF_CONSUMPTION
+            self.state["mode"] = mode

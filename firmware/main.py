@@ -17,36 +17,37 @@ def _unload(name):
 
 
 def boot(cfg_path):
-    """(config, register readers), with the boot-only modules unloaded. A plan file beside the
+    """(config, register plans), with the boot-only modules unloaded. A plan file beside the
     config (regplan.json, from the host tools) saves loading the register maps at all."""
     import json
 
     from firmware import config, regmap
     cfg = config.load(cfg_path)
-    readers = None
+    plans = None
     try:
         with open(cfg_path[:-len("config.json")] + "regplan.json") as f:
-            readers = regmap.load(cfg["modbus"], json.load(f))
+            plans = regmap.load(cfg["modbus"], json.load(f))
     except (OSError, ValueError, KeyError):
         pass
-    if readers is None:
-        readers = regmap.build(cfg["modbus"])
+    if plans is None:
+        plans = regmap.build(cfg["modbus"])
     _unload("firmware.config")
     _unload("firmware.regmap")
-    return cfg, readers
+    _unload("protocols.registers")
+    return cfg, plans
 
 
 def main(argv=None):
     argv = sys.argv if argv is None else argv
     cfg_path = argv[1] if len(argv) > 1 else "config.json"
     state_dir = argv[2] if len(argv) > 2 else (cfg_path.rsplit("/", 1)[0] if "/" in cfg_path else "")
-    cfg, readers = boot(cfg_path)
+    cfg, plans = boot(cfg_path)
     gc.collect()
     import asyncio
 
     from firmware.app import App
     from firmware.hal import Board
-    app = App(cfg, Board(cfg, state_dir), readers)
+    app = App(cfg, Board(cfg, state_dir), plans)
     asyncio.run(app.run())
     return app
 

@@ -1,75 +1,49 @@
-# Register access for the firmware, planned from the maps in protocols/registers.py at boot.
+# Register plans for the firmware, made from the maps in protocols/registers.py: boot-only.
 #
 # The firmware needs a handful of registers per device, but the full map module (tables of
-# every quantity of every model) costs about 30 KB of a 128 KB unix-port heap, and any function
-# kept from it keeps all of it alive. So build() imports it, looks up and block-plans each
-# device's values with the shared maps, keeps small (block, offset, type) tuples, and unloads
-# the module again. Values are then decoded here with integer-only arithmetic (firmware/f32.py
-# for float32), checked against protocols/registers.py by tests/firmware/test_units.py.
-import sys
-
-from firmware import f32
+# every quantity of every model) costs about 25 KB of a 128 KB unix-port heap. So the host
+# tools compute each device's plan (`export`, written to regplan.json beside the config), and
+# a board without that file plans once at boot (`build`); firmware.main then unloads this module
+# and the maps. A plan is plain data, so nothing of either stays referenced after boot:
+#
+#     (blocks, word_order, fields)
+#     blocks      [(function, start, count)], the block reads, in order
+#     word_order  protocols.regcore.HIGH_FIRST or LOW_FIRST
+#     fields      {name: (block index, offset in the block, type, address)}
+#
+# firmware/devices.py decodes values from it with protocols.regcore.value_at.
+from protocols import regcore
 
 METER_VALUES = ("import_energy", "export_energy", "total_power")
 BATTERY_VALUES = ("soc", "max_charge_power", "max_discharge_power", "capacity", "soc_min",
                   "soc_max", "power", "charged_energy", "discharged_energy", "mode", "setpoint")
 
 
-class Reader:
-    """One device's values: ``blocks`` [(function, start, count)] to read, and per value its
-    block index, offset, type ("f32", "u16", "s16", "u32", "s32") and address."""
+def _plan(registers, regmap, names):
+    blocks = regmap.plan(names)
+    fields = {}
+    for name in names:
+        function, entry = regmap.find(name)
+        addr = entry[registers.ADDRESS]
+        dtype = entry[registers.TYPE]
+        n = regcore.width(dtype)
+        for i in range(len(blocks)):
+            b_fc, b_start, b_count = blocks[i]
+            if b_fc == function and b_start <= addr and addr + n <= b_start + b_count:
+                fields[name] = (i, addr - b_start, dtype, addr)
+                break
+        else:
+            raise ValueError("register not planned: " + name)
+    return blocks, regmap.word_order, fields
 
-    def __init__(self, registers=None, regmap=None, names=(), saved=None):
-        if saved is not None:
-            # From a plan file (see plan()): blocks, word order and fields as exported.
-            self.blocks = [tuple(b) for b in saved["blocks"]]
-            self.low_first = saved["low_first"]
-            self.fields = {}
-            for name in saved["fields"]:
-                self.fields[name] = tuple(saved["fields"][name])
-            return
-        self.blocks = regmap.plan(names)
-        self.low_first = regmap.word_order == registers.LOW_FIRST
-        self.fields = {}
-        for name in names:
-            function, entry = regmap.find(name)
-            addr = entry[registers.ADDRESS]
-            dtype = entry[registers.TYPE]
-            n = registers.width(dtype)
-            for i in range(len(self.blocks)):
-                b_fc, b_start, b_count = self.blocks[i]
-                if b_fc == function and b_start <= addr and addr + n <= b_start + b_count:
-                    self.fields[name] = (i, addr - b_start, dtype, addr)
-                    break
-            else:
-                raise ValueError("register not planned: " + name)
 
-    def value(self, results, name, scale=1):
-        """Integer round(value * scale) of ``name`` from the block reads ``results`` (one list
-        of registers per block, in block order). Raises ValueError for NaN/infinity."""
-        i, off, dtype, _a = self.fields[name]
-        regs = results[i]
-        if dtype[1:] == "16":
-            v = regs[off]
-            if dtype == "s16" and v & 0x8000:
-                v -= 0x10000
-            return v * scale
-        hi, lo = (regs[off + 1], regs[off]) if self.low_first else (regs[off], regs[off + 1])
-        bits = (hi << 16) | lo
-        if dtype == "f32":
-            return f32.scaled(bits, scale)
-        if dtype == "s32" and bits & 0x80000000:
-            bits -= 0x100000000
-        return bits * scale
-
-    def address(self, name):
-        return self.fields[name][3]
-
-    def encode32(self, name, value):
-        """The two registers of a 32-bit integer ``value``, in the device's word order."""
-        bits = value & 0xFFFFFFFF
-        words = [bits >> 16, bits & 0xFFFF]
-        return [words[1], words[0]] if self.low_first else words
+def _saved(saved):
+    # A plan as the plan file holds it (see export()); JSON has lists, the firmware tuples.
+    fields = {}
+    for name in saved["fields"]:
+        fields[name] = tuple(saved["fields"][name])
+    order = regcore.LOW_FIRST if saved["low_first"] else regcore.HIGH_FIRST
+    return [tuple(b) for b in saved["blocks"]], order, fields
 
 
 def plan_key(mb):
@@ -78,35 +52,32 @@ def plan_key(mb):
 
 
 def export(mb):
-    """The plan file (regplan.json) for a device config: the readers of build() as data, so a
+    """The plan file (regplan.json) for a device config: the plans of build() as data, so a
     board can skip loading the maps at boot. Made on the host by `tmeter fw deploy/run`."""
     meter, battery = build(mb)
     out = {"key": plan_key(mb)}
-    for name, r in (("meter", meter), ("battery", battery)):
-        out[name] = None if r is None else {"blocks": r.blocks, "low_first": r.low_first,
-                                            "fields": r.fields}
+    for name, p in (("meter", meter), ("battery", battery)):
+        out[name] = None if p is None else {"blocks": p[0], "low_first": p[1] == regcore.LOW_FIRST,
+                                            "fields": p[2]}
     return out
 
 
-def load(mb, plan):
-    """Readers from a plan file made for this config, or None if it was made for another."""
-    if not plan or plan.get("key") != plan_key(mb):
+def load(mb, saved):
+    """(meter plan, battery plan or None) from a plan file made for this config, or None if it
+    was made for another."""
+    if not saved or saved.get("key") != plan_key(mb):
         return None
-    b = plan.get("battery")
-    return Reader(saved=plan["meter"]), (Reader(saved=b) if b else None)
+    b = saved.get("battery")
+    return _saved(saved["meter"]), (_saved(b) if b else None)
 
 
 def build(mb):
-    """Readers for the configured meter and battery (None without one); see above."""
+    """(meter plan, battery plan or None) for the configured devices, from the maps (which
+    firmware.main unloads again after boot)."""
     from protocols import registers
-    meter = Reader(registers, registers.by_name(mb["meter_model"]), METER_VALUES)
+    meter = _plan(registers, registers.by_name(mb["meter_model"]), METER_VALUES)
     battery = None
     if mb.get("battery_unit") is not None:
-        battery = Reader(registers, registers.by_name(mb.get("battery_map", "battery")),
-                         BATTERY_VALUES)
-    # Unload: with no reference left the module's tables and code are garbage.
-    sys.modules.pop("protocols.registers", None)
-    import protocols
-    if hasattr(protocols, "registers"):
-        delattr(protocols, "registers")
+        battery = _plan(registers, registers.by_name(mb.get("battery_map", "battery")),
+                        BATTERY_VALUES)
     return meter, battery

@@ -1,10 +1,10 @@
 # Register maps as data (Eastron SDM630, SDM120, the tmeter battery inverter), block-read planning,
 # and integer conversion of register values.
 #
-# The firmware reads meters through these maps and the simulator serves the same maps, so the two
-# cannot drift apart. Runs on MicroPython and CPython: no typing, no dataclasses, no f-strings.
-# The integer paths never touch a float: ESP32 MicroPython floats are 32-bit and must not enter
-# energy accounting, so float32 registers are converted on their IEEE-754 bits.
+# The firmware plans its block reads through these maps (on the host, or once at boot) and the
+# simulator serves the same maps, so the two cannot drift apart. Runs on MicroPython and CPython:
+# no typing, no dataclasses, no f-strings. Value types and the integer conversions (no float
+# ever enters energy accounting) are in protocols/regcore.py, re-exported here.
 #
 # Sources:
 #  [SDM630] Eastron SDM630-Modbus V2 "Modbus Protocol" (input registers 30001..30381, holding
@@ -14,20 +14,13 @@
 #  [SDM120] Eastron SDM120-Modbus "Modbus Protocol" (same conventions, single phase).
 #  [APP]    MODBUS Application Protocol Specification V1.1b3 (125-register read limit).
 from protocols.errors import ProtocolError
-
-# Value types. 32-bit types take two registers; word order is a property of the map.
-F32 = "f32"
-U16 = "u16"
-S16 = "s16"
-U32 = "u32"
-S32 = "s32"
-
-HIGH_FIRST = "high_first"  # register n holds bits 31..16 (Eastron, and our battery map)
-LOW_FIRST = "low_first"  # register n holds bits 15..0 (many inverters and PLCs)
-
-READ_HOLDING = 3
-READ_INPUT = 4
-MAX_READ = 125  # [APP] 6.3 / 6.4
+from protocols.modbus import MAX_READ, READ_HOLDING, READ_INPUT  # noqa: F401 - part of this API
+# Value types, word order, conversions and the battery modes live in regcore, which the firmware
+# loads alone; they are part of this module's API too.
+from protocols.regcore import (  # noqa: F401
+    BATTERY_MODE_SELF_CONSUMPTION, BATTERY_MODE_SETPOINT, F32, HIGH_FIRST, LOW_FIRST, S16, S32,
+    U16, U32, _int_range, float32_bits_to_scaled_int, float32_words_to_scaled_int, int_to_words,
+    ordered, scaled_value, value_at, width, word_to_int, words_to_int)
 
 # An entry is (name, address, type, unit, access); access is "r", "rw" or "w".
 NAME = 0
@@ -35,101 +28,6 @@ ADDRESS = 1
 TYPE = 2
 UNIT = 3
 ACCESS = 4
-
-
-def width(dtype):
-    """Registers a value of ``dtype`` occupies."""
-    if dtype == U16 or dtype == S16:
-        return 1
-    if dtype == F32 or dtype == U32 or dtype == S32:
-        return 2
-    raise ProtocolError("bad_type", str(dtype))
-
-
-# ------------------------------------------------------------------------- integer conversions
-
-
-def float32_bits_to_scaled_int(bits, scale=1, max_abs=0):
-    """round(value * scale) of the IEEE-754 single with bit pattern ``bits``, in integers only.
-
-    Ties round to even, like Python's round(). NaN and infinities raise "bad_float"; with
-    ``max_abs`` > 0 a result whose magnitude exceeds it raises "out_of_range".
-    """
-    if not isinstance(scale, int) or scale < 1:
-        raise ProtocolError("bad_scale", str(scale))
-    bits &= 0xFFFFFFFF
-    exponent = (bits >> 23) & 0xFF
-    mantissa = bits & 0x7FFFFF
-    if exponent == 0xFF:
-        raise ProtocolError("bad_float", "nan" if mantissa else "inf")
-    if exponent:
-        mantissa |= 0x800000
-        shift = exponent - 150  # value = mantissa * 2**(exponent - 127 - 23)
-    else:
-        shift = -149  # subnormal: mantissa * 2**-149
-    num = mantissa * scale
-    if shift >= 0:
-        result = num << shift
-    else:
-        result = _shift_round_even(num, -shift)
-    if bits >> 31:
-        result = -result
-    if max_abs and (result > max_abs or result < -max_abs):
-        raise ProtocolError("out_of_range", str(result))
-    return result
-
-
-def _shift_round_even(num, places):
-    quotient = num >> places
-    rest = num - (quotient << places)
-    half = 1 << (places - 1)
-    if rest > half or (rest == half and (quotient & 1)):
-        quotient += 1
-    return quotient
-
-
-def float32_words_to_scaled_int(hi, lo, scale=1, max_abs=0):
-    """round(value * scale) of the float32 whose high word is ``hi`` and low word ``lo``;
-    e.g. scale 1000 turns an Eastron kWh register pair into integer Wh."""
-    return float32_bits_to_scaled_int(((hi & 0xFFFF) << 16) | (lo & 0xFFFF), scale, max_abs)
-
-
-def words_to_int(hi, lo, signed):
-    """The 32-bit integer whose high word is ``hi`` and low word ``lo``."""
-    value = ((hi & 0xFFFF) << 16) | (lo & 0xFFFF)
-    if signed and value & 0x80000000:
-        value -= 0x100000000
-    return value
-
-
-def word_to_int(word, signed):
-    word &= 0xFFFF
-    if signed and word & 0x8000:
-        word -= 0x10000
-    return word
-
-
-def int_to_words(value, dtype):
-    """Registers (high word first) holding ``value`` as ``dtype``; range-checked."""
-    lo_limit, hi_limit = _int_range(dtype)
-    if not isinstance(value, int) or value < lo_limit or value > hi_limit:
-        raise ProtocolError("out_of_range", str(value))
-    if width(dtype) == 1:
-        return [value & 0xFFFF]
-    value &= 0xFFFFFFFF
-    return [value >> 16, value & 0xFFFF]
-
-
-def _int_range(dtype):
-    if dtype == U16:
-        return 0, 0xFFFF
-    if dtype == S16:
-        return -0x8000, 0x7FFF
-    if dtype == U32:
-        return 0, 0xFFFFFFFF
-    if dtype == S32:
-        return -0x80000000, 0x7FFFFFFF
-    raise ProtocolError("bad_type", str(dtype))
 
 
 def float_to_words(value):
@@ -242,28 +140,27 @@ class RegisterMap:
 
         ``block`` is (function, start, count) from plan(); ``registers`` what the read returned.
         """
-        function, entry = self.find(name)
-        b_function, b_start, b_count = block
-        offset = entry[ADDRESS] - b_start
-        n = width(entry[TYPE])
-        if function != b_function or offset < 0 or offset + n > b_count:
-            raise ProtocolError("not_in_block", str(name))
-        if len(registers) != b_count:
-            raise ProtocolError("bad_length", str(len(registers)))
-        if n == 1:
-            return entry, [registers[offset]]
-        first, second = registers[offset], registers[offset + 1]
-        if self.word_order == LOW_FIRST:
-            return entry, [second, first]
-        return entry, [first, second]
+        entry, offset = self._locate(name, block, registers)
+        return entry, ordered(registers[offset:offset + width(entry[TYPE])], self.word_order)
 
     def scaled(self, name, block, registers, scale=1, max_abs=0):
         """The register ``name`` as the integer round(value * scale), without floats.
 
         E.g. scaled("import_energy", block, regs, 1000) gives Wh from an Eastron kWh register.
         """
-        entry, words = self.words_of(name, block, registers)
-        return scaled_value(entry[TYPE], words, scale, max_abs)
+        entry, offset = self._locate(name, block, registers)
+        return value_at(registers, offset, entry[TYPE], self.word_order, scale, max_abs)
+
+    def _locate(self, name, block, registers):
+        # (entry, offset of the value in ``registers``, the result of reading ``block``)
+        function, entry = self.find(name)
+        b_function, b_start, b_count = block
+        offset = entry[ADDRESS] - b_start
+        if function != b_function or offset < 0 or offset + width(entry[TYPE]) > b_count:
+            raise ProtocolError("not_in_block", str(name))
+        if len(registers) != b_count:
+            raise ProtocolError("bad_length", str(len(registers)))
+        return entry, offset
 
     def encode(self, name, value):
         """Simulator side: the registers, in this map's word order, that hold ``value``."""
@@ -271,29 +168,9 @@ class RegisterMap:
         return encode_value(entry[TYPE], value, self.word_order)
 
 
-def scaled_value(dtype, words, scale=1, max_abs=0):
-    """Integer round(value * scale) of a value of ``dtype`` given high word first."""
-    if dtype == F32:
-        return float32_words_to_scaled_int(words[0], words[1], scale, max_abs)
-    if not isinstance(scale, int) or scale < 1:
-        raise ProtocolError("bad_scale", str(scale))
-    signed = dtype == S16 or dtype == S32
-    if width(dtype) == 1:
-        value = word_to_int(words[0], signed)
-    else:
-        value = words_to_int(words[0], words[1], signed)
-    value *= scale
-    if max_abs and (value > max_abs or value < -max_abs):
-        raise ProtocolError("out_of_range", str(value))
-    return value
-
-
 def encode_value(dtype, value, word_order=HIGH_FIRST):
     """Registers holding ``value`` as ``dtype`` in ``word_order`` (floats only for F32)."""
-    words = float_to_words(value) if dtype == F32 else int_to_words(value, dtype)
-    if len(words) == 2 and word_order == LOW_FIRST:
-        return [words[1], words[0]]
-    return words
+    return ordered(float_to_words(value) if dtype == F32 else int_to_words(value, dtype), word_order)
 
 
 def _spans(entries):
@@ -480,9 +357,8 @@ BATTERY_HOLDINGS = (
 )
 BATTERY_WINDOWS = ((0x0000, 0x0028),)
 
-BATTERY_MODE_SETPOINT = 0  # follow the setpoint register
-BATTERY_MODE_SELF_CONSUMPTION = 1  # hold the household's grid exchange at zero within limits
-
+# Register "mode" takes the BATTERY_MODE_* values (in protocols/regcore.py: the firmware needs
+# them without these tables); register "status" reads:
 BATTERY_STATUS_IDLE = 0
 BATTERY_STATUS_CHARGING = 1
 BATTERY_STATUS_DISCHARGING = 2

@@ -17,10 +17,10 @@ from firmware.hal import Board
 async def run_all(paths: list[str]) -> list[App]:
     apps = []
     for path in paths:
-        cfg, readers = fw_main.boot(path)
+        cfg, plans = fw_main.boot(path)
         board = Board(cfg, path.rsplit("/", 1)[0])
         board.quiet = True
-        apps.append(App(cfg, board, readers))
+        apps.append(App(cfg, board, plans))
     await asyncio.gather(*(a.run() for a in apps))
     return apps
 
