@@ -308,7 +308,7 @@ class App:
         elif topic == self.t_award:
             iv = self.awards.receive(topic, payload, self.board.now_ms())
             if iv is not None:
-                self.board.log("award for iv " + str(iv))
+                self.board.log("award for iv " + str(iv) + " at " + str(self.board.now_ms()))
 
     def _on_ack(self, topic, payload):
         try:
