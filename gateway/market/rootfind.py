@@ -25,7 +25,7 @@ Two searches:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -102,21 +102,27 @@ class _Bracket:
         return affine + lo, affine + hi
 
     def narrow(self, x: float, f_lo: float, f_hi: float, answer_left: bool) -> _Bracket:
-        left, right = (self.left, x) if answer_left else (x, self.right)
+        if answer_left:
+            return self.to(self.left, self.f_left, x, f_lo)
+        return self.to(x, f_hi, self.right, self.f_right)
+
+    def to(self, left: float, f_left: float, right: float, f_right: float) -> _Bracket:
+        """The bracket [left, right] inside this one, in one pass over the ramps."""
         r = self.ramps
         full = r.p1 <= left
         empty = r.p0 >= right
         across = (r.p0 <= left) & (r.p1 >= right) & ~r.step
         rate = r.dq[across] * r.inv_width[across]
         const = self.const + float(r.dq[full].sum()) - float(rate @ r.p0[across])
-        ends = {"right": x, "f_right": f_lo} if answer_left else {"left": x, "f_left": f_hi}
-        return replace(
-            self,
+        return _Bracket(
             ramps=r.take(~(full | empty | across)),
             const=const,
             lin=self.lin + float(rate.sum()),
             cand=self.cand[(self.cand > left) & (self.cand < right)],
-            **ends,
+            left=left,
+            f_left=f_left,
+            right=right,
+            f_right=f_right,
         )
 
 
@@ -151,6 +157,7 @@ def market_interval(ramps: Ramps, base: float, tol: float) -> tuple[float, float
         return (-INF, INF) if abs(base) <= tol else (INF, -INF)
     cand = np.concatenate([ramps.p0, ramps.p1])
     br = _Bracket(ramps, base, 0.0, cand, -INF, base, INF, base)
+    br = _jump(br, tol)
     while br.cand.size:
         x = _pivot(br.cand)
         f_lo, f_hi = br.value(x)
@@ -162,6 +169,55 @@ def market_interval(ramps: Ramps, base: float, tol: float) -> tuple[float, float
         return _end(below, -tol, lower=True), _end(above, tol, lower=False)
     # No breakpoint inside: F is affine from below -tol to above tol across the bracket.
     return _end(br, -tol, lower=True), _end(br, tol, lower=False)
+
+
+def _jump(br: _Bracket, tol: float) -> _Bracket:
+    """On a large market, first narrow to a few breakpoints around the root of a subsample.
+
+    Every n-th ramp (the heavy ones, such as the grid's, all of them) with its quantity scaled
+    up estimates F. Around its root, exact evaluations at the subsample's breakpoints, ever
+    further out (an exponential search), find a bracket where the exact F crosses [-tol, tol];
+    one pass then narrows to it. Each evaluation is one pass over the ramps, far cheaper than
+    the pruning steps it saves; whatever it does not find, the normal search still does.
+    """
+    ramps = br.ramps
+    if len(ramps) < 8 * _SAMPLE:
+        return br
+    points, guess = _subsample_root(ramps, br.const, tol)
+    if not np.isfinite(guess):
+        return br
+    start_lo = int(np.searchsorted(points, guess, "left"))
+    start_hi = int(np.searchsorted(points, guess, "right"))
+    left, right = (br.left, br.f_left), (br.right, br.f_right)
+    for reach in (2, 16, 128, 1024):
+        probes = [start_lo - reach, start_hi + reach - 1]
+        for x in (float(points[i]) for i in probes if 0 <= i < len(points)):
+            if not left[0] < x < right[0]:
+                continue
+            f_lo, f_hi = br.value(x)
+            if f_hi < -tol:
+                left = (x, f_hi)
+            elif f_lo > tol:
+                right = (x, f_lo)
+            else:
+                return br  # a clearing price: the normal search splits there
+        if np.isfinite(left[0]) and np.isfinite(right[0]):
+            return br.to(left[0], left[1], right[0], right[1])
+    return br
+
+
+def _subsample_root(ramps: Ramps, base: float, tol: float) -> tuple[FloatArray, float]:
+    """Sorted breakpoints of a subsample of the ramps, and the subsample's clearing price."""
+    stride = len(ramps) // _SAMPLE
+    heavy = ramps.dq > 50.0 * float(ramps.dq.mean())
+    pick = np.zeros(len(ramps), dtype=bool)
+    pick[::stride] = True
+    pick |= heavy
+    s = ramps.take(pick)
+    scaled = Ramps(s.p0, s.p1, np.where(heavy[pick], 1.0, stride) * s.dq, s.owner, s.inv_width, s.step)
+    lo, hi = market_interval(scaled, base, tol * stride)
+    guess = float(pick_price(np.array(lo), np.array(hi), np.nan))
+    return np.unique(np.concatenate([s.p0, s.p1])), guess
 
 
 # --- many small functions at once ---------------------------------------------------------
