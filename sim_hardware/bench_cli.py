@@ -47,7 +47,7 @@ class IntervalPrinter:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sim_hardware.community import run_scenario
+    from sim_hardware.community import log_to_file, run_scenario
     from sim_hardware.scenario import Scenario, ScenarioError
 
     console = Console()
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path(f"tmeter-bench-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     console.print(f"scenario {scenario.name}: {scenario.meters} meters on {scenario.runtime}, "
                   f"{scenario.hours:g} h at {scenario.speed:g}x, {len(scenario.faults)} faults; output {out}")
+    log_to_file(out / "logs" / "host.log")
     try:
         result = run_scenario(scenario, out, args.broker, on_tick=IntervalPrinter(console, scenario.interval_s),
                               drain_s=args.drain)

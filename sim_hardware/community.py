@@ -153,10 +153,10 @@ class Community:
         return self.out / "gateway.db"
 
     def start(self) -> Community:
-        if self.out.exists() and any(self.out.iterdir()):
+        if self.db_path.exists() or (self.out / "meters").exists():
             # A second run over the first would meet its database and meter state: its
             # intervals already settled, its sequence numbers taken.
-            raise FileExistsError(f"{self.out} is not empty: choose a new folder for this run")
+            raise FileExistsError(f"{self.out} holds an earlier run: choose a new folder")
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "logs").mkdir(exist_ok=True)
         try:
@@ -494,6 +494,20 @@ def toml_text(data: dict[str, Any]) -> str:
             lines.append(f"\n[{section}]")
             lines += [f"{k} = {value(v)}" for k, v in table.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def log_to_file(path: Path) -> None:
+    """Send this process's logs (simulator, pymodbus, harness) to a file, so they do not break
+    the live table a person is watching; the file stays beside the run's other logs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("pymodbus").setLevel(logging.WARNING)
 
 
 @dataclass

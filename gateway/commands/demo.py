@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from sim_hardware.community import run_scenario
+    from sim_hardware.community import log_to_file, run_scenario
     from sim_hardware.dashboard import live_table, money
     from sim_hardware.report import write_report
     from sim_hardware.scenario import Scenario, ScenarioError
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"tmeter demo: {scenario.meters} households, {scenario.hours:g} simulated hours at "
                   f"{speed:g}x (about {scenario.hours * 3600 / speed / 60:.1f} min), "
                   f"{scenario.mechanism} market, firmware on {scenario.runtime}, output in {out}")
+    log_to_file(out / "logs" / "host.log")
     try:
         with Live(console=console, refresh_per_second=2, transient=False) as live:
             result = run_scenario(
