@@ -29,56 +29,52 @@ def assert_same_solution(bids: list[Bid], exact, distributed, unique: bool) -> N
         assert np.allclose(distributed.q, exact.q, atol=AWARD_TOL * scale_of(bids), rtol=0)
 
 
-@settings(max_examples=examples(40), deadline=None)
-@given(markets(6), communities())
-def test_admm_reaches_the_collective_optimum(bids: list[Bid], community: Community) -> None:
+def check_admm(bids: list[Bid], community: Community, unique: bool) -> None:
     book = BidBook.from_bids(bids)
     try:
         exact = clear_uniform(book, community)
     except InfeasibleMarket:
         return
     admm = admm_uniform(book, community)
-    assert_same_solution(bids, exact, admm, unique=False)
+    assert_same_solution(bids, exact, admm, unique)
     if exact.price_interval is not None and exact.price is not None:
         lo, hi = exact.price_interval
         assert lo - 1e-5 <= admm.price <= hi + 1e-5
 
 
+def check_consensus(market, community: Community, unique: bool) -> None:
+    bids, positions, prefs, k = market
+    book = BidBook.from_bids(bids)
+    params = params_for(bids, positions, prefs, k)
+    try:
+        exact = clear_p2p(book, community, params)
+    except InfeasibleMarket:
+        return
+    assert_same_solution(bids, exact, consensus_p2p(book, community, params), unique)
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(markets(6), communities())
+def test_admm_reaches_the_collective_optimum(bids: list[Bid], community: Community) -> None:
+    check_admm(bids, community, unique=False)
+
+
 @settings(max_examples=examples(30), deadline=None)
 @given(markets(6, sloped_only=True), communities(allow_islanded=False))
 def test_admm_awards_match_when_unique(bids: list[Bid], community: Community) -> None:
-    book = BidBook.from_bids(bids)
-    try:
-        exact = clear_uniform(book, community)
-    except InfeasibleMarket:
-        return
-    assert_same_solution(bids, exact, admm_uniform(book, community), unique=True)
+    check_admm(bids, community, unique=True)
 
 
 @settings(max_examples=examples(25), deadline=None)
 @given(p2p_markets(max_members=5), communities())
 def test_consensus_reaches_the_p2p_optimum(market, community: Community) -> None:
-    bids, positions, prefs, k = market
-    book = BidBook.from_bids(bids)
-    params = params_for(bids, positions, prefs, k)
-    try:
-        exact = clear_p2p(book, community, params)
-    except InfeasibleMarket:
-        return
-    assert_same_solution(bids, exact, consensus_p2p(book, community, params), unique=False)
+    check_consensus(market, community, unique=False)
 
 
 @settings(max_examples=examples(20), deadline=None)
 @given(p2p_markets(sloped_only=True, max_members=5), communities(allow_islanded=False))
 def test_consensus_awards_match_when_unique(market, community: Community) -> None:
-    bids, positions, prefs, k = market
-    book = BidBook.from_bids(bids)
-    params = params_for(bids, positions, prefs, k)
-    try:
-        exact = clear_p2p(book, community, params)
-    except InfeasibleMarket:
-        return
-    assert_same_solution(bids, exact, consensus_p2p(book, community, params), unique=True)
+    check_consensus(market, community, unique=True)
 
 
 def test_iteration_limit_is_reported_not_hidden() -> None:

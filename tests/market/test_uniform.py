@@ -29,9 +29,7 @@ def block(meter: str, q_from: float, q_to: float, price: float) -> Bid:
     return Bid.curve(meter, [(q_from, price), (q_to, price)])
 
 
-@settings(max_examples=examples(80), deadline=None)
-@given(markets(), communities())
-def test_matches_reference_on_random_markets(bids: list[Bid], community: Community) -> None:
+def check_against_reference(bids: list[Bid], community: Community, unique: bool) -> None:
     book = BidBook.from_bids(bids)
     ref = solve_uniform(book, community)
     try:
@@ -41,24 +39,21 @@ def test_matches_reference_on_random_markets(bids: list[Bid], community: Communi
         return
     assert ref.status in OK, ref.status
     polished = lambda: solve_uniform(book, community, "OSQP")  # noqa: E731
-    assert_matches_reference(bids, res, ref, unique_awards=False, polished=polished)
+    assert_matches_reference(bids, res, ref, unique_awards=unique, polished=polished)
     assert_uniform_kkt(bids, community, res)
+
+
+@settings(max_examples=examples(80), deadline=None)
+@given(markets(), communities())
+def test_matches_reference_on_random_markets(bids: list[Bid], community: Community) -> None:
+    check_against_reference(bids, community, unique=False)
 
 
 @settings(max_examples=examples(40), deadline=None)
 @given(markets(sloped_only=True), communities(allow_islanded=False))
 def test_strictly_convex_awards_match_reference(bids: list[Bid], community: Community) -> None:
     """With strictly increasing curves the awards are unique: they must agree one by one."""
-    book = BidBook.from_bids(bids)
-    ref = solve_uniform(book, community)
-    try:
-        res = clear_uniform(book, community)
-    except InfeasibleMarket:
-        assert "infeasible" in ref.status
-        return
-    polished = lambda: solve_uniform(book, community, "OSQP")  # noqa: E731
-    assert_matches_reference(bids, res, ref, unique_awards=True, polished=polished)
-    assert_uniform_kkt(bids, community, res)
+    check_against_reference(bids, community, unique=True)
 
 
 @settings(max_examples=examples(60), deadline=None)
