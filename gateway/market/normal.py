@@ -12,6 +12,7 @@ diagonal pivots, K being positive definite) and the dense rows by a small Schur 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +27,7 @@ DENSE_DEGREE = 64  # rows with more entries (and 8x the median) go to the Schur 
 class NormalEquations:
     """Factorises B diag(d) B^T + ridge I for the fixed sparse matrix B (columns of <= 2)."""
 
-    def __init__(self, B, ridge: float) -> None:
+    def __init__(self, B: Any, ridge: float) -> None:
         Bc = B.tocsc()
         counts = np.diff(Bc.indptr)
         if counts.max(initial=0) > 2:
@@ -127,7 +128,7 @@ class NormalEquations:
         return solve
 
 
-def _pairs(Bc, counts: IntArray) -> tuple[IntArray, IntArray, FloatArray, IntArray]:
+def _pairs(Bc: Any, counts: IntArray) -> tuple[IntArray, IntArray, FloatArray, IntArray]:
     """(row, col, B[row,j] * B[col,j], j) for every pair of entries of every column j."""
     n = len(counts)
     start = Bc.indptr[:-1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -54,7 +55,7 @@ class BoxQP:
     h: FloatArray
     g: FloatArray
     u: FloatArray
-    B: object  # scipy.sparse CSR matrix, rows x len(g)
+    B: Any  # scipy.sparse matrix, rows x len(g), at most two entries per column
     b: FloatArray
 
 

@@ -22,11 +22,13 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .community import ALLOCATIONS
+from .result import ClearingResult
 
 FloatArray = npt.NDArray[np.float64]
 INTERVAL_S = 900
@@ -81,7 +83,7 @@ class Household:
     """A profile and the preferences the household bids with."""
 
     meter: str
-    profile: object  # sim_hardware.profiles.Profile
+    profile: Any  # sim_hardware.profiles.Profile (imported only when a study runs)
     flexible_share: float
     value_low: float
     value_high: float
@@ -147,7 +149,7 @@ def simulate(households: list[Household], start: int, days: int, imp: float, exp
     return study
 
 
-def _record(study: Study, t0: int, res: object) -> None:
+def _record(study: Study, t0: int, res: ClearingResult) -> None:
     q = res.q
     study.times.append(t0)
     study.price.append(float(res.price))
