@@ -21,7 +21,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import wire
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.influx import Export, enqueue
@@ -139,7 +138,7 @@ class Ingest:
 
     def _one(self, topic: str, payload: bytes, out: list[Outgoing], counts: Counter[str]) -> None:
         try:
-            community, meter, msg, body = wire.decode(topic, payload, self.keys)
+            community, meter, msg, body = messages.decode(topic, payload, self.keys)
         except ProtocolError as exc:
             counts[exc.code] += 1
             log.info("rejected %s: %s", _meter_hint(topic), exc)
@@ -168,7 +167,8 @@ class Ingest:
     def _ack(self, msg: dict[str, Any], res: str) -> Outgoing:
         key = self.keys(msg["meter"], msg["kid"])
         assert key is not None  # the reading's tag verified under this very key
-        payload = wire.ack(msg["meter"], msg["kid"], msg["boot"], msg["seq"], res, key)
+        ack = messages.ack(msg["meter"], msg["kid"], msg["boot"], msg["seq"], res)
+        payload = messages.encode(ack, key)
         return Outgoing(topics.meter_topic(self.cfg.community, msg["meter"], "ack"), payload, qos=self.cfg.ingest.ack_qos)
 
     def _reading(self, meter: str, msg: dict[str, Any], body: bytes, counts: Counter[str]) -> Outgoing:

@@ -5,7 +5,11 @@
 # '"' or '\'. Both runtimes produce the same bytes from the same values (MicroPython dicts are
 # unordered, so key order must come from sorting, not insertion). Receivers re-encode what they
 # parsed and reject a body that differs, so one message has exactly one encoding.
+#
+# On CPython, parse and dump use the C json module (protocols/accel.py, never loaded on
+# MicroPython) with exactly the same results; parse_py is the reference they are tested against.
 import json
+import sys
 
 from protocols.errors import ProtocolError
 
@@ -18,44 +22,29 @@ def text_ok(s):
     return True
 
 
-def _encode_into(value, out):
+def _text(value):
+    # One string per container level, not one piece per token: a status message is ~700
+    # bytes, and a list of hundreds of small strings costs a small heap far more than that.
     t = type(value)
     if t is int:
-        out.append(str(value))
-    elif t is str:
+        return str(value)
+    if t is str:
         if not text_ok(value):
             raise ProtocolError("bad_field", "string needs escaping")
-        out.append('"')
-        out.append(value)
-        out.append('"')
-    elif t is list or t is tuple:
-        out.append("[")
-        for i in range(len(value)):
-            if i:
-                out.append(",")
-            _encode_into(value[i], out)
-        out.append("]")
-    elif t is dict:
-        out.append("{")
-        first = True
-        for key in sorted(value):
+        return '"' + value + '"'
+    if t is list or t is tuple:
+        return "[%s]" % ",".join([_text(v) for v in value])
+    if t is dict:
+        for key in value:
             if type(key) is not str:
                 raise ProtocolError("bad_field", "object key is not a string")
-            if not first:
-                out.append(",")
-            first = False
-            _encode_into(key, out)
-            out.append(":")
-            _encode_into(value[key], out)
-        out.append("}")
-    else:
-        raise ProtocolError("bad_field", "not an int, string, list or object")
+        return "{%s}" % ",".join(["%s:%s" % (_text(k), _text(value[k])) for k in sorted(value)])
+    raise ProtocolError("bad_field", "not an int, string, list or object")
 
 
 def encode(value):
-    out = []
-    _encode_into(value, out)
-    return "".join(out).encode()
+    """The canonical bytes of ``value``; ProtocolError("bad_field") if it has none."""
+    return _text(value).encode()
 
 
 def _no_constant(name):
@@ -70,7 +59,7 @@ except TypeError:
     _STRICT = {}
 
 
-def parse(body):
+def parse_py(body):
     """Parse bytes that must be canonical JSON exactly (see above). Any other input, including
     JSON one runtime's parser tolerates and the other's does not, is ProtocolError("bad_json"),
     so both runtimes reject the same bodies with the same code."""
@@ -84,3 +73,13 @@ def parse(body):
     if not same:
         raise ProtocolError("bad_json", "not in canonical form")
     return value
+
+
+# dump(value): encode() for a value already known to hold only str-keyed dicts, lists, ints
+# and text_ok strings (every message that passed messages.validate does), without the checks
+# on CPython.
+parse = parse_py
+dump = encode
+if sys.implementation.name != "micropython":
+    from protocols.accel import dump, json_parser  # noqa: F811
+    parse = json_parser(parse_py)

@@ -162,8 +162,10 @@ def validate(msg):
     if schema is None:
         raise ProtocolError("bad_type", "unknown message type")
     for name in msg:
+        if type(name) is not str:
+            raise ProtocolError("bad_field", "object key is not a string")
         if name != "v" and name != "type" and name not in schema:
-            raise ProtocolError("unknown_field", str(name)[:32])
+            raise ProtocolError("unknown_field", name[:32])
     for name in schema:
         if name not in msg:
             raise ProtocolError("missing_field", name)
@@ -226,7 +228,7 @@ def checkpoint(origin, size, root, note):
 def encode(msg, key=None):
     """Payload bytes of a valid message; tagged types need the sender's ``key``."""
     kind = validate(msg)
-    body = canonical.encode(msg)
+    body = canonical.dump(msg)  # validate() checked every value's type
     if len(body) > MAX_PAYLOAD - 80:
         raise ProtocolError("too_large", "message body too large")
     if kind not in TAGGED:
@@ -252,10 +254,14 @@ def _split_tagged(payload):
             raise ProtocolError("bad_frame", "malformed key id")
     if len(kid_text) > 1 and kid_text[0] == 0x30:
         raise ProtocolError("bad_frame", "key id has leading zeros")
-    for c in tag_hex:
-        if not (0x30 <= c <= 0x39 or 0x61 <= c <= 0x66):
-            raise ProtocolError("bad_frame", "tag is not lowercase hex")
-    return payload[:cut], int(kid_text), unhexlify(tag_hex)
+    try:
+        tag = unhexlify(tag_hex)
+    except Exception:  # noqa: BLE001 - binascii.Error on CPython, ValueError on MicroPython
+        tag = None
+    # unhexlify also takes upper case: the round trip admits 64 lowercase hex digits only.
+    if tag is None or hexlify(tag) != tag_hex:
+        raise ProtocolError("bad_frame", "tag is not lowercase hex")
+    return payload[:cut], int(kid_text), tag
 
 
 def decode(topic, payload, keys=None):

@@ -1,5 +1,7 @@
 """protocols/ in CPython: decoders reject everything malformed with ProtocolError only,
-HMAC agrees with the standard library, and every module compiles for the ESP32."""
+HMAC agrees with the standard library, the C-accelerated paths CPython runs (protocols/accel.py)
+give exactly the answers of the pure-Python code MicroPython runs, and every module compiles
+for the ESP32."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import json
 import random
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import auth, canonical, messages, topics
+from protocols import accel, auth, canonical, messages, topics
 from protocols.errors import ProtocolError
 from tests import vectorgen
 
@@ -42,18 +46,61 @@ def decode_or_code(topic: Any, payload: Any) -> str:
     return "ok"
 
 
+@contextmanager
+def pure_protocols() -> Iterator[None]:
+    """protocols/ as MicroPython runs it: the pure-Python HMAC, comparison and JSON paths
+    instead of the C ones CPython gets from protocols/accel.py."""
+    swaps = [(auth, "hmac_sha256", auth.hmac_sha256_py), (auth, "equal", auth.equal_py),
+             (canonical, "parse", canonical.parse_py), (canonical, "dump", canonical.encode)]
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _f in swaps]
+    for mod, name, pure in swaps:
+        setattr(mod, name, pure)
+    try:
+        yield
+    finally:
+        for mod, name, fast in saved:
+            setattr(mod, name, fast)
+
+
+def outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
+    """What ``fn(*args)`` gives: ("ok", result) or ("error", the ProtocolError code)."""
+    try:
+        return ("ok", fn(*args))
+    except ProtocolError as e:
+        return ("error", e.code)
+
+
+def both_paths(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
+    """``fn(*args)`` with the C paths and with the pure ones: the outcomes must be identical
+    (results compared as bytes where they are bytes: True == 1 in Python)."""
+    fast = outcome(fn, *args)
+    with pure_protocols():
+        pure = outcome(fn, *args)
+    assert repr(fast) == repr(pure), (fast, pure)
+    return fast
+
+
+def test_cpython_runs_the_c_paths() -> None:
+    assert auth.hmac_sha256 is accel.hmac_sha256 and auth.equal is accel.equal
+    assert canonical.parse is not canonical.parse_py and canonical.dump is accel.dump
+
+
 def test_hmac_matches_stdlib_on_random_inputs() -> None:
     rng = random.Random(4231)
     for _ in range(500):
         key = rng.randbytes(rng.choice([0, 1, 16, 32, 63, 64, 65, 200]))
         msg = rng.randbytes(rng.randrange(0, 2000))
-        assert auth.hmac_sha256(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()
+        want = hmac.new(key, msg, hashlib.sha256).digest()
+        assert auth.hmac_sha256_py(key, msg) == want  # what MicroPython runs
+        assert auth.hmac_sha256(key, msg) == want
 
 
 def test_constant_time_equal() -> None:
-    assert auth.equal(b"abc", b"abc")
-    assert not auth.equal(b"abc", b"abd")
-    assert not auth.equal(b"abc", b"ab")
+    for equal in (auth.equal, auth.equal_py):
+        assert equal(b"abc", b"abc")
+        assert not equal(b"abc", b"abd")
+        assert not equal(b"abc", b"ab")
+        assert equal(b"", b"")
 
 
 def test_every_example_round_trips() -> None:
@@ -149,3 +196,164 @@ def test_module_compiles_for_esp32(path: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 0
+
+
+# ------------------------------------------------------ the C paths give the pure paths' answers
+
+
+def test_fast_json_parse_is_used_and_defers_when_unsure() -> None:
+    seen = []
+
+    def reference(body: bytes) -> Any:
+        seen.append(body)
+        return canonical.parse_py(body)
+
+    parse = accel.json_parser(reference)
+    for msg in vectorgen.EXAMPLES:
+        assert parse(vectorgen.body(msg)) == msg
+    assert seen == []
+    for body in (b'{"a":true}', b'{"a":"\\u0041"}', b'{"a":1.0}', b'{"b":1,"a":2}', b"", b"\xff"):
+        assert outcome(parse, body) == ("error", "bad_json")
+    assert len(seen) == 6
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=400))
+def test_canonical_parse_same_on_both_paths_for_arbitrary_bytes(body: bytes) -> None:
+    both_paths(canonical.parse, body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_values(), st.booleans(), st.booleans(), st.booleans())
+def test_canonical_parse_same_on_both_paths_for_json_documents(value: Any, sort: bool, compact: bool,
+                                                               ascii_only: bool) -> None:
+    text = json.dumps(value, sort_keys=sort, separators=(",", ":") if compact else None,
+                      ensure_ascii=ascii_only)
+    both_paths(canonical.parse, text.encode())
+
+
+def test_encode_rejects_what_has_no_canonical_form() -> None:
+    class Name(str):
+        pass
+
+    for value in ({1: 2}, {1: 2, "a": 3}, {"a": True}, [None], 1.5, {"a": "\\"}):
+        assert outcome(canonical.encode, value) == ("error", "bad_field")
+    msg = dict(vectorgen.ACK)
+    msg[Name("extra")] = 1
+    assert outcome(messages.validate, msg) == ("error", "bad_field")
+    msg = {Name(k) if k == "res" else k: v for k, v in vectorgen.ACK.items()}
+    assert outcome(messages.encode, msg, KEY) == ("error", "bad_field")
+
+
+_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'))
+_IDS = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
+
+
+def _field(spec: tuple[Any, Any, Any]) -> st.SearchStrategy[Any]:
+    kind, lo, hi = spec
+    if kind == "int":
+        return st.integers(lo, hi)
+    if kind == "id":
+        return _IDS
+    if kind == "text":
+        return _TEXT.filter(lambda s: lo <= len(s) <= hi)
+    if kind == "enum":
+        return st.sampled_from(lo)
+    if kind == "curve":
+        n = st.integers(1, messages.MAX_CURVE_POINTS)
+        return n.flatmap(lambda k: st.tuples(
+            st.lists(st.integers(lo, hi), min_size=k, max_size=k).map(sorted),
+            st.lists(st.integers(-messages.MAX_PRICE, messages.MAX_PRICE), min_size=k, max_size=k).map(sorted),
+        ).map(lambda qp: [[q, p] for q, p in zip(*qp)]))
+    if kind == "trades":
+        return st.lists(st.tuples(_IDS, st.integers(lo, hi), st.integers(-messages.MAX_PRICE, messages.MAX_PRICE))
+                        .map(list), max_size=8)
+    return st.dictionaries(_IDS, st.integers(0, hi), max_size=messages.MAX_COUNTERS)
+
+
+@st.composite
+def valid_messages(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(sorted(messages.SCHEMAS)))
+    msg = {"v": messages.VERSION, "type": kind}
+    for name, spec in messages.SCHEMAS[kind].items():
+        msg[name] = draw(_field(spec))
+    if kind == "reading" and msg["t1"] < msg["t0"]:
+        msg["t0"], msg["t1"] = msg["t1"], msg["t0"]
+    return msg
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_messages())
+def test_valid_messages_encode_alike_on_both_paths(msg: dict[str, Any]) -> None:
+    assert messages.validate(msg) == msg["type"]
+    want = json.dumps(msg, sort_keys=True, separators=(",", ":")).encode()
+    assert canonical.dump(msg) == canonical.encode(msg) == want
+    key = KEY if msg["type"] in messages.TAGGED else None
+    got = both_paths(messages.encode, msg, key)
+    if len(want) <= messages.MAX_PAYLOAD - 80:
+        assert got == ("ok", vectorgen.frame(want, msg["kid"]) if key else want)
+        kind = msg["type"]
+        if "meter" in msg:
+            topic = topics.meter_topic("c1", msg["meter"], kind)
+        else:
+            topic = topics.result_topic("c1", msg["iv"]) if kind == "result" else vectorgen.TOPIC[kind]
+        _c, _s, back, body = messages.decode(topic, got[1], lambda _m, _k: KEY)
+        assert back == msg and body == want
+    else:
+        assert got == ("error", "too_large")
+
+
+def _samples() -> list[tuple[str, bytes]]:
+    return [(vectorgen.TOPIC[m["type"]], messages.encode(m, KEY))
+            for m in (vectorgen.READING, vectorgen.BID, vectorgen.STATUS)]
+
+
+EDITS = st.sampled_from([
+    (b'"imp_wh":120', b'"imp_wh":120.0'), (b'"imp_wh":120', b'"imp_wh":true'),
+    (b'"imp_wh":120', b'"imp_wh":null'), (b'"imp_wh":120', b'"imp_wh":-1'),
+    (b'"meter":"m01"', b'"meter":"m\\u00301"'), (b'"v":1', b'"v":2'),
+    (b'"flags":0', b'"flags":0,"flags":0'), (b"{", b"{ "), (b'"kid":1', b'"kid":2'),
+    (b'"type":"reading"', b'"type":"bid"'), (b'"n":2', b'"n":02'),
+    (b'"curve":[[-2000,50000]', b'"curve":[[-2000,500000]'), (b'"mb_err":2', b'"mb_err":NaN'),
+    (b'"meter":"m01"', b'"meter":"m02"'), (b"", b""),
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(range(3)), EDITS, st.booleans(), st.integers(0, 400), st.binary(max_size=3))
+def test_decode_same_on_both_paths_for_edited_messages(which: int, edit: tuple[bytes, bytes], retag: bool,
+                                                       cut: int, junk: bytes) -> None:
+    topic, payload = _samples()[which]
+    body = payload.rsplit(b"\n", 1)[0].replace(*edit)
+    if retag:  # an authentic sender (valid tag) with a bad body
+        payload = vectorgen.frame(body)
+    else:  # a forger: edited body under the old tag, or bytes spliced in
+        payload = body + payload[payload.rfind(b"\n"):]
+        payload = payload[:cut] + junk + payload[cut:] if junk else payload
+    both_paths(messages.decode, topic, payload, keys)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from(["reading", "bid", "status", "ack", "award"]))
+def test_decode_same_on_both_paths_for_arbitrary_bytes(payload: bytes, kind: str) -> None:
+    both_paths(messages.decode, f"tm/v1/c1/meters/m01/{kind}", payload, keys)
+
+
+@given(st.sampled_from([b"1", b"01", b"0", b"100000", b"99999", b"", b"1a", b" 1", b"-1"]),
+       st.sampled_from(["lower", "upper", "short", "long", "junk", "space"]))
+def test_decode_same_on_both_paths_for_trailers(kid: bytes, tag_form: str) -> None:
+    topic, payload = _samples()[0]
+    body = payload.rsplit(b"\n", 1)[0]
+    tag = hmac.new(KEY, body, hashlib.sha256).hexdigest()
+    tag = {"lower": tag, "upper": tag.upper(), "short": tag[:-2], "long": tag + "0", "junk": tag[:-1] + "g",
+           "space": tag[:-2] + " 0"}[tag_form]
+    got = both_paths(messages.decode, topic, body + b"\n" + kid + b":" + tag.encode(), keys)
+    assert (got[0] == "ok") == (tag_form == "lower" and kid == b"1")
+
+
+@given(_IDS, st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+       st.sampled_from(["stored", "duplicate", "conflict", "counter_decrease"]))
+def test_ack_encoding_same_on_both_paths_and_as_stdlib(meter: str, kid: int, boot: int, seq: int, res: str) -> None:
+    msg = messages.ack(meter, kid, boot, seq, res)
+    body = json.dumps(msg, sort_keys=True, separators=(",", ":")).encode()
+    assert both_paths(messages.encode, msg, KEY) == ("ok", vectorgen.frame(body, kid))
