@@ -214,18 +214,19 @@ class Ingest:
         iv, interval = msg["iv"], self.cfg.interval_s
         if iv > messages.interval_index(self.clock.now(), interval) + self.cfg.ingest.future_intervals:
             raise Rejected("future_interval", ack=False)  # maybe our clock is behind: let it retry
-        # A gap record (the meter or its board was down over earlier boundaries) starts where
-        # the previous record ended, so it may begin intervals before its own; it says so with
-        # its flags, and its energy may be that of the whole span.
+        # A gap record (the meter or its board was down, or read late, at a boundary) runs
+        # from where the previous record ended to a real read, so it may span more than its
+        # interval; it says so with its flags, must still overlap its interval, and its
+        # energy may be that of its whole span. Refusing it would lose authentic energy.
         gap = msg["flags"] & (messages.FLAG_PARTIAL | messages.FLAG_METER_OFFLINE)
         span_s = max(interval, msg["t1"] - msg["t0"]) if gap else interval
         max_wh = self.cfg.ingest.max_power_w * span_s // 3600
         if msg["imp_wh"] > max_wh or msg["exp_wh"] > max_wh:
             raise Rejected("energy_out_of_range", ack=True)
         slack = self.cfg.ingest.time_slack_s
-        if not msg["flags"] & messages.FLAG_TIME_UNSYNCED and (
-                (msg["t0"] < iv * interval - slack and not gap) or msg["t1"] > (iv + 1) * interval + slack
-                or msg["t1"] < iv * interval - slack):
+        lo, hi = iv * interval - slack, (iv + 1) * interval + slack
+        inside = (msg["t0"] <= hi and msg["t1"] >= lo) if gap else (msg["t0"] >= lo and msg["t1"] <= hi)
+        if not inside and not msg["flags"] & messages.FLAG_TIME_UNSYNCED:
             raise Rejected("time_out_of_range", ack=True)
         self._check_monotonic(meter, msg, before)
 

@@ -109,7 +109,17 @@ def test_gap_record_after_an_outage_may_span_earlier_intervals(offline: Offline)
     assert res(offline.send(gap(10, 0, 1))) == ["time_out_of_range"]
     assert res(offline.send(gap(11, 0, big))) == ["energy_out_of_range"]
     assert res(offline.send(gap(12, messages.FLAG_PARTIAL, big))) == ["stored"]
-    too_much = messages.reading(spec.meter, spec.kid, spec.boot, 13, iv, end - 60, end, big, 0,
+    late_read = messages.reading(spec.meter, spec.kid, spec.boot, 14, iv, iv * INTERVAL_S,
+                                 end + 3 * offline.cfg.ingest.time_slack_s, 10, 0, spec.counter_imp + big + 10,
+                                 spec.counter_exp, messages.FLAG_PARTIAL)
+    out = offline.send(("tm/v1/c1/meters/m000/reading", messages.encode(late_read, spec.key)))
+    assert res(out) == ["stored"]  # closed long after its boundary: still its energy, flagged
+    elsewhere = messages.reading(spec.meter, spec.kid, spec.boot, 15, iv, start - 10 * INTERVAL_S,
+                                 start - 9 * INTERVAL_S, 1, 0, spec.counter_imp + big + 11,
+                                 spec.counter_exp, messages.FLAG_PARTIAL)
+    out = offline.send(("tm/v1/c1/meters/m000/reading", messages.encode(elsewhere, spec.key)))
+    assert res(out) == ["time_out_of_range"]  # does not even touch its interval
+    too_much = messages.reading(spec.meter, spec.kid, spec.boot, 16, iv, end - 60, end, big, 0,
                                 spec.counter_imp + 2 * big, spec.counter_exp, messages.FLAG_PARTIAL)
     out = offline.send(("tm/v1/c1/meters/m000/reading", messages.encode(too_much, spec.key)))
     assert res(out) == ["energy_out_of_range"]
