@@ -212,6 +212,9 @@ class App:
 
     async def meter_loop(self):
         poll_ms = self.cfg["poll_s"] * 1000
+        # One read lands just before each boundary and one just after (the close), so the
+        # counters interpolated to the boundary rest on two reads close together.
+        guard_ms = min(poll_ms, self.interval_ms // 100)
         await self.poll()
         limit = self.cfg["max_intervals"]
         while not limit or self.closed < limit:
@@ -222,7 +225,8 @@ class App:
             else:
                 if self.applied_iv != self.acct.iv and self.acct.iv in self.awards.pending:
                     await self.apply_award(self.acct.iv)
-                await self.board.sleep_sim_ms(min(poll_ms, end - now))
+                wake = end - guard_ms if now < end - guard_ms else end
+                await self.board.sleep_sim_ms(min(poll_ms, wake - now))
                 if self.board.now_ms() < end:
                     await self.poll()
             self.wdt.progress()

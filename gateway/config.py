@@ -38,7 +38,7 @@ class MarketConfig:
 class SettlementConfig:
     grace_s: int = 120  # settle this long after an interval ends, so readings can arrive
     feeder_meter: str | None = None  # meter id at the community's connection point
-    loss_tolerance: float = 0.05  # allowed |feeder - members| as a fraction of feeder energy
+    loss_tolerance: float = 0.05  # allowed |feeder - members| as a fraction of all metered energy
     loss_tolerance_wh: int = 10  # ... and at least this many Wh (meter resolution)
 
 

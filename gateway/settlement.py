@@ -80,13 +80,17 @@ INEXACT_FLAGS = (messages.FLAG_PARTIAL | messages.FLAG_METER_OFFLINE | messages.
 
 
 def balance(feeder_net_import_wh: int | None, feeder_throughput_wh: int, members_net_import_wh: int,
-            cfg: SettlementConfig, complete: bool = True) -> Balance:
+            cfg: SettlementConfig, complete: bool = True, members_gross_wh: int = 0) -> Balance:
     """Energy in equals energy out: compare the feeder with the members, within the tolerance.
-    Undecided (None) without a feeder reading, or when some meter's data is missing or inexact."""
+    Undecided (None) without a feeder reading, or when some meter's data is missing or inexact.
+
+    The tolerance is a share of all the energy the meters measured, the members' as well as
+    the feeder's: every meter has its accuracy class, and in a community that trades within
+    itself the members' flows are large while the feeder's net may be near zero."""
     if feeder_net_import_wh is None:
         return Balance(None, None)
     diff = feeder_net_import_wh - members_net_import_wh
     if not complete:
         return Balance(None, diff)
-    tolerance = max(cfg.loss_tolerance_wh, int(cfg.loss_tolerance * feeder_throughput_wh))
+    tolerance = max(cfg.loss_tolerance_wh, int(cfg.loss_tolerance * (feeder_throughput_wh + members_gross_wh)))
     return Balance(abs(diff) <= tolerance, diff)

@@ -74,7 +74,7 @@ class Scenario:
     export_price: int = 50_000
     allocation: str = "proportional"
     poll_s: int = 60  # simulated seconds between meter polls
-    loss_tolerance: float = 0.02
+    loss_tolerance: float = 0.01  # meters of accuracy class 1
     boards: list[str] = field(default_factory=list)  # serial ports of real boards (HIL)
     faults: list[FaultStep] = field(default_factory=list)
 

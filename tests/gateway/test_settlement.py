@@ -49,6 +49,9 @@ def test_balance_within_tolerance() -> None:
     assert settlement.balance(None, 0, 1000, cfg).balanced is None
     # Some meter's record is missing or inexact: the difference is kept, no verdict yet.
     assert settlement.balance(1200, 1200, 1000, cfg, complete=False) == settlement.Balance(None, 200)
+    # Members trading among themselves: large member flows, a small net at the feeder.
+    assert settlement.balance(100, 100, 60, cfg, members_gross_wh=1000).balanced is True
+    assert settlement.balance(100, 100, 60, cfg, members_gross_wh=0).balanced is False
 
 
 def _lines(off: Offline) -> dict[tuple[int, str, int], int]:
