@@ -29,6 +29,7 @@ from .p2p import Network
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 SLACK = 1e-11  # added to every constraint, relative to the price scale: rounding, not economics
+AT_BOUND = 1e-7  # an award this close (relative) to a curve's end or kink is at it
 
 
 def select_prices(net: Network, t: FloatArray, y: FloatArray, traded: npt.NDArray[np.bool_]) -> FloatArray:
@@ -42,6 +43,8 @@ def select_prices(net: Network, t: FloatArray, y: FloatArray, traded: npt.NDArra
     potential = np.concatenate([y, [0.0]])  # node n == the zero node
     greatest = _distances(u, v, c, n, potential)
     least = -_distances(v, u, c, n, -potential)
+    if (least > greatest + 1e-9 * scale).any():
+        return y  # the solver's awards are too rough to read the constraints from: keep its prices
     target = _target(least, greatest, 0.5 * (net.nodes.p_first + net.nodes.p_last))
     # Where one side is unbounded the targets of neighbours need not be consistent (the middle
     # of one, the finite end of the other): take the greatest certifying prices at or below the
@@ -65,7 +68,7 @@ def marginal_range(net: Network, q: FloatArray) -> tuple[FloatArray, FloatArray]
     """[mc(q-), mc(q+)] of every node's bid at its award (-inf/+inf at the ends of its range)."""
     book = net.nodes
     n = len(book)
-    eps = 1e-9 * (1.0 + np.abs(book.q_min) + np.abs(book.q_max))
+    eps = AT_BOUND * (1.0 + np.abs(book.q_min) + np.abs(book.q_max))
     at = q[book.seg_owner]
     q0, q1 = book.seg_q0, book.seg_q0 + book.seg_dq
     frac = np.clip((at - q0) / book.seg_dq, 0.0, 1.0)
