@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("firmware", "protocols")
 # Host-only or unused on a board: the vectors are test data; hal_unix/hal_tty run on hosts.
 SKIP = {"protocols/vectors"}
+DEFAULT_BUILD = Path("build/firmware")
 BOARD_MAIN = "from firmware.main import main\nmain()\n"
 
 

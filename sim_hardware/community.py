@@ -16,6 +16,7 @@ folders and configs stay in ``out_dir`` for inspection (``tmeter ledger verify -
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ from sim_hardware.clock import SimClock
 from sim_hardware.faultproxy import FaultProxy
 from sim_hardware.netutil import free_port
 from sim_hardware.observer import CommunityObserver
-from sim_hardware.scenario import FaultStep, Scenario
+from sim_hardware.scenario import Board, FaultStep, Scenario
 from sim_hardware.simulator import SimConfig, SimulatorThread
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ FEEDER = "feeder"
 LEAD_S = 3.0  # real seconds between start-up and the scenario's first instant
 STATUS_S = 5  # real seconds between meter status messages
 FLEET_SIZE = 25  # CPython meters per process
+REAL_TIME = {"start": None, "epoch": None, "speed": 1}  # a board's clock: NTP, not simulated
 
 
 class Broker(Protocol):
@@ -127,15 +129,22 @@ class Meter:
     folder: Path  # config.json and the state folder
     process: Process | None = None
     proxy: FaultProxy | None = None  # MQTT link through a fault proxy, when the scenario needs one
+    board: Board | None = None  # hardware in the loop: the firmware runs there, not here
 
 
 class Community:
     def __init__(self, scenario: Scenario, out: Path, broker: str = "embedded") -> None:
+        if scenario.start == 0:  # "now": the next boundary (boards in the loop keep real time)
+            start = (int(time.time() + LEAD_S) // scenario.interval_s + 1) * scenario.interval_s
+            scenario = dataclasses.replace(scenario, start=start)
         self.scenario = scenario
         self.out = Path(out)
         self.broker_kind = broker
         self.broker: Broker | None = None
-        self.clock = SimClock(scenario.start, time.time() + LEAD_S, scenario.speed)
+        epoch = scenario.start if scenario.speed == 1 and any(not b.emulate for b in scenario.boards) \
+            else time.time() + LEAD_S
+        self.clock = SimClock(scenario.start, epoch, scenario.speed)
+        self.ptys: list[subprocess.Popen[bytes]] = []
         self.sim_thread: SimulatorThread | None = None
         self.meters: list[Meter] = []
         self.gateway: Process | None = None
@@ -194,6 +203,10 @@ class Community:
             self.sim_thread = None
         if self.broker is not None:
             self.broker.stop()
+        for pty in self.ptys:
+            pty.terminate()
+            pty.wait(5)
+        self.ptys.clear()
 
     def __enter__(self) -> Community:
         return self.start()
@@ -206,10 +219,44 @@ class Community:
         sc = self.scenario
         config = SimConfig(meters=sc.meters, seed=sc.seed, profile=sc.profile, transport="rtu-tcp",
                            feeder=True)
+        if sc.boards:
+            # Each household's bus on the serial port its board is wired to; the feeder stays
+            # on RTU over TCP with a local meter process.
+            config.transport = "serial"
+            config.serial_ports = [self._bus_port(i, b) for i, b in enumerate(sc.boards)]
+            # Real RS-485 at the meters' 9600 baud; emulated lines as fast as the TCP links,
+            # since an accelerated clock would stretch 9600-baud frames into minutes.
+            config.baudrate = 115200 if all(b.emulate for b in sc.boards) else 9600
         self.sim_thread = SimulatorThread(config, clock=self.clock)
         self.sim = self.sim_thread.start()
 
-    def _modbus_link(self, device: str) -> str:
+    def _bus_port(self, index: int, board: Board) -> str:
+        """The simulator's end of a board's RS-485 line: the adapter, or for an emulated board
+        one end of a pty pair whose other end the local firmware opens."""
+        if not board.emulate:
+            return board.rs485
+        pty_dir = self.out / "pty"
+        pty_dir.mkdir(parents=True, exist_ok=True)
+        sim_end, board_end = pty_dir / f"bus{index}-sim", pty_dir / f"bus{index}-board"
+        self.ptys.append(subprocess.Popen(
+            ["socat", f"pty,raw,echo=0,link={sim_end}", f"pty,raw,echo=0,link={board_end}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.time() + 10
+        while not (sim_end.exists() and board_end.exists()):
+            if time.time() > deadline:
+                raise RuntimeError("socat did not create the pty pair (apt-get install socat)")
+            time.sleep(0.05)
+        return str(sim_end)
+
+    def _board(self, index: int) -> Board | None:
+        boards = self.scenario.boards
+        return boards[index] if index < len(boards) else None
+
+    def _modbus_link(self, device: str, index: int) -> str:
+        """The link the meter at household ``index`` (-1: feeder) reads its bus through."""
+        board = self._board(index) if index >= 0 else None
+        if board is not None:
+            return "tty:" + str(self.out / "pty" / f"bus{index}-board") if board.emulate else "uart"
         endpoint = self.sim.endpoint_of(device)
         return f"tcp:{endpoint.host}:{endpoint.port}"
 
@@ -221,22 +268,25 @@ class Community:
         assert self.broker is not None
         registry = Registry(self.db_path)
         try:
-            entries = [(h.id, h.meter_id, 2) for h in self.sim.households]
-            entries.append((FEEDER, "feeder-meter", None))
-            for meter_id, device, battery_unit in entries:
+            entries = [(h.id, h.meter_id, 2, h.index) for h in self.sim.households]
+            entries.append((FEEDER, "feeder-meter", None, -1))
+            for meter_id, device, battery_unit, index in entries:
+                board = self._board(index) if index >= 0 else None
                 folder = self.out / "meters" / meter_id
+                real_board = board is not None and not board.emulate
                 cfg = registry.provision(
-                    meter_id, sc.community, mqtt_host=self.broker.host, mqtt_port=self.broker.port,
-                    keepalive_s=10, interval_s=sc.interval_s, gate_closure_s=sc.gate_closure_s,
-                    feeder=meter_id == FEEDER, clock=self.clock.to_dict(),
-                    modbus={"link": self._modbus_link(device), "baud": 115200, "meter_unit": 1,
-                            "meter_model": "sdm630", "battery_unit": battery_unit},
+                    meter_id, sc.community, mqtt_host=sc.broker_host if real_board else self.broker.host,
+                    mqtt_port=self.broker.port, keepalive_s=10, interval_s=sc.interval_s,
+                    gate_closure_s=sc.gate_closure_s, feeder=meter_id == FEEDER,
+                    clock=REAL_TIME if real_board else self.clock.to_dict(),
+                    modbus={"link": self._modbus_link(device, index), "baud": 9600 if real_board else 115200,
+                            "meter_unit": 1, "meter_model": "sdm630", "battery_unit": battery_unit},
                 )
                 self.keys[(meter_id, cfg.kid)] = cfg.key
                 cfg.write(folder / "config.json")
                 self._tune_device_config(folder / "config.json")
                 write_plan(folder / "config.json")
-                self.meters.append(Meter(meter_id, device, folder))
+                self.meters.append(Meter(meter_id, device, folder, board=board))
         finally:
             registry.close()
 
@@ -303,7 +353,10 @@ class Community:
         runs alone, so the kill takes only it down."""
         if self.scenario.runtime == "micropython":
             for meter in self.meters:
-                self._start_process(meter.meter, [meter], "micropython")
+                if meter.board is not None and not meter.board.emulate:
+                    self._deploy_to_board(meter)
+                else:
+                    self._start_process(meter.meter, [meter], "micropython")
             return
         alone = {f.target for f in self.scenario.faults if f.action == "meter_kill"}
         groups = [[m] for m in self.meters if m.meter in alone]
@@ -311,6 +364,22 @@ class Community:
         groups += [rest[i:i + FLEET_SIZE] for i in range(0, len(rest), FLEET_SIZE)]
         for n, group in enumerate(groups):
             self._start_process(f"fleet-{n}", group, "cpython")
+
+    def _deploy_to_board(self, meter: Meter) -> None:
+        """Flash config and firmware onto a real board over its USB port (mpremote), or say
+        how to; the board then runs on its own and joins over MQTT."""
+        from gateway.firmware_tools import DEFAULT_BUILD, build, deploy_commands
+
+        assert meter.board is not None
+        config = meter.folder / "config.json"
+        if not meter.board.usb:
+            print(f"{meter.meter}: flash the board wired to {meter.board.rs485} with: "
+                  f"tmeter fw deploy --port <its USB port> --config {config}", flush=True)
+            return
+        if not (DEFAULT_BUILD / "xtensawin").is_dir():
+            build(DEFAULT_BUILD)
+        for cmd in deploy_commands(DEFAULT_BUILD, meter.board.usb, config):
+            subprocess.run(cmd, check=True, timeout=300)
 
     def _start_process(self, name: str, meters: list[Meter], runtime: str) -> None:
         from gateway.firmware_tools import firmware_command

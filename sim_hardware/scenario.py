@@ -56,6 +56,23 @@ class FaultStep:
 
 
 @dataclass
+class Board:
+    """A meter board in the loop. Its RS-485 port is wired to the USB RS-485 adapter at
+    ``rs485``, which the simulator serves as the household's bus (meter unit 1, battery unit 2).
+    With ``usb`` (the board's own USB serial port) the bench deploys the firmware and config
+    itself with mpremote. ``emulate`` stands a local MicroPython process in for the board on a
+    pty pair, so the serial path is tested without hardware."""
+
+    rs485: str = ""
+    usb: str = ""
+    emulate: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.emulate and not self.rs485:
+            raise ScenarioError("a board needs rs485 = the serial port of its RS-485 adapter")
+
+
+@dataclass
 class Scenario:
     name: str = "community"
     community: str = "c1"
@@ -75,21 +92,34 @@ class Scenario:
     allocation: str = "proportional"
     poll_s: int = 60  # simulated seconds between meter polls
     loss_tolerance: float = 0.01  # meters of accuracy class 1
-    boards: list[str] = field(default_factory=list)  # serial ports of real boards (HIL)
+    boards: list[Board] = field(default_factory=list)  # hardware in the loop, one per household
+    broker_host: str = ""  # the broker's address as the boards reach it (HIL)
     faults: list[FaultStep] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.faults = [f if isinstance(f, FaultStep) else FaultStep(**f) for f in self.faults]
+        self.boards = [b if isinstance(b, Board) else Board(**b) for b in self.boards]
         if self.meters < 1 or self.hours <= 0 or self.speed <= 0:
             raise ScenarioError("meters, hours and speed must be positive")
         if self.mechanism not in ("uniform", "p2p"):
             raise ScenarioError("mechanism must be uniform or p2p")
         if self.runtime not in ("micropython", "cpython"):
             raise ScenarioError("runtime must be micropython or cpython")
-        if self.interval_s <= self.gate_closure_s or self.start % self.interval_s:
+        if self.interval_s <= self.gate_closure_s or self.start % self.interval_s:  # 0: now
             raise ScenarioError("interval must exceed gate closure, and start on an interval boundary")
-        if self.boards and len(self.boards) > self.meters:
-            raise ScenarioError("more boards than households")
+        if self.boards:
+            self._check_boards()
+
+    def _check_boards(self) -> None:
+        if len(self.boards) != self.meters:
+            raise ScenarioError("with boards, there is one household per board: meters = len(boards)")
+        real = [b for b in self.boards if not b.emulate]
+        if real and (self.speed != 1 or self.start != 0):
+            raise ScenarioError("real boards keep real time: speed = 1 and start = 0 (now)")
+        if real and not self.broker_host:
+            raise ScenarioError("real boards need broker_host: the broker's address on their network")
+        if self.runtime != "micropython":
+            raise ScenarioError("boards run MicroPython")
 
     @property
     def end(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_OUT = Path("build/firmware")
+from gateway.firmware_tools import DEFAULT_BUILD as DEFAULT_OUT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
