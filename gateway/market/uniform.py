@@ -56,7 +56,7 @@ def clear_uniform(book: BidBook, community: Community) -> ClearingResult:
 
 def market(book: BidBook, community: Community) -> tuple[Ramps, FloatArray, FloatArray]:
     """The community's supply: members' ramps (owner = row) and the grid's (owner = last row),
-    every row's q_min, and all prices bid. Built without copying the book."""
+    every row's q_min, and all prices bid (the book's own columns are not copied)."""
     grid = community.grid_bid(book)
     prices = np.concatenate([book.p_first, book.p_last])
     if grid is None:
