@@ -138,7 +138,7 @@ class Community:
             start = (int(time.time() + LEAD_S) // scenario.interval_s + 1) * scenario.interval_s
             scenario = dataclasses.replace(scenario, start=start)
         self.scenario = scenario
-        self.out = Path(out)
+        self.out = Path(out).resolve()  # child processes run in other folders
         self.broker_kind = broker
         self.broker: Broker | None = None
         epoch = scenario.start if scenario.speed == 1 and any(not b.emulate for b in scenario.boards) \
