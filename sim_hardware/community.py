@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sim_hardware.clock import SimClock
 from sim_hardware.faultproxy import FaultProxy
-from sim_hardware.netutil import free_port
+from sim_hardware.netutil import free_port, stop_process
 from sim_hardware.observer import CommunityObserver
 from sim_hardware.scenario import Board, FaultStep, Scenario
 from sim_hardware.simulator import SimConfig, SimulatorThread
@@ -112,14 +111,8 @@ class Process:
             self.popen.wait()
 
     def stop(self, timeout: float = 10.0) -> None:
-        if not self.alive:
-            return
-        assert self.popen is not None
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.popen is not None:
+            stop_process(self.popen, timeout)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 
-from sim_hardware.netutil import free_port, wait_for_port
+from sim_hardware.netutil import free_port, stop_process, wait_for_port
 
 
 class EmbeddedBroker:
@@ -42,13 +42,7 @@ class EmbeddedBroker:
     def stop(self, timeout: float = 5.0) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
         self.process = None
 
     def restart(self) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sim_hardware.netutil import free_port, wait_for_port
+from sim_hardware.netutil import free_port, stop_process, wait_for_port
 
 
 class MosquittoBroker:
@@ -75,13 +75,7 @@ class MosquittoBroker:
     def stop(self, timeout: float = 5.0) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
         if self.process.stderr is not None:
             self.process.stderr.close()
         self.process = None

@@ -1,8 +1,10 @@
-"""Small networking helpers shared by the simulator, the bench harness and the tests."""
+"""Small process and networking helpers shared by the simulator, the bench harness and the tests."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 
 
@@ -24,3 +26,15 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s") from None
             time.sleep(0.02)
+
+
+def stop_process(process: "subprocess.Popen[bytes]", timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -14,25 +14,13 @@ from protocols import messages, topics
 from sim_hardware.mosquitto import MosquittoBroker
 from tests import vectorgen
 
-# The MicroPython side speaks just enough MQTT 3.1.1 (CONNECT, PUBLISH QoS 0, DISCONNECT)
-# over a plain socket: this test is about the bytes of the message, not the firmware client.
+# The MicroPython side sends the packets the firmware's MQTT client builds (CONNECT, PUBLISH
+# QoS 0, DISCONNECT) over a plain socket: this test is about the bytes of the message.
 UPY_PUBLISH = r"""
 import socket
 from binascii import hexlify
+from firmware import mqtt
 from protocols import messages, topics
-
-def remaining(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-def utf8(s):
-    s = s.encode()
-    return bytes([len(s) >> 8, len(s) & 0xFF]) + s
 
 key = bytes(range(32))
 msg = messages.reading("m01", 1, 3, 7, 1900000, 1710000000, 1710000900, 120, 0, 51234, 20345, 0)
@@ -40,11 +28,9 @@ payload = messages.encode(msg, key)
 topic = topics.meter_topic("c1", "m01", "reading")
 sock = socket.socket()
 sock.connect(socket.getaddrinfo("127.0.0.1", PORT)[0][-1])
-var = utf8("MQTT") + bytes([4, 2, 0, 30]) + utf8("upy-interop")
-sock.write(bytes([0x10]) + remaining(len(var)) + var)
+sock.write(mqtt.connect_packet("upy-interop", 30, True, None, None, None))
 assert sock.read(4) == b"\x20\x02\x00\x00"
-body = utf8(topic) + payload
-sock.write(bytes([0x30]) + remaining(len(body)) + body)
+sock.write(mqtt.publish_packet(topic, payload, 0, False, 0, False))
 sock.write(b"\xe0\x00")
 sock.close()
 print(hexlify(payload).decode())
