@@ -16,7 +16,7 @@
 # same span. Otherwise a record's t0/t1 are the times of real reads: if the meter was offline
 # at a boundary, t1 is the last good read (older than the boundary, FLAG_METER_OFFLINE) and the
 # rest rolls into the next record, so a stale value is never presented as a fresh one.
-from protocols import messages
+from protocols import meterlink
 
 MS = 1000
 
@@ -44,9 +44,9 @@ class Accountant:
         self.last_exp = exp
         self.last_ms = t_ms
         self.t0_ms = t_ms
-        self.flags = messages.FLAG_PARTIAL
+        self.flags = meterlink.FLAG_PARTIAL
         if imp is None:
-            self.flags |= messages.FLAG_METER_OFFLINE
+            self.flags |= meterlink.FLAG_METER_OFFLINE
 
     def observe(self, imp, exp, t_ms):
         """A good read of both counters (integer Wh) at time ``t_ms``."""
@@ -64,7 +64,7 @@ class Accountant:
         self.prev_exp = self.last_exp
         self.prev_ms = self.last_ms
         if d_imp < 0 or d_exp < 0:
-            self.flags |= messages.FLAG_COUNTER_RESET
+            self.flags |= meterlink.FLAG_COUNTER_RESET
             self.prev_ms = None  # no interpolation across a reset
         if d_imp > 0:
             self.acc_imp += d_imp
@@ -76,7 +76,7 @@ class Accountant:
 
     def missed(self):
         """A poll of the meter failed during the open interval."""
-        self.flags |= messages.FLAG_METER_OFFLINE
+        self.flags |= meterlink.FLAG_METER_OFFLINE
 
     def _to_boundary(self):
         """Move the last read back to the open interval's end, by linear interpolation between
@@ -103,16 +103,16 @@ class Accountant:
         if t1 < t0:
             t1 = t0
         if self.last_imp is None:
-            self.flags |= messages.FLAG_METER_OFFLINE
+            self.flags |= meterlink.FLAG_METER_OFFLINE
         if self.iv is not None and (t0 != self.iv * self.interval_s * MS or
                                     t1 != (self.iv + 1) * self.interval_s * MS):
             # Not both ends on the boundaries (device down, meter offline at a boundary, reads
             # too far apart to interpolate): the record is not exactly this interval's energy.
-            self.flags |= messages.FLAG_PARTIAL
+            self.flags |= meterlink.FLAG_PARTIAL
         rec = {
             "iv": self.iv, "t0": t0 // MS, "t1": t1 // MS,
-            "imp_wh": min(self.acc_imp, messages.MAX_INTERVAL_WH),
-            "exp_wh": min(self.acc_exp, messages.MAX_INTERVAL_WH),
+            "imp_wh": min(self.acc_imp, meterlink.MAX_INTERVAL_WH),
+            "exp_wh": min(self.acc_exp, meterlink.MAX_INTERVAL_WH),
             "cnt_imp_wh": self.last_imp if self.last_imp is not None else 0,
             "cnt_exp_wh": self.last_exp if self.last_exp is not None else 0,
             "flags": self.flags,

@@ -5,6 +5,8 @@
 #                prepares bids; it never waits on the network
 #   forwarder    sends queued readings (oldest first, a window in flight), re-sends the ones
 #                not acknowledged in time; acks remove them from the queue
+#   ticker       wakes the forwarder and the status task on time (asyncio.wait_for would
+#                allocate a task for every timed wait)
 #   bidder       publishes the prepared bid unless its gate has closed
 #   status       retained status with counters (and the same as last will, online = 0)
 #   mqtt         the client's connect/reconnect loop
@@ -19,7 +21,7 @@ from firmware.modbus_master import Master, ModbusError
 from firmware.outbox import Outbox
 from firmware.state import State
 from firmware.watchdog import LoopWatchdog
-from protocols import messages, topics
+from protocols import meterlink, topics
 from protocols.errors import ProtocolError
 
 COUNTERS = ("records", "acked", "rejected", "q_depth", "q_drop", "q_bad", "bids", "bid_skip",
@@ -69,7 +71,6 @@ class App:
         self.applied_iv = None      # interval whose award is applied to the battery
         self.overflow = False       # a record was dropped; the next one carries the flag
         self.batt_mark = None       # battery energy counters at the last boundary
-        self.heap = []              # (closed intervals, free heap) samples, for tests
         self._wake_fwd = asyncio.Event()
         self._wake_bid = asyncio.Event()
         self._wake_status = asyncio.Event()
@@ -97,14 +98,14 @@ class App:
             self.overflow = True
         flags = rec["flags"]
         if self.overflow:
-            flags |= messages.FLAG_QUEUE_OVERFLOW
+            flags |= meterlink.FLAG_QUEUE_OVERFLOW
         if not self.board.time_ok():
-            flags |= messages.FLAG_TIME_UNSYNCED
+            flags |= meterlink.FLAG_TIME_UNSYNCED
         seq = self.state.seq
-        msg = messages.reading(self.meter_id, self.kid, self.boot, seq, rec["iv"], rec["t0"],
+        msg = meterlink.reading(self.meter_id, self.kid, self.boot, seq, rec["iv"], rec["t0"],
                                rec["t1"], rec["imp_wh"], rec["exp_wh"], rec["cnt_imp_wh"],
                                rec["cnt_exp_wh"], flags)
-        payload = messages.encode(msg, self.key)
+        payload = meterlink.encode(msg, self.key)
         # Queue first, state second: State.recover() repairs a crash between the two.
         self.outbox.put(seq, self.boot, payload)
         self.overflow = False
@@ -181,9 +182,9 @@ class App:
         forecast = self.forecast.value or 0
         curve = bidding.curve(forecast, prefs, soc, charge, discharge)
         self.bid_n += 1
-        msg = messages.bid(self.meter_id, self.kid, self.boot, self.bid_n, iv,
+        msg = meterlink.bid(self.meter_id, self.kid, self.boot, self.bid_n, iv,
                            self.board.now_ms() // 1000, curve)
-        self.bid = (iv, messages.encode(msg, self.key))
+        self.bid = (iv, meterlink.encode(msg, self.key))
         self._wake_bid.set()
 
     # -- the meter loop ------------------------------------------------------------------------
@@ -206,9 +207,7 @@ class App:
         every = self.cfg["heap_log"]
         if every and self.closed % every == 0:
             self.board.collect()
-            free = self.board.mem_free()
-            self.heap.append((self.closed, free))
-            self.board.log("HEAP " + str(self.closed) + " " + str(free))
+            self.board.log("HEAP " + str(self.closed) + " " + str(self.board.mem_free()))
 
     async def meter_loop(self):
         poll_ms = self.cfg["poll_s"] * 1000
@@ -254,10 +253,7 @@ class App:
                         continue
                     self.sent[seq] = now
                     await self.client.publish(self.t_reading, payload, 1)
-            try:
-                await asyncio.wait_for(self._wake_fwd.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+            await self._wake_fwd.wait()
 
     async def bidder(self):
         gate_ms = self.cfg["gate_closure_s"] * 1000
@@ -280,10 +276,10 @@ class App:
         self.status_n += 1
         self.c["q_depth"] = len(self.outbox)
         self.c["heap_free"] = self.board.mem_free()
-        msg = messages.status(self.meter_id, self.kid, self.boot, self.status_n,
+        msg = meterlink.status(self.meter_id, self.kid, self.boot, self.status_n,
                               self.board.now_ms() // 1000, online, 1 if self.board.time_ok() else 0,
                               self.c)
-        return messages.encode(msg, self.key)
+        return meterlink.encode(msg, self.key)
 
     def _will(self):
         return (self.t_status, self._status_payload(0), True)
@@ -296,12 +292,8 @@ class App:
         self.sent = {}
 
     async def status_task(self):
-        period = self.cfg["status_s"]
         while True:
-            try:
-                await asyncio.wait_for(self._wake_status.wait(), period)
-            except asyncio.TimeoutError:
-                pass
+            await self._wake_status.wait()
             self._wake_status.clear()
             if self.client.connected:
                 await self.client.publish(self.t_status, self._status_payload(1), 1, True)
@@ -316,14 +308,14 @@ class App:
 
     def _on_ack(self, topic, payload):
         try:
-            _c, _m, msg, _b = messages.decode(topic, payload, self._keys)
+            _c, _m, msg, _b = meterlink.decode(topic, payload, self._keys)
         except ProtocolError:
             self.c["rejected"] += 1
             return
         seq = msg["seq"]
         if self.outbox.ack(seq, msg["boot"]):
             self.sent.pop(seq, None)
-            if msg["res"] == messages.ACK_STORED or msg["res"] == messages.ACK_DUPLICATE:
+            if msg["res"] == meterlink.ACK_STORED or msg["res"] == meterlink.ACK_DUPLICATE:
                 self.c["acked"] += 1
             else:
                 self.c["rejected"] += 1
@@ -332,6 +324,19 @@ class App:
 
     def _keys(self, meter, kid):
         return self.key if meter == self.meter_id and kid == self.kid else None
+
+    async def ticker(self):
+        """Wake the forwarder twice a second (it re-sends what was not acknowledged in time) and
+        the status task every status_s."""
+        period = self.cfg["status_s"] * 1000
+        last = self.board.ticks_ms()
+        while True:
+            await self.board.sleep_ms(500)
+            self._wake_fwd.set()
+            now = self.board.ticks_ms()
+            if self.board.ticks_diff(now, last) >= period:
+                last = now
+                self._wake_status.set()
 
     async def clock_task(self):
         while True:
@@ -342,7 +347,7 @@ class App:
     async def run(self):
         self.restore()
         tasks = [asyncio.create_task(t) for t in (
-            self.client.run(), self.forwarder(), self.bidder(), self.status_task(),
+            self.client.run(), self.forwarder(), self.bidder(), self.status_task(), self.ticker(),
             self.wdt.run(), self.clock_task())]
         meter = asyncio.create_task(self.meter_loop())
         try:

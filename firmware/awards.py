@@ -5,7 +5,7 @@
 # the household, converted to a power over the interval and clamped to the inverter's limits.
 # An award that arrives after its interval has ended is never applied (counted award_late);
 # an interval without an award falls back to self-consumption.
-from protocols import messages
+from protocols import meterlink
 from protocols.errors import ProtocolError
 
 KEEP = 3  # awards held ahead of time: the next intervals only, so memory stays bounded
@@ -28,7 +28,7 @@ class AwardBook:
     def receive(self, topic, payload, now_ms):
         """Verify (tag before parse) and file an award; returns its iv or None."""
         try:
-            _c, _m, msg, _b = messages.decode(topic, payload, self._keys)
+            _c, _m, msg, _b = meterlink.decode(topic, payload, self._keys)
         except ProtocolError:
             self.c["award_bad"] += 1
             return None

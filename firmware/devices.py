@@ -6,7 +6,7 @@
 # protocols.regcore), so no float ever reaches accounting. A failed read raises ModbusError:
 # there is no cached value to return by mistake.
 from firmware.modbus_master import ModbusError
-from protocols import messages, regcore
+from protocols import meterlink, regcore
 from protocols.errors import ProtocolError
 
 # Battery state keys, the registers they come from, and the divisor (0.01 % -> %).
@@ -54,7 +54,7 @@ class Meter(_Device):
             power = self.value(got, "total_power")
         except ProtocolError:  # NaN or infinity: the meter is broken, not the household
             raise ModbusError("frame")
-        cap = messages.MAX_COUNTER_WH
+        cap = meterlink.MAX_COUNTER_WH
         if imp < 0 or exp < 0 or imp > cap or exp > cap:
             # Not a counter value: a failed read, never energy.
             raise ModbusError("frame")

@@ -83,11 +83,12 @@ class Board:
     def time_ok(self):
         return self._synced
 
-    async def sleep_ms(self, ms):
-        await asyncio.sleep_ms(ms if ms > 0 else 0)
+    # Not coroutines: a sleeping task holds no frame for them (asyncio.sleep_ms allocates nothing).
+    def sleep_ms(self, ms):
+        return asyncio.sleep_ms(ms if ms > 0 else 0)
 
-    async def sleep_sim_ms(self, sim_ms):
-        await self.sleep_ms(sim_ms)
+    def sleep_sim_ms(self, sim_ms):
+        return self.sleep_ms(sim_ms)
 
     async def sync_time(self):
         """One SNTP exchange (RFC 4330) on a non-blocking UDP socket; ntptime blocks the loop."""

@@ -1,8 +1,9 @@
 # Hardware layer for the MicroPython unix port and CPython (CI, demo, bench, load tests).
 #
 # The UART becomes a TCP connection to a simulated meter speaking Modbus RTU framing, or a
-# serial tty; the clock is the host's, optionally accelerated (firmware/clock.py); files live
-# in a folder per meter. Only this module and hal_esp32 may test which interpreter runs.
+# serial tty; the clock is the host's, optionally accelerated (SimClock, the simulator's
+# clock); files live in a folder per meter. Only this module and hal_esp32 may test which
+# interpreter runs.
 import asyncio
 import gc
 import os
@@ -10,13 +11,12 @@ import random
 import sys
 import time
 
-from firmware.clock import SimClock
-
 _UPY = sys.implementation.name == "micropython"
 
 if _UPY:
     _ticks_ms = time.ticks_ms
     _ticks_diff = time.ticks_diff
+    _sleep_ms = asyncio.sleep_ms
 else:
     def _ticks_ms():
         return time.monotonic_ns() // 1000000
@@ -24,9 +24,48 @@ else:
     def _ticks_diff(a, b):
         return a - b
 
+    def _sleep_ms(ms):
+        return asyncio.sleep(ms / 1000)
+
 
 def _real_ms():
     return time.time_ns() // 1000000
+
+
+# The simulator's shared clock: sim_time = start + (real_time - epoch) * speed. Device,
+# simulator and gateway all derive time from the same triple, so an accelerated run keeps them
+# in step. Floats appear only here, in the conversion of real time (MicroPython unix and
+# CPython floats are 64-bit); callers get integer milliseconds.
+class SimClock:
+    def __init__(self, real_ms, start=None, epoch=None, speed=1):
+        # real_ms: function returning the host's unix time in integer milliseconds.
+        self._real_ms = real_ms
+        self.speed = speed if speed else 1
+        now = real_ms()
+        if start is None:
+            # "null = real time": with speed 1 this is the host clock; with another speed the
+            # run starts now and then goes faster or slower.
+            start_ms = now
+            epoch_ms = now
+        else:
+            start_ms = int(start * 1000)
+            epoch_ms = now if epoch is None else int(epoch * 1000)
+        self._start_ms = start_ms
+        self._epoch_ms = epoch_ms
+
+    def now_ms(self):
+        elapsed = self._real_ms() - self._epoch_ms
+        if self.speed == 1:
+            return self._start_ms + elapsed
+        return self._start_ms + int(elapsed * self.speed)
+
+    def real_delay_ms(self, sim_ms):
+        """Real milliseconds that ``sim_ms`` of simulated time take (rounded up, >= 0)."""
+        if sim_ms <= 0:
+            return 0
+        if self.speed == 1:
+            return sim_ms
+        return int(sim_ms / self.speed) + 1
 
 
 class TcpLink:
@@ -122,11 +161,14 @@ class Board:
     def time_ok(self):
         return True  # the host clock is NTP-disciplined by the host (or is the simulator's)
 
-    async def sleep_ms(self, ms):
-        await asyncio.sleep(ms / 1000 if ms > 0 else 0)
+    # The sleeps return what asyncio's sleep returns rather than awaiting it in a coroutine of
+    # their own: a sleeping task then holds no frame for them (on MicroPython, sleep_ms
+    # allocates nothing at all).
+    def sleep_ms(self, ms):
+        return _sleep_ms(ms if ms > 0 else 0)
 
-    async def sleep_sim_ms(self, sim_ms):
-        await self.sleep_ms(self.clock.real_delay_ms(sim_ms))
+    def sleep_sim_ms(self, sim_ms):
+        return _sleep_ms(self.clock.real_delay_ms(sim_ms))
 
     async def sync_time(self):
         return True

@@ -1,11 +1,11 @@
 # Modbus RTU master over a hal link (Modbus over Serial Line V1.02; Application Protocol V1.1b3).
 #
-# Framing, CRC and parsing are protocols/modbus.py (shared with the simulator); this module
+# Framing, CRC and parsing are protocols/rtu.py (the simulator serves the same framing); this module
 # adds what a master needs on a real bus: the t3.5 silence before each request (2.5.1.1), a
 # response timeout derived from the baud rate, bounded retries with backoff, exception codes
 # surfaced to the caller (not retried: the device answered), and per-device online/offline
 # state so a caller never takes an old value for a fresh one.
-from protocols import modbus
+from protocols import rtu
 from protocols.errors import ProtocolError
 
 # Time the device may take between the end of our request and the start of its answer.
@@ -28,8 +28,8 @@ class Master:
         self.board = board
         self.link = link
         baud = cfg.get("baud", 9600)
-        self.gap_ms = (modbus.frame_gap_us(baud) + 999) // 1000
-        derived = modbus.frame_time_us(baud, modbus.MAX_ADU) // 1000 + TURNAROUND_MS
+        self.gap_ms = (rtu.frame_gap_us(baud) + 999) // 1000
+        derived = rtu.frame_time_us(baud, rtu.MAX_ADU) // 1000 + TURNAROUND_MS
         self.timeout_ms = cfg.get("timeout_ms") or derived
         self.retries = cfg.get("retries", 2)
         self.offline_after = cfg.get("offline_after", 3)
@@ -65,12 +65,12 @@ class Master:
             if left <= 0:
                 self._last_io = self.board.ticks_ms()
                 raise ModbusError("timeout")
-            chunk = await self.link.recv(modbus.MAX_ADU - len(buf), left)
+            chunk = await self.link.recv(rtu.MAX_ADU - len(buf), left)
             if chunk:
                 buf += chunk
                 if not want:
                     try:
-                        want = modbus.response_frame_length(buf)
+                        want = rtu.response_frame_length(buf)
                     except ProtocolError:
                         raise ModbusError("frame")
                 if want and len(buf) >= want:
@@ -80,7 +80,7 @@ class Master:
                     return buf
 
     async def transact(self, unit, request):
-        """Send ``request`` to ``unit``; returns what modbus.parse_response gives."""
+        """Send ``request`` to ``unit``; returns what rtu.parse_response gives."""
         last = None
         for attempt in range(1 + self.retries):
             if attempt:
@@ -90,7 +90,7 @@ class Master:
                 await self.board.sleep_ms(25 << (attempt - 1))
             try:
                 frame = await self._exchange(request)
-                result = modbus.parse_response(request, frame)
+                result = rtu.parse_response(request, frame)
                 self._result(unit, True)
                 return result
             except ModbusError as e:
@@ -115,10 +115,10 @@ class Master:
         raise last
 
     async def read(self, unit, function, start, count):
-        return await self.transact(unit, modbus.build_read(unit, function, start, count))
+        return await self.transact(unit, rtu.build_read(unit, function, start, count))
 
     async def write_single(self, unit, address, value):
-        return await self.transact(unit, modbus.build_write_single(unit, address, value))
+        return await self.transact(unit, rtu.build_write_single(unit, address, value))
 
     async def write_multiple(self, unit, address, values):
-        return await self.transact(unit, modbus.build_write_multiple(unit, address, values))
+        return await self.transact(unit, rtu.build_write_multiple(unit, address, values))

@@ -217,16 +217,24 @@ class Client:
 
     async def _keepalive(self):
         # 3.1.2.10: send PINGREQ when idle for half the keepalive; a server silent for 1.5x
-        # the keepalive is gone (3.1.2.10 says the same of clients), so drop the connection.
+        # the keepalive is gone (3.1.2.10 says the same of clients). Runs for the client's
+        # life: a dead link is closed here, which ends the reader (its socket raises), and
+        # run() reconnects.
         ka = self.keepalive_s * 1000
         while True:
             await self.board.sleep_ms(min(500, ka // 4))
+            if not self.connected:
+                continue
             now = self.board.ticks_ms()
-            if self.board.ticks_diff(now, self._last_rx) > ka + ka // 2:
-                raise OSError("keepalive timeout")
-            if self.board.ticks_diff(now, self._last_tx) >= ka // 2:
-                await self._send(bytes((PINGREQ, 0)))
-            await self._retransmit(True)
+            try:
+                if self.board.ticks_diff(now, self._last_rx) > ka + ka // 2:
+                    raise OSError("keepalive timeout")
+                if self.board.ticks_diff(now, self._last_tx) >= ka // 2:
+                    await self._send(bytes((PINGREQ, 0)))
+                await self._retransmit(True)
+            except Exception as e:  # noqa: BLE001 - whatever failed, the link is unusable
+                self.board.log("mqtt: connection lost: " + repr(e))
+                self._drop()
 
     # -- connection --------------------------------------------------------------------------
     async def _connect(self):
@@ -272,25 +280,29 @@ class Client:
                 pass
 
     async def run(self):
-        """Connect, serve, and reconnect forever (until stop())."""
+        """Connect, serve, and reconnect forever (until disconnect())."""
+        pinger = asyncio.create_task(self._keepalive())
         failures = 0
-        while not self._stop:
-            try:
-                await self.board.network_up()
-                await self._connect()
-                failures = 0
-                if self.on_connect is not None:
-                    await self.on_connect()
-                await _first_of((self._reader(), self._keepalive()))
-            except Exception as e:  # noqa: BLE001 - any failure means: drop and reconnect
-                if self.connected or failures == 0:
-                    self.board.log("mqtt: connection lost: " + repr(e))
-            self._drop()
-            if self._stop:
-                break
-            self.c["reconnects"] += 1
-            failures += 1
-            await self.board.sleep_ms(self.backoff_ms(failures))
+        try:
+            while not self._stop:
+                try:
+                    await self.board.network_up()
+                    await self._connect()
+                    failures = 0
+                    if self.on_connect is not None:
+                        await self.on_connect()
+                    await self._reader()
+                except Exception as e:  # noqa: BLE001 - any failure means: drop and reconnect
+                    if self.connected or failures == 0:
+                        self.board.log("mqtt: connection lost: " + repr(e))
+                self._drop()
+                if self._stop:
+                    break
+                self.c["reconnects"] += 1
+                failures += 1
+                await self.board.sleep_ms(self.backoff_ms(failures))
+        finally:
+            pinger.cancel()
 
     def backoff_ms(self, failures):
         """Exponential backoff from 0.5 s, capped, with +-25 % jitter so a community's meters
@@ -310,28 +322,3 @@ class Client:
                 pass
         self._drop()
 
-
-async def _first_of(coros):
-    """Run coroutines until the first one ends; cancel the rest and re-raise its error.
-    (asyncio.wait and Task.result are not in MicroPython's asyncio.)"""
-    done = asyncio.Event()
-    box = []
-
-    async def guard(coro):
-        try:
-            await coro
-            box.append(None)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - handed to the caller below
-            box.append(e)
-        done.set()
-
-    tasks = [asyncio.create_task(guard(c)) for c in coros]
-    try:
-        await done.wait()
-    finally:
-        for t in tasks:
-            t.cancel()
-    if box and box[0] is not None:
-        raise box[0]

@@ -14,7 +14,7 @@
 #  [SDM120] Eastron SDM120-Modbus "Modbus Protocol" (same conventions, single phase).
 #  [APP]    MODBUS Application Protocol Specification V1.1b3 (125-register read limit).
 from protocols.errors import ProtocolError
-from protocols.modbus import MAX_READ, READ_HOLDING, READ_INPUT  # noqa: F401 - part of this API
+from protocols.rtu import MAX_READ, READ_HOLDING, READ_INPUT  # noqa: F401 - part of this API
 # Value types, word order, conversions and the battery modes live in regcore, which the firmware
 # loads alone; they are part of this module's API too.
 from protocols.regcore import (  # noqa: F401
