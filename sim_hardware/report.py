@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sim_hardware.dashboard import MICRO, money
@@ -17,31 +18,36 @@ def _figure_png(fig: object) -> bytes:
     return buf.getvalue()
 
 
-def plots(obs: CommunityObserver, interval_s: int) -> dict[str, bytes]:
+def plots(obs: CommunityObserver, interval_s: int, feeders: tuple[str, ...] = ("feeder",)) -> dict[str, bytes]:
     """PNG bytes per plot name."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import matplotlib.dates as mdates
+
     rows = obs.cleared()
-    hours = [(v.iv * interval_s) / 3600 for v in rows]
+    times = [datetime.fromtimestamp(v.iv * interval_s, timezone.utc) for v in rows]
     out: dict[str, bytes] = {}
 
+    def time_axis(ax: object, ylabel: str, title: str) -> None:
+        ax.set(xlabel="time (UTC)", ylabel=ylabel, title=title)  # type: ignore[attr-defined]
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=timezone.utc))  # type: ignore[attr-defined]
+
     fig, ax = plt.subplots(figsize=(8, 3))
-    ax.step(hours, [v.price / MICRO for v in rows], where="post")  # type: ignore[operator]
-    ax.set(xlabel="time (h, unix)", ylabel="clearing price per kWh", title="Community price")
+    ax.step(times, [v.price / MICRO for v in rows], where="post")  # type: ignore[operator]
+    time_axis(ax, "clearing price per kWh", "Community price")
     out["prices"] = _figure_png(fig)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    meters = sorted({m for v in obs.intervals.values() for m in v.net_wh})
-    for meter in meters:
-        ax.plot(hours, [v.net_wh.get(meter, 0) / 1000 for v in rows], lw=0.8, label=meter)
+    households = sorted({m for v in obs.intervals.values() for m in v.net_wh} - set(feeders))
+    for meter in households:
+        ax.plot(times, [v.net_wh.get(meter, 0) / 1000 for v in rows], lw=0.8, label=meter)
     ax.axhline(0, color="black", lw=0.5)
-    ax.set(xlabel="time (h, unix)", ylabel="net export kWh per interval",
-           title="Each household's metered net position")
-    if len(meters) <= 12:
+    time_axis(ax, "net export kWh per interval", "Each household's metered net position")
+    if households and len(households) <= 12:
         ax.legend(fontsize=6, ncol=4)
     out["net_positions"] = _figure_png(fig)
     plt.close(fig)
@@ -51,8 +57,8 @@ def plots(obs: CommunityObserver, interval_s: int) -> dict[str, bytes]:
     for v in rows:
         total += v.savings
         cumulative.append(total / MICRO)
-    ax.plot(hours, cumulative)
-    ax.set(xlabel="time (h, unix)", ylabel="currency", title="Cumulative savings against BAU")
+    ax.plot(times, cumulative)
+    time_axis(ax, "currency", "Cumulative savings against BAU")
     out["savings"] = _figure_png(fig)
     plt.close(fig)
     return out
