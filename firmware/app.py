@@ -80,7 +80,8 @@ class App:
     def restore(self):
         """Load state and queue, reconcile them after a crash, count this boot."""
         self.state.load()
-        self.outbox.load()
+        if self.outbox.load():
+            self.overflow = True  # records were dropped: the next one says so
         self.state.recover(self.outbox.newest())
         self.boot = self.state.next_boot()
         now = self.board.now_ms()
@@ -103,8 +104,8 @@ class App:
             flags |= meterlink.FLAG_TIME_UNSYNCED
         seq = self.state.seq
         msg = meterlink.reading(self.meter_id, self.kid, self.boot, seq, rec["iv"], rec["t0"],
-                               rec["t1"], rec["imp_wh"], rec["exp_wh"], rec["cnt_imp_wh"],
-                               rec["cnt_exp_wh"], flags)
+                                rec["t1"], rec["imp_wh"], rec["exp_wh"], rec["cnt_imp_wh"],
+                                rec["cnt_exp_wh"], flags)
         payload = meterlink.encode(msg, self.key)
         # Queue first, state second: State.recover() repairs a crash between the two.
         self.outbox.put(seq, self.boot, payload)
@@ -183,7 +184,7 @@ class App:
         curve = bidding.curve(forecast, prefs, soc, charge, discharge)
         self.bid_n += 1
         msg = meterlink.bid(self.meter_id, self.kid, self.boot, self.bid_n, iv,
-                           self.board.now_ms() // 1000, curve)
+                            self.board.now_ms() // 1000, curve)
         self.bid = (iv, meterlink.encode(msg, self.key))
         self._wake_bid.set()
 
@@ -240,9 +241,9 @@ class App:
             if self.client.connected:
                 now = self.board.ticks_ms()
                 for seq in list(self.sent):
-                    if seq not in self.outbox.boots:
+                    if not self.outbox.has(seq):
                         del self.sent[seq]
-                for seq in list(self.outbox.seqs[:window * 2]):
+                for seq in self.outbox.oldest(window * 2):
                     if len(self.sent) >= window and seq not in self.sent:
                         break
                     t = self.sent.get(seq)
@@ -277,8 +278,8 @@ class App:
         self.c["q_depth"] = len(self.outbox)
         self.c["heap_free"] = self.board.mem_free()
         msg = meterlink.status(self.meter_id, self.kid, self.boot, self.status_n,
-                              self.board.now_ms() // 1000, online, 1 if self.board.time_ok() else 0,
-                              self.c)
+                               self.board.now_ms() // 1000, online,
+                               1 if self.board.time_ok() else 0, self.c)
         return meterlink.encode(msg, self.key)
 
     def _will(self):

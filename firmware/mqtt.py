@@ -67,7 +67,9 @@ def publish_packet(topic, payload, qos, retain, pid, dup):
     var = _utf8(topic)
     if qos:
         var += bytes((pid >> 8, pid & 0xFF))
-    return packet(first, var + payload)
+    # One copy of the payload. (Header and payload as two writes would cost no copy, but two
+    # TCP segments: Nagle holds the second until the first is acknowledged, tens of ms.)
+    return b"".join((bytes((first,)), _remaining(len(var) + len(payload)), var, payload))
 
 
 class Client:

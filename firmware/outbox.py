@@ -30,11 +30,17 @@ class Outbox:
         self.key = key
         self.limit = limit
         self.c = counters
-        self.seqs = []        # queued sequence numbers, oldest first
-        self.boots = {}       # seq -> boot of that record
+        # The index of the queue, oldest first: the first n entries of two lists allocated once
+        # for the whole queue, so a queue filling up during an outage never asks a fragmented
+        # heap for a bigger block.
+        self._seq = [0] * limit
+        self._boot = [0] * limit
+        self.n = 0
 
     def load(self):
-        """Index the queue after a (re)boot; drops stray temporary files of a torn write."""
+        """Index the queue after a (re)boot; drops stray temporary files of a torn write, and
+        the oldest records beyond the queue's size (a smaller queue_max than before). Returns
+        how many records were dropped (counted in q_drop, like make_room)."""
         self.board.mkdir(DIR)
         found = []
         for name in self.board.listdir(DIR):
@@ -47,37 +53,57 @@ class Outbox:
             except ValueError:
                 self.board.remove(DIR + "/" + name)
         found.sort()
-        for seq, boot in found:
-            self.seqs.append(seq)
-            self.boots[seq] = boot
-        return self
+        dropped = len(found) - self.limit if len(found) > self.limit else 0
+        for seq, boot in found[:dropped]:
+            self.board.remove(_name(seq, boot))
+        for seq, boot in found[dropped:]:
+            self._append(seq, boot)
+        self.c["q_drop"] += dropped
+        return dropped
 
     def __len__(self):
-        return len(self.seqs)
+        return self.n
+
+    def _append(self, seq, boot):
+        self._seq[self.n] = seq
+        self._boot[self.n] = boot
+        self.n += 1
+
+    def _find(self, seq):
+        for i in range(self.n):
+            if self._seq[i] == seq:
+                return i
+        return -1
+
+    def has(self, seq):
+        return self._find(seq) >= 0
+
+    def oldest(self, k):
+        """The sequence numbers of the ``k`` oldest queued records (a new, small list)."""
+        return self._seq[:min(k, self.n)]
 
     def make_room(self):
         """Drop oldest records until one more fits; returns how many were dropped."""
         dropped = 0
-        while len(self.seqs) >= self.limit:
-            self._forget(self.seqs[0])
+        while self.n >= self.limit:
+            self._forget(0)
             dropped += 1
         self.c["q_drop"] += dropped
         return dropped
 
     def put(self, seq, boot, payload):
         self.board.write_atomic(_name(seq, boot), payload)
-        self.seqs.append(seq)
-        self.boots[seq] = boot
+        self._append(seq, boot)
 
     def get(self, seq):
         """The payload of queued record ``seq``, or None if it is gone or fails its tag."""
-        boot = self.boots.get(seq)
-        if boot is None:
+        i = self._find(seq)
+        if i < 0:
             return None
-        payload = self.board.read(_name(seq, boot))
+        payload = self.board.read(_name(seq, self._boot[i]))
         if payload is None or not self._intact(payload):
             self.c["q_bad"] += 1
-            self._forget(seq)
+            self._forget(i)
             return None
         return payload
 
@@ -95,25 +121,25 @@ class Outbox:
 
     def ack(self, seq, boot):
         """Remove an acknowledged record; False if it was not queued (late duplicate ack)."""
-        if self.boots.get(seq) != boot:
+        i = self._find(seq)
+        if i < 0 or self._boot[i] != boot:
             return False
-        self._forget(seq)
+        self._forget(i)
         return True
 
-    def _forget(self, seq):
-        boot = self.boots.pop(seq, None)
-        if boot is not None:
-            self.board.remove(_name(seq, boot))
-        try:
-            self.seqs.remove(seq)
-        except ValueError:
-            pass
+    def _forget(self, i):
+        # Remove entry i: its file, then close the gap (in place: no new list).
+        self.board.remove(_name(self._seq[i], self._boot[i]))
+        self.n -= 1
+        for j in range(i, self.n):
+            self._seq[j] = self._seq[j + 1]
+            self._boot[j] = self._boot[j + 1]
 
     def newest(self):
         """The newest queued record as a dict (for State.recover), or None."""
         import json
-        while self.seqs:
-            payload = self.get(self.seqs[-1])
+        while self.n:
+            payload = self.get(self._seq[self.n - 1])
             if payload is not None:
                 return json.loads(payload[:payload.rfind(b"\n")])
         return None

@@ -8,6 +8,7 @@
 #
 # On CPython, parse and dump use the C json module (protocols/accel.py, never loaded on
 # MicroPython) with exactly the same results; parse_py is the reference they are tested against.
+import io
 import json
 import sys
 
@@ -22,29 +23,48 @@ def text_ok(s):
     return True
 
 
-def _text(value):
-    # One string per container level, not one piece per token: a status message is ~700
-    # bytes, and a list of hundreds of small strings costs a small heap far more than that.
+def _write(value, w):
+    # Straight into one growing buffer: allocates a few hundred bytes per message on
+    # MicroPython, where a list of pieces or a string per level costs several kilobytes.
     t = type(value)
     if t is int:
-        return str(value)
-    if t is str:
+        w(str(value))
+    elif t is str:
         if not text_ok(value):
             raise ProtocolError("bad_field", "string needs escaping")
-        return '"' + value + '"'
-    if t is list or t is tuple:
-        return "[%s]" % ",".join([_text(v) for v in value])
-    if t is dict:
+        w('"')
+        w(value)
+        w('"')
+    elif t is list or t is tuple:
+        w("[")
+        for i in range(len(value)):
+            if i:
+                w(",")
+            _write(value[i], w)
+        w("]")
+    elif t is dict:
         for key in value:
             if type(key) is not str:
                 raise ProtocolError("bad_field", "object key is not a string")
-        return "{%s}" % ",".join(["%s:%s" % (_text(k), _text(value[k])) for k in sorted(value)])
-    raise ProtocolError("bad_field", "not an int, string, list or object")
+        w("{")
+        first = True
+        for key in sorted(value):
+            if not first:
+                w(",")
+            first = False
+            _write(key, w)
+            w(":")
+            _write(value[key], w)
+        w("}")
+    else:
+        raise ProtocolError("bad_field", "not an int, string, list or object")
 
 
 def encode(value):
     """The canonical bytes of ``value``; ProtocolError("bad_field") if it has none."""
-    return _text(value).encode()
+    out = io.StringIO()
+    _write(value, out.write)
+    return out.getvalue().encode()
 
 
 def _no_constant(name):

@@ -205,7 +205,7 @@ def encode(msg, key=None):
     if key is None:
         raise ProtocolError("unknown_key", "a " + kind + " must be tagged")
     tag = hexlify(auth.hmac_sha256(key, body))
-    return body + b"\n" + str(msg["kid"]).encode() + b":" + tag
+    return b"".join((body, b"\n", str(msg["kid"]).encode(), b":", tag))  # one copy of the body
 
 
 def _split_tagged(payload):
