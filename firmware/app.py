@@ -6,12 +6,12 @@
 #   forwarder    sends queued readings (oldest first, a window in flight), re-sends the ones
 #                not acknowledged in time; acks remove them from the queue
 #   ticker       wakes the forwarder and the status task on time (asyncio.wait_for would
-#                allocate a task for every timed wait)
+#                allocate a task for every timed wait); NTP sync on boards (until synced,
+#                readings carry FLAG_TIME_UNSYNCED)
 #   bidder       publishes the prepared bid unless its gate has closed
 #   status       retained status with counters (and the same as last will, online = 0)
-#   mqtt         the client's connect/reconnect loop
+#   mqtt         the client's connect/reconnect loop (and its keepalive)
 #   watchdog     feeds the watchdog while the meter loop makes progress
-#   clock        NTP sync on boards (until synced, readings carry FLAG_TIME_UNSYNCED)
 import asyncio
 
 from firmware import awards as awards_mod
@@ -89,8 +89,8 @@ class App:
         if self.state.iv is not None and self.state.iv >= iv:
             iv = self.state.iv + 1  # never a second record for an interval already closed
         self.acct.restore(iv, self.state.imp, self.state.exp, self.state.t_ms, self.state.iv)
-        self.board.log("boot " + str(self.boot) + " seq " + str(self.state.seq) + " queued " +
-                       str(len(self.outbox)) + " iv " + str(iv))
+        self.board.log("boot %d seq %d queued %d iv %d" % (self.boot, self.state.seq,
+                                                            len(self.outbox), iv))
 
     # -- signing and queueing ----------------------------------------------------------------
     def emit(self, rec):
@@ -161,8 +161,8 @@ class App:
                 await self.battery.set_power(watts)
                 self.applied_iv = iv
                 # The time in this line lets the bench check no award is applied late.
-                self.board.log("award iv " + str(iv) + " q " + str(q) + " -> battery " +
-                               str(watts) + " W at " + str(self.board.now_ms()))
+                self.board.log("award iv %d q %d -> battery %d W at %d"
+                               % (iv, q, watts, self.board.now_ms()))
             elif self.applied_iv is None or self.applied_iv < iv:
                 if self.applied_iv != -1:
                     await self.battery.self_consumption()
@@ -208,7 +208,7 @@ class App:
         every = self.cfg["heap_log"]
         if every and self.closed % every == 0:
             self.board.collect()
-            self.board.log("HEAP " + str(self.closed) + " " + str(self.board.mem_free()))
+            self.board.log("HEAP %d %d" % (self.closed, self.board.mem_free()))
 
     async def meter_loop(self):
         poll_ms = self.cfg["poll_s"] * 1000
@@ -305,7 +305,7 @@ class App:
         elif topic == self.t_award:
             iv = self.awards.receive(topic, payload, self.board.now_ms())
             if iv is not None:
-                self.board.log("award for iv " + str(iv) + " at " + str(self.board.now_ms()))
+                self.board.log("award for iv %d at %d" % (iv, self.board.now_ms()))
 
     def _on_ack(self, topic, payload):
         try:
@@ -320,7 +320,7 @@ class App:
                 self.c["acked"] += 1
             else:
                 self.c["rejected"] += 1
-                self.board.log("reading " + str(seq) + " rejected: " + msg["res"])
+                self.board.log("reading %d rejected: %s" % (seq, msg["res"]))
             self._wake_fwd.set()
 
     def _keys(self, meter, kid):
@@ -328,28 +328,29 @@ class App:
 
     async def ticker(self):
         """Wake the forwarder twice a second (it re-sends what was not acknowledged in time) and
-        the status task every status_s."""
+        the status task every status_s; sync the clock (boards: NTP) every 30 s until it is
+        valid, then hourly."""
         period = self.cfg["status_s"] * 1000
-        last = self.board.ticks_ms()
+        last = synced = self.board.ticks_ms()
+        sync_every = 0
         while True:
-            await self.board.sleep_ms(500)
-            self._wake_fwd.set()
             now = self.board.ticks_ms()
+            if self.board.ticks_diff(now, synced) >= sync_every:
+                synced = now
+                ok = self.board.time_ok() or await self.board.sync_time()
+                sync_every = 3600000 if ok else 30000
             if self.board.ticks_diff(now, last) >= period:
                 last = now
                 self._wake_status.set()
-
-    async def clock_task(self):
-        while True:
-            ok = self.board.time_ok() or await self.board.sync_time()
-            await self.board.sleep_ms(3600000 if ok else 30000)
+            self._wake_fwd.set()
+            await self.board.sleep_ms(500)
 
     # -- run ---------------------------------------------------------------------------------
     async def run(self):
         self.restore()
         tasks = [asyncio.create_task(t) for t in (
             self.client.run(), self.forwarder(), self.bidder(), self.status_task(), self.ticker(),
-            self.wdt.run(), self.clock_task())]
+            self.wdt.run())]
         meter = asyncio.create_task(self.meter_loop())
         try:
             await self.done.wait()

@@ -1,9 +1,10 @@
 # Entry point. A board's /main.py is `from firmware.main import main; main()`; on the unix
 # port or CPython:  micropython -m firmware.main [CONFIG [STATE_DIR]]
 #
-# Load order is part of the memory budget: configuration and register maps are read by
-# boot-only modules that are unloaded again before the application is imported, so their
-# memory is reused instead of fragmenting the heap.
+# Load order is part of the memory budget: the application is imported first, then the
+# configuration and register plans are read by boot-only modules that are unloaded again. The
+# names in config.json and regplan.json then parse to the application's own qstrs instead of
+# new strings, and the boot-only code, above the application, leaves one free region behind.
 import gc
 import sys
 
@@ -19,17 +20,11 @@ def _unload(name):
 def boot(cfg_path):
     """(config, register plans), with the boot-only modules unloaded. A plan file beside the
     config (regplan.json, from the host tools) saves loading the register maps at all."""
-    import json
-
-    from firmware import config, regmap
+    from firmware import config
     cfg = config.load(cfg_path)
-    plans = None
-    try:
-        with open(cfg_path[:-len("config.json")] + "regplan.json") as f:
-            plans = regmap.load(cfg["modbus"], json.load(f))
-    except (OSError, ValueError, KeyError):
-        pass
+    plans = config.load_plans(cfg_path[:-len("config.json")] + "regplan.json", cfg["modbus"])
     if plans is None:
+        from firmware import regmap
         plans = regmap.build(cfg["modbus"])
     _unload("firmware.config")
     _unload("firmware.regmap")
@@ -41,12 +36,12 @@ def main(argv=None):
     argv = sys.argv if argv is None else argv
     cfg_path = argv[1] if len(argv) > 1 else "config.json"
     state_dir = argv[2] if len(argv) > 2 else (cfg_path.rsplit("/", 1)[0] if "/" in cfg_path else "")
-    cfg, plans = boot(cfg_path)
-    gc.collect()
     import asyncio
 
     from firmware.app import App
     from firmware.hal import Board
+    cfg, plans = boot(cfg_path)
+    gc.collect()
     app = App(cfg, Board(cfg, state_dir), plans)
     asyncio.run(app.run())
     return app

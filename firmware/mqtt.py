@@ -7,18 +7,25 @@
 # keeps unacknowledged QoS 1 messages across reconnects. Section numbers refer to the spec.
 import asyncio
 
-CONNECT = 0x10
-CONNACK = 0x20
-PUBLISH = 0x30
-PUBACK = 0x40
-SUBSCRIBE = 0x82   # 3.8.1: bits 3-0 of a SUBSCRIBE fixed header are reserved as 0010
-SUBACK = 0x90
-PINGREQ = 0xC0
-PINGRESP = 0xD0
-DISCONNECT = 0xE0
-DUP = 0x08
+try:
+    from micropython import const
+except ImportError:  # CPython (load tests)
+    def const(value):
+        return value
 
-MAX_PACKET = 8192  # larger incoming packets are a protocol abuse on this device: disconnect
+# Packet types (2.2.1) and flags. Private consts: MicroPython's compiler puts the numbers in
+# the code, so they cost neither names nor module entries on the device.
+_CONNECT = const(0x10)
+_CONNACK = const(0x20)
+_PUBLISH = const(0x30)
+_PUBACK = const(0x40)
+_SUBSCRIBE = const(0x82)   # 3.8.1: bits 3-0 of a SUBSCRIBE fixed header are reserved as 0010
+_SUBACK = const(0x90)
+_PINGREQ = const(0xC0)
+_DISCONNECT = const(0xE0)
+_DUP = const(0x08)
+
+_MAX_PACKET = const(8192)  # larger incoming packets are an abuse on this device: disconnect
 
 
 def _utf8(s):
@@ -59,11 +66,11 @@ def connect_packet(client_id, keepalive_s, clean, user, password, will):
             flags |= 0x40
             payload += _utf8(password)
     var = _utf8("MQTT") + bytes((4, flags, keepalive_s >> 8, keepalive_s & 0xFF))
-    return packet(CONNECT, var + payload)
+    return packet(_CONNECT, var + payload)
 
 
 def publish_packet(topic, payload, qos, retain, pid, dup):
-    first = PUBLISH | (qos << 1) | (1 if retain else 0) | (DUP if dup else 0)
+    first = _PUBLISH | (qos << 1) | (1 if retain else 0) | (_DUP if dup else 0)
     var = _utf8(topic)
     if qos:
         var += bytes((pid >> 8, pid & 0xFF))
@@ -177,7 +184,7 @@ class Client:
                 break
         else:
             raise OSError("bad remaining length")
-        if n > MAX_PACKET:
+        if n > _MAX_PACKET:
             raise OSError("packet too large")
         body = await r.readexactly(n) if n else b""
         self._last_rx = self.board.ticks_ms()
@@ -185,7 +192,7 @@ class Client:
 
     def _handle(self, first, body):
         kind = first & 0xF0
-        if kind == PUBLISH:
+        if kind == _PUBLISH:
             qos = (first >> 1) & 3
             tlen = (body[0] << 8) | body[1]
             topic = bytes(body[2:2 + tlen]).decode()
@@ -201,11 +208,11 @@ class Client:
                     self.board.log("mqtt: on_message failed: " + repr(e))
             # 4.3.2: QoS 1 receiver answers PUBACK with the same identifier (after handling,
             # so an unhandled message is redelivered). We subscribe at QoS 1 only.
-            return packet(PUBACK, bytes((pid >> 8, pid & 0xFF))) if qos else None
-        if kind == PUBACK:
+            return packet(_PUBACK, bytes((pid >> 8, pid & 0xFF))) if qos else None
+        if kind == _PUBACK:
             pid = (body[0] << 8) | body[1]
             self._inflight.pop(pid, None)
-        elif kind == SUBACK:
+        elif kind == _SUBACK:
             self._suback = bytes(body[2:])
         # PINGRESP: _last_rx already updated. Anything else from a server is ignored.
         return None
@@ -232,7 +239,7 @@ class Client:
                 if self.board.ticks_diff(now, self._last_rx) > ka + ka // 2:
                     raise OSError("keepalive timeout")
                 if self.board.ticks_diff(now, self._last_tx) >= ka // 2:
-                    await self._send(bytes((PINGREQ, 0)))
+                    await self._send(bytes((_PINGREQ, 0)))
                 await self._retransmit(True)
             except Exception as e:  # noqa: BLE001 - whatever failed, the link is unusable
                 self.board.log("mqtt: connection lost: " + repr(e))
@@ -250,7 +257,7 @@ class Client:
         await self._send(connect_packet(self.client_id, self.keepalive_s, False, self.user,
                                         self.password, will))
         first, body = await asyncio.wait_for(self._read_packet(), 15)
-        if first != CONNACK or len(body) != 2:
+        if first != _CONNACK or len(body) != 2:
             raise OSError("no CONNACK")
         if body[1] != 0:
             # 3.2.2.3: 1 version, 2 identifier, 3 unavailable, 4 credentials, 5 not authorised.
@@ -258,7 +265,8 @@ class Client:
         for topic in self.subscriptions:
             self._suback = None
             pid = self._next_pid()
-            await self._send(packet(SUBSCRIBE, bytes((pid >> 8, pid & 0xFF)) + _utf8(topic) + b"\x01"))
+            sub = bytes((pid >> 8, pid & 0xFF)) + _utf8(topic) + b"\x01"  # at QoS 1
+            await self._send(packet(_SUBSCRIBE, sub))
             for _ in range(15000 // 20):
                 if self._suback is not None:
                     break
@@ -319,7 +327,7 @@ class Client:
         self._stop = True
         if self.connected:
             try:
-                await self._send(bytes((DISCONNECT, 0)))  # 3.14: will is discarded
+                await self._send(bytes((_DISCONNECT, 0)))  # 3.14: will is discarded
             except Exception:  # noqa: BLE001
                 pass
         self._drop()

@@ -2,9 +2,10 @@
 #
 # The firmware needs a handful of registers per device, but the full map module (tables of
 # every quantity of every model) costs about 25 KB of a 128 KB unix-port heap. So the host
-# tools compute each device's plan (`export`, written to regplan.json beside the config), and
-# a board without that file plans once at boot (`build`); firmware.main then unloads this module
-# and the maps. A plan is plain data, so nothing of either stays referenced after boot:
+# tools compute each device's plan (`export`, written to regplan.json beside the config, which
+# firmware.config.load_plans reads), and a board without that file plans once at boot
+# (`build`); firmware.main then unloads this module and the maps. A plan is plain data (JSON
+# gives lists where build() gives tuples), so nothing of either stays referenced after boot:
 #
 #     (blocks, word_order, fields)
 #     blocks      [(function, start, count)], the block reads, in order
@@ -37,38 +38,14 @@ def _plan(registers, regmap, names):
     return blocks, regmap.word_order, fields
 
 
-def _saved(saved):
-    # A plan as the plan file holds it (see export()); JSON has lists, the firmware tuples.
-    fields = {}
-    for name in saved["fields"]:
-        fields[name] = tuple(saved["fields"][name])
-    order = regcore.LOW_FIRST if saved["low_first"] else regcore.HIGH_FIRST
-    return [tuple(b) for b in saved["blocks"]], order, fields
-
-
-def plan_key(mb):
-    return str(mb["meter_model"]) + "/" + (str(mb.get("battery_map", "battery"))
-                                            if mb.get("battery_unit") is not None else "-")
-
-
 def export(mb):
     """The plan file (regplan.json) for a device config: the plans of build() as data, so a
-    board can skip loading the maps at boot. Made on the host by `tmeter fw deploy/run`."""
+    board can skip loading the maps at boot (firmware.config.load_plans reads it). Made on the
+    host by `tmeter fw deploy/run`."""
+    from firmware import config
     meter, battery = build(mb)
-    out = {"key": plan_key(mb)}
-    for name, p in (("meter", meter), ("battery", battery)):
-        out[name] = None if p is None else {"blocks": p[0], "low_first": p[1] == regcore.LOW_FIRST,
-                                            "fields": p[2]}
-    return out
-
-
-def load(mb, saved):
-    """(meter plan, battery plan or None) from a plan file made for this config, or None if it
-    was made for another."""
-    if not saved or saved.get("key") != plan_key(mb):
-        return None
-    b = saved.get("battery")
-    return _saved(saved["meter"]), (_saved(b) if b else None)
+    return {"key": config.plan_key(mb), "meter": list(meter),
+            "battery": None if battery is None else list(battery)}
 
 
 def build(mb):

@@ -139,11 +139,6 @@ def _scaled(dtype, hi, lo, scale, max_abs):
     return value
 
 
-def scaled_value(dtype, words, scale=1, max_abs=0):
-    """Integer round(value * scale) of a value of ``dtype`` given high word first."""
-    return _scaled(dtype, words[0], words[1] if width(dtype) == 2 else 0, scale, max_abs)
-
-
 def value_at(registers, offset, dtype, word_order=HIGH_FIRST, scale=1, max_abs=0):
     """Integer round(value * scale) of the ``dtype`` value whose first register is
     ``registers[offset]``, stored in ``word_order``: how a block read's result is decoded."""

@@ -20,7 +20,7 @@ from protocols.rtu import MAX_READ, READ_HOLDING, READ_INPUT  # noqa: F401 - par
 from protocols.regcore import (  # noqa: F401
     BATTERY_MODE_SELF_CONSUMPTION, BATTERY_MODE_SETPOINT, F32, HIGH_FIRST, LOW_FIRST, S16, S32,
     U16, U32, _int_range, float32_bits_to_scaled_int, float32_words_to_scaled_int, int_to_words,
-    ordered, scaled_value, value_at, width, word_to_int, words_to_int)
+    ordered, value_at, width, word_to_int, words_to_int)
 
 # An entry is (name, address, type, unit, access); access is "r", "rw" or "w".
 NAME = 0
@@ -166,6 +166,11 @@ class RegisterMap:
         """Simulator side: the registers, in this map's word order, that hold ``value``."""
         _function, entry = self.find(name)
         return encode_value(entry[TYPE], value, self.word_order)
+
+
+def scaled_value(dtype, words, scale=1, max_abs=0):
+    """Integer round(value * scale) of a value of ``dtype`` given high word first."""
+    return value_at(words, 0, dtype, HIGH_FIRST, scale, max_abs)
 
 
 def encode_value(dtype, value, word_order=HIGH_FIRST):

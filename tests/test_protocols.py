@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -178,6 +179,12 @@ def test_interval_index_is_floor(t: int, interval_s: int) -> None:
 def test_canonical_encoding_matches_sorted_json() -> None:
     for msg in vectorgen.EXAMPLES:
         assert canonical.encode(msg) == vectorgen.body(msg)
+
+
+@given(st.text(max_size=40) | st.from_regex(r"[ -~]{0,40}", fullmatch=True))
+def test_text_and_id_checks_match_their_definitions(s: str) -> None:
+    assert canonical.text_ok(s) == all(0x20 <= ord(c) <= 0x7E and c not in '"\\' for c in s)
+    assert topics.valid_id(s) == (re.fullmatch(r"[A-Za-z0-9_-]{1,32}", s) is not None)
 
 
 def test_topic_builders_round_trip() -> None:
