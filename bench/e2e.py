@@ -79,6 +79,8 @@ class CpuSampler:
     def __call__(self, community: Community) -> None:
         import psutil
 
+        self.fds = max(getattr(self, "fds", 0), psutil.Process().num_fds())
+
         process = community.gateway
         if process is None or not process.alive or process.popen is None:
             return
@@ -124,6 +126,10 @@ def measure(meters: int, hours: float, workdir: Path) -> Figures:
     log_to_file(out / "logs" / "host.log")
     sampler = CpuSampler()
     result = run_scenario(scenario, out, broker="mosquitto", on_tick=sampler, drain_s=180)
+    for check in result.report.failures():
+        print(f"{meters} meters: {check.name} FAILED: {check.detail}")
+    if not result.drained:
+        print(f"{meters} meters: not drained")
     return Figures(meters, runtime, speed, settle_delays(result.community), award_delays(result.community),
                    scenario.gate_closure_s / speed * 1000, scenario.grace_s / speed * 1000,
                    sampler.share, result.report.ok and result.drained)

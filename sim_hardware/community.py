@@ -44,6 +44,7 @@ FEEDER = "feeder"
 LEAD_S = 3.0  # real seconds between start-up and the scenario's first instant
 STATUS_S = 5  # real seconds between meter status messages
 FLEET_SIZE = 25  # CPython meters per process
+GRACE_REAL_S = 1.0  # real seconds readings get after an interval ends before it is settled
 REAL_TIME = {"start": None, "epoch": None, "speed": 1}  # a board's clock: NTP, not simulated
 
 
@@ -326,7 +327,9 @@ class Community:
                      "client_id": f"tmeter-gateway-{sc.community}", "keepalive_s": 10},
             "market": {"mechanism": sc.mechanism, "import_price": sc.import_price,
                        "export_price": sc.export_price, "allocation": sc.allocation},
-            "settlement": {"grace_s": sc.grace_s, "feeder_meter": FEEDER,
+            # At high speed a grace of simulated minutes is a fraction of a real second: give
+            # the readings at least a real second to arrive before the interval is settled.
+            "settlement": {"grace_s": max(sc.grace_s, int(sc.speed * GRACE_REAL_S)), "feeder_meter": FEEDER,
                            "loss_tolerance": sc.loss_tolerance},
             "ledger": {"origin": f"tmeter.demo/{sc.community}"},  # key beside the database
             "status": {"http_host": "127.0.0.1", "http_port": free_port(), "publish_s": STATUS_S},
