@@ -14,18 +14,18 @@
 #   watchdog     feeds the watchdog while the meter loop makes progress
 import asyncio
 
-from firmware import awards as awards_mod
 from firmware import bidding, devices, mqtt
 from firmware.accounting import Accountant
+from firmware.awards import AwardBook
 from firmware.modbus_master import Master, ModbusError
 from firmware.outbox import Outbox
 from firmware.state import State
 from firmware.watchdog import LoopWatchdog
-from protocols import meterlink, topics
+from protocols import const, meterlink, topics
 from protocols.errors import ProtocolError
 
-COUNTERS = ("records", "acked", "rejected", "q_depth", "q_drop", "q_bad", "bids", "bid_skip",
-            "heap_free")
+_COUNTERS = const(("records", "acked", "rejected", "q_depth", "q_drop", "q_bad", "bids",
+                   "bid_skip", "heap_free"))
 
 
 class App:
@@ -38,7 +38,7 @@ class App:
         self.interval_s = cfg["interval_s"]
         self.interval_ms = cfg["interval_s"] * 1000
         self.c = {}
-        for k in COUNTERS:
+        for k in _COUNTERS:
             self.c[k] = 0
         community = cfg["community"]
         self.t_reading = topics.meter_topic(community, self.meter_id, "reading")
@@ -54,7 +54,7 @@ class App:
         self.meter = devices.Meter(self.master, mb["meter_unit"], plans[0])
         self.battery = devices.Battery(self.master, mb["battery_unit"], plans[1]) \
             if plans[1] is not None else None
-        self.awards = awards_mod.AwardBook(self.meter_id, self.kid, self.key, self.interval_s, self.c)
+        self.awards = AwardBook(self.meter_id, self.kid, self.key, self.interval_s, self.c)
         self.forecast = bidding.Forecaster()
         self.client = mqtt.Client(board, cfg["mqtt"], "tm-" + self.meter_id, will=self._will,
                                   on_message=self._on_message, on_connect=self._on_connect,

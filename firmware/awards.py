@@ -5,10 +5,10 @@
 # the household, converted to a power over the interval and clamped to the inverter's limits.
 # An award that arrives after its interval has ended is never applied (counted award_late);
 # an interval without an award falls back to self-consumption.
-from protocols import meterlink
+from protocols import const, meterlink
 from protocols.errors import ProtocolError
 
-KEEP = 3  # awards held ahead of time: the next intervals only, so memory stays bounded
+_KEEP = const(3)  # awards held ahead: the next intervals only, so memory stays bounded
 
 
 class AwardBook:
@@ -38,7 +38,7 @@ class AwardBook:
             return None
         self.c["awards"] += 1
         self.pending[iv] = msg["q_wh"]
-        while len(self.pending) > KEEP:
+        while len(self.pending) > _KEEP:
             del self.pending[min(self.pending)]
         return iv
 

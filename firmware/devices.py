@@ -6,18 +6,18 @@
 # protocols.regcore), so no float ever reaches accounting. A failed read raises ModbusError:
 # there is no cached value to return by mistake.
 from firmware.modbus_master import ModbusError
-from protocols import meterlink, regcore
+from protocols import const, meterlink, regcore
 from protocols.errors import ProtocolError
 
 # Battery state keys, the registers they come from, and the divisor (0.01 % -> %).
-_BATTERY_STATE = (
+_BATTERY_STATE = const((
     ("soc_pct", "soc", 100), ("max_charge_w", "max_charge_power", 1),
     ("max_discharge_w", "max_discharge_power", 1), ("capacity_wh", "capacity", 1),
     ("min_soc_pct", "soc_min", 100), ("max_soc_pct", "soc_max", 100), ("power_w", "power", 1),
     ("charged_wh", "charged_energy", 1), ("discharged_wh", "discharged_energy", 1),
     ("mode", "mode", 1),
-)
-_S32_MAX = 0x7FFFFFFF
+))
+_S32_MAX = const(0x7FFFFFFF)
 
 
 class _Device:

@@ -178,13 +178,13 @@ class Board:
         return True
 
     def tls_context(self, ca_path):
+        # The same in both runtimes: a client context that verifies the broker against the CA
+        # (CPython's TLS_CLIENT also checks the host name: open_connection passes it).
         import ssl
-        if _UPY:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.load_verify_locations(cafile=ca_path)
-            return ctx
-        return ssl.create_default_context(cafile=ca_path)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=ca_path)
+        return ctx
 
     async def open_connection(self, host, port, ssl_ctx=None):
         if ssl_ctx is None:

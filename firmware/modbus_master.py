@@ -5,12 +5,12 @@
 # response timeout derived from the baud rate, bounded retries with backoff, exception codes
 # surfaced to the caller (not retried: the device answered), and per-device online/offline
 # state so a caller never takes an old value for a fresh one.
-from protocols import rtu
+from protocols import const, rtu
 from protocols.errors import ProtocolError
 
 # Time the device may take between the end of our request and the start of its answer.
 # Eastron specifies < 100 ms; inverters are slower. Added to the line time of a full frame.
-TURNAROUND_MS = 200
+_TURNAROUND_MS = const(200)
 
 
 class ModbusError(Exception):
@@ -29,7 +29,7 @@ class Master:
         self.link = link
         baud = cfg.get("baud", 9600)
         self.gap_ms = (rtu.frame_gap_us(baud) + 999) // 1000
-        derived = rtu.frame_time_us(baud, rtu.MAX_ADU) // 1000 + TURNAROUND_MS
+        derived = rtu.frame_time_us(baud, rtu.MAX_ADU) // 1000 + _TURNAROUND_MS
         self.timeout_ms = cfg.get("timeout_ms") or derived
         self.retries = cfg.get("retries", 2)
         self.offline_after = cfg.get("offline_after", 3)

@@ -7,11 +7,7 @@
 # keeps unacknowledged QoS 1 messages across reconnects. Section numbers refer to the spec.
 import asyncio
 
-try:
-    from micropython import const
-except ImportError:  # CPython (load tests)
-    def const(value):
-        return value
+from protocols import const
 
 # Packet types (2.2.1) and flags. Private consts: MicroPython's compiler puts the numbers in
 # the code, so they cost neither names nor module entries on the device.

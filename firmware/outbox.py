@@ -13,15 +13,16 @@
 # first drops the OLDEST record (the newest data is worth most to settlement), counts it in
 # the status counter q_drop, and the new record carries FLAG_QUEUE_OVERFLOW so the gateway
 # knows data is missing before it.
+from array import array
 from binascii import unhexlify
 
-from protocols import auth
+from protocols import auth, const
 
-DIR = "q"
+_DIR = const("q")
 
 
 def _name(seq, boot):
-    return DIR + "/" + ("%010d" % seq) + "-" + str(boot)
+    return _DIR + "/" + ("%010d" % seq) + "-" + str(boot)
 
 
 class Outbox:
@@ -30,28 +31,28 @@ class Outbox:
         self.key = key
         self.limit = limit
         self.c = counters
-        # The index of the queue, oldest first: the first n entries of two lists allocated once
-        # for the whole queue, so a queue filling up during an outage never asks a fragmented
-        # heap for a bigger block.
-        self._seq = [0] * limit
-        self._boot = [0] * limit
+        # The index of the queue, oldest first: the first n entries of two arrays of u32 (seq and
+        # boot are u32 on the wire) allocated once for the whole queue, so a queue filling up
+        # during an outage never asks a fragmented heap for a bigger block.
+        self._seq = array("I", bytes(4 * limit))
+        self._boot = array("I", bytes(4 * limit))
         self.n = 0
 
     def load(self):
         """Index the queue after a (re)boot; drops stray temporary files of a torn write, and
         the oldest records beyond the queue's size (a smaller queue_max than before). Returns
         how many records were dropped (counted in q_drop, like make_room)."""
-        self.board.mkdir(DIR)
+        self.board.mkdir(_DIR)
         found = []
-        for name in self.board.listdir(DIR):
+        for name in self.board.listdir(_DIR):
             if name.endswith(".tmp"):
-                self.board.remove(DIR + "/" + name)
+                self.board.remove(_DIR + "/" + name)
                 continue
             dash = name.find("-")
             try:
                 found.append((int(name[:dash]), int(name[dash + 1:])))
             except ValueError:
-                self.board.remove(DIR + "/" + name)
+                self.board.remove(_DIR + "/" + name)
         found.sort()
         dropped = len(found) - self.limit if len(found) > self.limit else 0
         for seq, boot in found[:dropped]:
@@ -80,7 +81,7 @@ class Outbox:
 
     def oldest(self, k):
         """The sequence numbers of the ``k`` oldest queued records (a new, small list)."""
-        return self._seq[:min(k, self.n)]
+        return list(self._seq[:min(k, self.n)])
 
     def make_room(self):
         """Drop oldest records until one more fits; returns how many were dropped."""

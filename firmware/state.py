@@ -7,7 +7,9 @@
 # queue may be one record ahead: recover() takes the newer of the two.
 import json
 
-NAME = "state.json"
+from protocols import const
+
+_NAME = const("state.json")
 
 
 class State:
@@ -21,7 +23,7 @@ class State:
         self.t_ms = None      # time of the baseline read
 
     def load(self):
-        raw = self.board.read(NAME)
+        raw = self.board.read(_NAME)
         if raw:
             try:
                 d = json.loads(raw)
@@ -48,7 +50,7 @@ class State:
     def save(self):
         d = {"boot": self.boot, "seq": self.seq, "iv": self.iv, "imp": self.imp,
              "exp": self.exp, "t": self.t_ms}
-        self.board.write_atomic(NAME, json.dumps(d).encode())
+        self.board.write_atomic(_NAME, json.dumps(d).encode())
 
     def next_boot(self):
         self.boot += 1

@@ -3,22 +3,28 @@
 # result, gateway status, ledger checkpoint), with their constructors and interval arithmetic.
 # The gateway, the simulator and the tests use this module; its names include all of meterlink.
 from protocols.meterlink import (  # noqa: F401 - re-exported: this module is the whole protocol
-    _BIT, _COUNTERS, _IV, _MECH, _PRICE, _T, _U32, ACK_DUPLICATE, ACK_STORED, ALL_FLAGS,
-    FLAG_COUNTER_RESET, FLAG_METER_OFFLINE, FLAG_PARTIAL, FLAG_QUEUE_OVERFLOW, FLAG_TIME_UNSYNCED,
-    MAX_BID_WH, MAX_COUNT, MAX_COUNTER_WH, MAX_COUNTERS, MAX_CURVE_POINTS, MAX_INTERVAL_WH,
-    MAX_PAYLOAD, MAX_PRICE, MAX_TIME, MAX_TRADES, MECHANISMS, SCHEMAS, TAGGED, U16, U32, VERSION,
-    _message, bid, decode, encode, reading, status, validate)
+    ACK_DUPLICATE, ACK_STORED, ALL_FLAGS, FLAG_COUNTER_RESET, FLAG_METER_OFFLINE, FLAG_PARTIAL,
+    FLAG_QUEUE_OVERFLOW, FLAG_TIME_UNSYNCED, MAX_BID_WH, MAX_COUNT, MAX_COUNTER_WH, MAX_COUNTERS,
+    MAX_CURVE_POINTS, MAX_INTERVAL_WH, MAX_PAYLOAD, MAX_PRICE, MAX_TIME, MAX_TRADES, MECHANISMS,
+    SCHEMAS, TAGGED, U16, U32, VERSION, _message, bid, decode, encode, reading, status, validate)
 
 MAX_MONEY = 10 ** 15
 _MONEY = ("int", -MAX_MONEY, MAX_MONEY)
+# Fields checked exactly like the meter link's: the award's interval, mechanism and price, the
+# status's time, flag and counters, a u32 count.
+_AWARD = SCHEMAS["award"]
+_STATUS = SCHEMAS["status"]
+_U32 = SCHEMAS["status"]["n"]
 
 SCHEMAS.update({
     "result": {
-        "iv": _IV, "mech": _MECH, "price": _PRICE, "bids": _U32, "traded_wh": ("int", 0, MAX_BID_WH * 1000),
-        "grid_import_wh": ("int", 0, MAX_BID_WH * 1000), "grid_export_wh": ("int", 0, MAX_BID_WH * 1000),
-        "community_cost": _MONEY, "bau_cost": _MONEY,
+        "iv": _AWARD["iv"], "mech": _AWARD["mech"], "price": _AWARD["price"], "bids": _U32,
+        "traded_wh": ("int", 0, MAX_BID_WH * 1000), "grid_import_wh": ("int", 0, MAX_BID_WH * 1000),
+        "grid_export_wh": ("int", 0, MAX_BID_WH * 1000), "community_cost": _MONEY,
+        "bau_cost": _MONEY,
     },
-    "gateway_status": {"ts": _T, "online": _BIT, "iv": _IV, "c": _COUNTERS},
+    "gateway_status": {"ts": _STATUS["ts"], "online": _STATUS["online"], "iv": _AWARD["iv"],
+                       "c": _STATUS["c"]},
     "checkpoint": {
         "origin": ("text", 1, 128), "size": ("int", 0, MAX_COUNT), "root": ("text", 1, 64),
         "note": ("text", 1, 2048),

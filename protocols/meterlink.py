@@ -14,61 +14,61 @@
 # micro-currency per kWh, money micro-currency, times unix seconds.
 from binascii import hexlify, unhexlify
 
-from protocols import auth, canonical, topics
+from protocols import auth, canonical, const, topics
 from protocols.errors import ProtocolError
 
-VERSION = 1
-MAX_PAYLOAD = 4096
-MAX_CURVE_POINTS = 16
-MAX_TRADES = 64
-MAX_COUNTERS = 24
+VERSION = const(1)
+MAX_PAYLOAD = const(4096)
+MAX_CURVE_POINTS = const(16)
+MAX_TRADES = const(64)
+MAX_COUNTERS = const(24)
 
-U16 = 0xFFFF
-U32 = 0xFFFFFFFF
-MAX_TIME = 1 << 40
-MAX_INTERVAL_WH = 10 ** 9
-MAX_COUNTER_WH = 10 ** 15
-MAX_BID_WH = 10 ** 8
-MAX_PRICE = 10 ** 9
-MAX_COUNT = 1 << 53
+U16 = const(0xFFFF)
+U32 = const(0xFFFFFFFF)
+MAX_TIME = const(1 << 40)
+MAX_INTERVAL_WH = const(10 ** 9)
+MAX_COUNTER_WH = const(10 ** 15)
+MAX_BID_WH = const(10 ** 8)
+MAX_PRICE = const(10 ** 9)
+MAX_COUNT = const(1 << 53)
 
 # Reading status and error flags.
-FLAG_TIME_UNSYNCED = 1  # clock not NTP-synchronised: timestamps are the device's guess
-FLAG_METER_OFFLINE = 2  # the meter did not answer for part of the interval
-FLAG_COUNTER_RESET = 4  # a counter went backwards (meter reset or replaced): energy not invented
-FLAG_QUEUE_OVERFLOW = 8  # older records were dropped from the full store-and-forward queue
-FLAG_PARTIAL = 16  # the interval was not observed from start to end (boot, outage)
-ALL_FLAGS = 31
+FLAG_TIME_UNSYNCED = const(1)  # clock not NTP-synchronised: timestamps are the device's guess
+FLAG_METER_OFFLINE = const(2)  # the meter did not answer for part of the interval
+FLAG_COUNTER_RESET = const(4)  # a counter went backwards (reset, replaced): energy not invented
+FLAG_QUEUE_OVERFLOW = const(8)  # older records were dropped from the full store-and-forward queue
+FLAG_PARTIAL = const(16)  # the interval was not observed from start to end (boot, outage)
+ALL_FLAGS = const(31)
 
 ACK_STORED = "stored"
 ACK_DUPLICATE = "duplicate"
-MECHANISMS = ("uniform", "p2p")
+MECHANISMS = const(("uniform", "p2p"))
 
 TAGGED = ("reading", "bid", "status", "ack", "award")
 
 # Field specs: (kind, lo, hi). Kinds: int, id, text (hi = max length), enum (lo = choices),
-# curve, trades, counters.
-_T = ("int", 0, MAX_TIME)
-_IV = ("int", 0, MAX_TIME)
-_ID = ("id", 0, 0)
-_KID = ("int", 0, U16)
-_U32 = ("int", 0, U32)
-_WH = ("int", 0, MAX_INTERVAL_WH)
-_BIT = ("int", 0, 1)
-_PRICE = ("int", -MAX_PRICE, MAX_PRICE)
-_MECH = ("enum", MECHANISMS, 0)
-_COUNTERS = ("counters", 0, MAX_COUNT)
+# curve, trades, counters. Private consts: on MicroPython they cost no names (messages.py
+# takes the ones it shares from the schemas below).
+_T = const(("int", 0, MAX_TIME))
+_ID = const(("id", 0, 0))
+_KID = const(("int", 0, U16))
+_U32 = const(("int", 0, U32))
+_WH = const(("int", 0, MAX_INTERVAL_WH))
+_BIT = const(("int", 0, 1))
+_PRICE = const(("int", -MAX_PRICE, MAX_PRICE))
+_MECH = const(("enum", MECHANISMS, 0))
+_COUNTERS = const(("counters", 0, MAX_COUNT))
 
 # The schemas of every message type this module can validate; protocols/messages.py adds the
 # gateway's public ones.
 SCHEMAS = {
     "reading": {
-        "meter": _ID, "kid": _KID, "boot": _U32, "seq": _U32, "iv": _IV, "t0": _T, "t1": _T,
+        "meter": _ID, "kid": _KID, "boot": _U32, "seq": _U32, "iv": _T, "t0": _T, "t1": _T,
         "imp_wh": _WH, "exp_wh": _WH, "cnt_imp_wh": ("int", 0, MAX_COUNTER_WH),
         "cnt_exp_wh": ("int", 0, MAX_COUNTER_WH), "flags": ("int", 0, ALL_FLAGS),
     },
     "bid": {
-        "meter": _ID, "kid": _KID, "boot": _U32, "n": _U32, "iv": _IV, "ts": _T,
+        "meter": _ID, "kid": _KID, "boot": _U32, "n": _U32, "iv": _T, "ts": _T,
         "curve": ("curve", -MAX_BID_WH, MAX_BID_WH),
     },
     "status": {
@@ -77,7 +77,7 @@ SCHEMAS = {
     },
     "ack": {"meter": _ID, "kid": _KID, "boot": _U32, "seq": _U32, "res": _ID},
     "award": {
-        "meter": _ID, "kid": _KID, "iv": _IV, "ts": _T, "mech": _MECH,
+        "meter": _ID, "kid": _KID, "iv": _T, "ts": _T, "mech": _MECH,
         "q_wh": ("int", -MAX_BID_WH, MAX_BID_WH), "price": _PRICE,
         "trades": ("trades", -MAX_BID_WH, MAX_BID_WH),
     },

@@ -14,8 +14,8 @@
 #           (address, PDU, CRC-16 low byte first), 256-byte ADU limit, unit 0 = broadcast (no reply),
 #           units 1..247, t1.5 / t3.5 silent intervals, fixed 750 us / 1750 us above 19200 baud.
 from protocols.rtu import (  # noqa: F401 - re-exported: this module is the whole of it
-    _TABLE, EXCEPTION_FRAME_LEN, MAX_ADU, MAX_READ, MAX_UNIT, MAX_WRITE, READ_HOLDING, READ_INPUT,
-    WRITE_MULTIPLE, WRITE_RESPONSE_LEN, WRITE_SINGLE, _check_int, _check_unit, _head, _u16,
+    _TABLE, MAX_ADU, MAX_READ, MAX_WRITE, READ_HOLDING, READ_INPUT, WRITE_MULTIPLE,
+    WRITE_RESPONSE_LEN, WRITE_SINGLE, _check_int, _check_unit, _head, _u16,
     build_read, build_write_multiple, build_write_single, char_time_us, crc16, crc_ok,
     exception_error, frame_gap_us, frame_time_us, parse_request, parse_response,
     response_frame_length, with_crc)

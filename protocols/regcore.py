@@ -53,22 +53,17 @@ def float32_bits_to_scaled_int(bits, scale=1, max_abs=0):
     num = mantissa * scale
     if shift >= 0:
         result = num << shift
-    else:
-        result = _shift_round_even(num, -shift)
+    else:  # num / 2**-shift, rounded half to even
+        result = num >> -shift
+        rest = num - (result << -shift)
+        half = 1 << (-shift - 1)
+        if rest > half or (rest == half and (result & 1)):
+            result += 1
     if bits >> 31:
         result = -result
     if max_abs and (result > max_abs or result < -max_abs):
         raise ProtocolError("out_of_range", str(result))
     return result
-
-
-def _shift_round_even(num, places):
-    quotient = num >> places
-    rest = num - (quotient << places)
-    half = 1 << (places - 1)
-    if rest > half or (rest == half and (quotient & 1)):
-        quotient += 1
-    return quotient
 
 
 def float32_words_to_scaled_int(hi, lo, scale=1, max_abs=0):

@@ -175,7 +175,8 @@ def scaled_value(dtype, words, scale=1, max_abs=0):
 
 def encode_value(dtype, value, word_order=HIGH_FIRST):
     """Registers holding ``value`` as ``dtype`` in ``word_order`` (floats only for F32)."""
-    return ordered(float_to_words(value) if dtype == F32 else int_to_words(value, dtype), word_order)
+    words = float_to_words(value) if dtype == F32 else int_to_words(value, dtype)
+    return ordered(words, word_order)
 
 
 def _spans(entries):

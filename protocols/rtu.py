@@ -13,6 +13,7 @@
 #  [SERIAL] MODBUS over Serial Line Specification and Implementation Guide V1.02: RTU frame
 #           (address, PDU, CRC-16 low byte first), 256-byte ADU limit, unit 0 = broadcast (no reply),
 #           units 1..247, t1.5 / t3.5 silent intervals, fixed 750 us / 1750 us above 19200 baud.
+from protocols import const
 from protocols.errors import ProtocolError
 
 READ_HOLDING = 3
@@ -25,9 +26,9 @@ MAX_READ = 125
 MAX_WRITE = 123
 # [SERIAL] 2.5.1.1: the RTU ADU is at most 256 bytes.
 MAX_ADU = 256
-MAX_UNIT = 247
+_MAX_UNIT = const(247)
 
-EXCEPTION_FRAME_LEN = 5  # unit, fc | 0x80, code, crc lo, crc hi
+_EXCEPTION_FRAME_LEN = const(5)  # unit, fc | 0x80, code, crc lo, crc hi
 WRITE_RESPONSE_LEN = 8  # unit, fc, address (2), value or quantity (2), crc (2)
 
 
@@ -93,7 +94,7 @@ def _check_int(value, lo, hi, code):
 
 
 def _check_unit(unit, broadcast_ok):
-    _check_int(unit, 0 if broadcast_ok else 1, MAX_UNIT, "bad_unit")  # 0: broadcast
+    _check_int(unit, 0 if broadcast_ok else 1, _MAX_UNIT, "bad_unit")  # 0: broadcast
 
 
 # ---------------------------------------------------------------------------------------- requests
@@ -152,7 +153,7 @@ def response_frame_length(head):
         return 0
     function = head[1]
     if function & 0x80:
-        return EXCEPTION_FRAME_LEN
+        return _EXCEPTION_FRAME_LEN
     if function == READ_HOLDING or function == READ_INPUT:
         return 5 + head[2] if n >= 3 else 0
     if function == WRITE_SINGLE or function == WRITE_MULTIPLE:
@@ -189,12 +190,12 @@ def parse_response(request, frame):
     "modbus_exception" whose ``exception_code`` attribute is the device's code.
     """
     unit, function, address, count, values = parse_request(request)
-    _check_frame(frame, EXCEPTION_FRAME_LEN)
+    _check_frame(frame, _EXCEPTION_FRAME_LEN)
     if frame[0] != unit:
         raise ProtocolError("bad_unit", str(frame[0]))
     got = frame[1]
     if got == (function | 0x80):
-        if len(frame) != EXCEPTION_FRAME_LEN:
+        if len(frame) != _EXCEPTION_FRAME_LEN:
             raise ProtocolError("bad_length", str(len(frame)))
         raise exception_error(function, frame[2])
     if got != function:

@@ -4,19 +4,20 @@
 #   tm/v1/<community>/market/<interval>/result            public clearing result
 #   tm/v1/<community>/gateway/status                      retained, last will
 #   tm/v1/<community>/ledger/checkpoint                   retained, latest signed checkpoint
+from protocols import const
 from protocols.errors import ProtocolError
 
 ROOT = "tm/v1/"
 METER_UP = ("reading", "bid", "status")
 METER_DOWN = ("ack", "award")
-MAX_ID_LEN = 32
-MAX_TOPIC_LEN = 128
-_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+_MAX_ID_LEN = const(32)
+_MAX_TOPIC_LEN = const(128)
+_ID_CHARS = const("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def valid_id(s):
     """Community and meter ids: 1-32 of [A-Za-z0-9_-], so they are safe as topic levels."""
-    if type(s) is not str or not 0 < len(s) <= MAX_ID_LEN:
+    if type(s) is not str or not 0 < len(s) <= _MAX_ID_LEN:
         return False
     return not s.strip(_ID_CHARS)  # every character allowed (see canonical.text_ok)
 
@@ -65,7 +66,7 @@ def _interval(level):
 def parse(topic):
     """Split a topic into (community, kind, subject): subject is the meter id for meter topics,
     the interval index for results, None otherwise. Anything else is ProtocolError("bad_topic")."""
-    if type(topic) is not str or len(topic) > MAX_TOPIC_LEN or not topic.startswith(ROOT):
+    if type(topic) is not str or len(topic) > _MAX_TOPIC_LEN or not topic.startswith(ROOT):
         raise ProtocolError("bad_topic", "not a tm/v1 topic")
     parts = topic[len(ROOT):].split("/")
     community = _check_id(parts[0], "community")
