@@ -291,7 +291,9 @@ class Community:
         cfg = json.loads(path.read_text())
         cfg.update({"poll_s": self.scenario.poll_s, "status_s": STATUS_S, "ack_timeout_s": 5})
         cfg["mqtt"].update({"retry_s": 3, "backoff_max_s": 3})
-        cfg["modbus"].update({"timeout_ms": 200, "retries": 2})
+        # One simulator thread serves every bus: with hundreds of meters its answers can take
+        # longer, and a timeout makes a meter drop and reopen its link (a reconnect storm).
+        cfg["modbus"].update({"timeout_ms": 200 if self.scenario.meters < 100 else 1000, "retries": 2})
         path.write_text(json.dumps(cfg))
 
     def _link_fault_targets(self) -> set[str]:
