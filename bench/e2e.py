@@ -131,7 +131,8 @@ def measure(meters: int, hours: float, workdir: Path) -> Figures:
     if not result.drained:
         print(f"{meters} meters: not drained")
     return Figures(meters, runtime, speed, settle_delays(result.community), award_delays(result.community),
-                   scenario.gate_closure_s / speed * 1000, scenario.grace_s / speed * 1000,
+                   scenario.gate_closure_s / speed * 1000,
+                   result.community.gateway_config()["settlement"]["grace_s"] / speed * 1000,
                    sampler.share, result.report.ok and result.drained)
 
 
