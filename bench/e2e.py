@@ -45,7 +45,7 @@ from sim_hardware.scenario import Scenario  # noqa: E402
 
 RECEIVED = re.compile(rb"^(?:([\w-]+) )?award for iv (\d+) at (\d+)", re.M)
 # (speed, poll_s, runtime) per size: fast enough to finish, slow enough for two cores.
-SETTINGS = {10: (720, 60, "micropython"), 100: (300, 150, "cpython"), 500: (60, 150, "cpython")}
+SETTINGS = {10: (720, 60, "micropython"), 100: (240, 150, "cpython"), 500: (60, 150, "cpython")}
 
 
 @dataclass

@@ -62,8 +62,8 @@ def test_five_micropython_meters_survive_every_fault(tmp_path: Path) -> None:
 
 @pytest.mark.mosquitto
 def test_hundred_cpython_meters_survive_every_fault(tmp_path: Path) -> None:
-    hours = 6.0
-    scenario = Scenario(name="faults-cpython", meters=100, hours=hours, speed=300, poll_s=150,
+    hours = 5.0
+    scenario = Scenario(name="faults-cpython", meters=100, hours=hours, speed=240, poll_s=150,
                         runtime="cpython", faults=every_fault(hours))
     result = run_scenario(scenario, tmp_path / "run", broker="mosquitto", drain_s=120)
     assert_invariants(result)
