@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sim_hardware.community import RunResult, run_scenario
+from sim_hardware.community import RunResult
+from sim_hardware.pytest_plugin import RunCommunity
 from sim_hardware.scenario import FaultStep, Scenario
+
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "bench" / "scenarios"
 
 
 def every_fault(hours: float) -> list[FaultStep]:
@@ -51,20 +55,19 @@ def assert_faults_left_their_marks(result: RunResult) -> None:
 
 @pytest.mark.micropython
 @pytest.mark.mosquitto
-def test_five_micropython_meters_survive_every_fault(tmp_path: Path) -> None:
-    hours = 10.0
-    scenario = Scenario(name="faults-upy", meters=5, hours=hours, speed=720, runtime="micropython",
-                        faults=every_fault(hours))
-    result = run_scenario(scenario, tmp_path / "run", broker="mosquitto", drain_s=90)
+def test_five_micropython_meters_survive_every_fault(run_community: RunCommunity) -> None:
+    """The shipped scenario file, through the bench's pytest fixture."""
+    result = run_community(SCENARIOS / "faults.toml", drain_s=90)
+    assert result.community.scenario.runtime == "micropython" and result.community.scenario.meters == 5
     assert_invariants(result)
     assert_faults_left_their_marks(result)
 
 
 @pytest.mark.mosquitto
-def test_hundred_cpython_meters_survive_every_fault(tmp_path: Path) -> None:
+def test_hundred_cpython_meters_survive_every_fault(run_community: RunCommunity) -> None:
     hours = 5.0
     scenario = Scenario(name="faults-cpython", meters=100, hours=hours, speed=240, poll_s=150,
                         runtime="cpython", faults=every_fault(hours))
-    result = run_scenario(scenario, tmp_path / "run", broker="mosquitto", drain_s=120)
+    result = run_community(scenario, drain_s=120)
     assert_invariants(result)
     assert_faults_left_their_marks(result)
