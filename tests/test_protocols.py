@@ -96,6 +96,18 @@ def test_hmac_matches_stdlib_on_random_inputs() -> None:
         assert auth.hmac_sha256(key, msg) == want
 
 
+def test_keyed_hmac_state_is_per_key_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accel, "_MAX_KEYS", 3)
+    monkeypatch.setattr(accel, "_KEYED", {})
+    rng = random.Random(99)
+    keys = [rng.randbytes(32) for _ in range(5)] + [bytearray(b"k" * 70), memoryview(b"short")]
+    for _ in range(3):
+        for key in keys:
+            msg = rng.randbytes(rng.randrange(0, 300))
+            assert accel.hmac_sha256(key, msg) == hmac.new(bytes(key), msg, hashlib.sha256).digest()
+            assert len(accel._KEYED) <= 3
+
+
 def test_constant_time_equal() -> None:
     for equal in (auth.equal, auth.equal_py):
         assert equal(b"abc", b"abc")
@@ -232,8 +244,8 @@ def test_canonical_parse_same_on_both_paths_for_arbitrary_bytes(body: bytes) -> 
 
 @settings(max_examples=500, deadline=None)
 @given(json_values(), st.booleans(), st.booleans(), st.booleans())
-def test_canonical_parse_same_on_both_paths_for_json_documents(value: Any, sort: bool, compact: bool,
-                                                               ascii_only: bool) -> None:
+def test_canonical_parse_same_on_both_paths_for_json_documents(
+        value: Any, sort: bool, compact: bool, ascii_only: bool) -> None:
     text = json.dumps(value, sort_keys=sort, separators=(",", ":") if compact else None,
                       ensure_ascii=ascii_only)
     both_paths(canonical.parse, text.encode())
@@ -254,6 +266,7 @@ def test_encode_rejects_what_has_no_canonical_form() -> None:
 
 _TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'))
 _IDS = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
+_PRICES = st.integers(-messages.MAX_PRICE, messages.MAX_PRICE)
 
 
 def _field(spec: tuple[Any, Any, Any]) -> st.SearchStrategy[Any]:
@@ -270,11 +283,10 @@ def _field(spec: tuple[Any, Any, Any]) -> st.SearchStrategy[Any]:
         n = st.integers(1, messages.MAX_CURVE_POINTS)
         return n.flatmap(lambda k: st.tuples(
             st.lists(st.integers(lo, hi), min_size=k, max_size=k).map(sorted),
-            st.lists(st.integers(-messages.MAX_PRICE, messages.MAX_PRICE), min_size=k, max_size=k).map(sorted),
+            st.lists(_PRICES, min_size=k, max_size=k).map(sorted),
         ).map(lambda qp: [[q, p] for q, p in zip(*qp)]))
     if kind == "trades":
-        return st.lists(st.tuples(_IDS, st.integers(lo, hi), st.integers(-messages.MAX_PRICE, messages.MAX_PRICE))
-                        .map(list), max_size=8)
+        return st.lists(st.tuples(_IDS, st.integers(lo, hi), _PRICES).map(list), max_size=8)
     return st.dictionaries(_IDS, st.integers(0, hi), max_size=messages.MAX_COUNTERS)
 
 
@@ -302,8 +314,10 @@ def test_valid_messages_encode_alike_on_both_paths(msg: dict[str, Any]) -> None:
         kind = msg["type"]
         if "meter" in msg:
             topic = topics.meter_topic("c1", msg["meter"], kind)
+        elif kind == "result":
+            topic = topics.result_topic("c1", msg["iv"])
         else:
-            topic = topics.result_topic("c1", msg["iv"]) if kind == "result" else vectorgen.TOPIC[kind]
+            topic = vectorgen.TOPIC[kind]
         _c, _s, back, body = messages.decode(topic, got[1], lambda _m, _k: KEY)
         assert back == msg and body == want
     else:
@@ -328,8 +342,8 @@ EDITS = st.sampled_from([
 
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from(range(3)), EDITS, st.booleans(), st.integers(0, 400), st.binary(max_size=3))
-def test_decode_same_on_both_paths_for_edited_messages(which: int, edit: tuple[bytes, bytes], retag: bool,
-                                                       cut: int, junk: bytes) -> None:
+def test_decode_same_on_both_paths_for_edited_messages(
+        which: int, edit: tuple[bytes, bytes], retag: bool, cut: int, junk: bytes) -> None:
     topic, payload = _samples()[which]
     body = payload.rsplit(b"\n", 1)[0].replace(*edit)
     if retag:  # an authentic sender (valid tag) with a bad body
@@ -352,15 +366,16 @@ def test_decode_same_on_both_paths_for_trailers(kid: bytes, tag_form: str) -> No
     topic, payload = _samples()[0]
     body = payload.rsplit(b"\n", 1)[0]
     tag = hmac.new(KEY, body, hashlib.sha256).hexdigest()
-    tag = {"lower": tag, "upper": tag.upper(), "short": tag[:-2], "long": tag + "0", "junk": tag[:-1] + "g",
-           "space": tag[:-2] + " 0"}[tag_form]
+    tag = {"lower": tag, "upper": tag.upper(), "short": tag[:-2], "long": tag + "0",
+           "junk": tag[:-1] + "g", "space": tag[:-2] + " 0"}[tag_form]
     got = both_paths(messages.decode, topic, body + b"\n" + kid + b":" + tag.encode(), keys)
     assert (got[0] == "ok") == (tag_form == "lower" and kid == b"1")
 
 
 @given(_IDS, st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
        st.sampled_from(["stored", "duplicate", "conflict", "counter_decrease"]))
-def test_ack_encoding_same_on_both_paths_and_as_stdlib(meter: str, kid: int, boot: int, seq: int, res: str) -> None:
+def test_ack_encoding_same_on_both_paths_and_as_stdlib(
+        meter: str, kid: int, boot: int, seq: int, res: str) -> None:
     msg = messages.ack(meter, kid, boot, seq, res)
     body = json.dumps(msg, sort_keys=True, separators=(",", ":")).encode()
     assert both_paths(messages.encode, msg, KEY) == ("ok", vectorgen.frame(body, kid))

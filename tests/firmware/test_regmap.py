@@ -40,7 +40,7 @@ def test_devices_decode_what_the_maps_decode(mb: dict, tmp_path: Path) -> None:
         for name in names:
             assert device.address(name) == rmap.find(name)[1][registers.ADDRESS]
         for _ in range(200):
-            got = [[rng.getrandbits(16) for _ in range(count)] for _fc, _start, count in device.blocks]
+            got = [[rng.getrandbits(16) for _ in range(block[2])] for block in device.blocks]
             for name in names:
                 i = device.fields[name][0]
                 block = tuple(device.blocks[i])
