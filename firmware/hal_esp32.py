@@ -2,7 +2,6 @@
 # RS-485 transceiver, network.WLAN, SNTP, machine.WDT, files on LittleFS at the flash root.
 import asyncio
 import gc
-import os
 import random
 import socket
 import struct
@@ -10,6 +9,7 @@ import time
 
 import machine
 import network
+from firmware.files import Files
 
 # ESP32 ports before v1.22 count from 2000-01-01; the wire protocol counts from 1970.
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
@@ -59,7 +59,7 @@ class UartLink:
             self._uart.read()
 
 
-class Board:
+class Board(Files):
     runtime = "esp32"
 
     def __init__(self, cfg, base_dir=""):
@@ -152,42 +152,7 @@ class Board:
     def open_link(self, mb):
         return UartLink(mb)
 
-    # -- files (LittleFS: rename is atomic) ------------------------------------------------
-    def path(self, name):
-        return (self.base + "/" + name) if self.base else name
-
-    def read(self, name):
-        try:
-            with open(self.path(name), "rb") as f:
-                return f.read()
-        except OSError:
-            return None
-
-    def write_atomic(self, name, data):
-        final = self.path(name)
-        tmp = final + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.rename(tmp, final)
-
-    def remove(self, name):
-        try:
-            os.remove(self.path(name))
-        except OSError:
-            pass
-
-    def listdir(self, name):
-        try:
-            return os.listdir(self.path(name))
-        except OSError:
-            return []
-
-    def mkdir(self, name):
-        try:
-            os.mkdir(self.path(name))
-        except OSError:
-            pass
-
+    # -- files: firmware/files.py (LittleFS: rename is atomic) ----------------------------
     # -- health ----------------------------------------------------------------------------
     def watchdog(self, timeout_ms):
         return machine.WDT(timeout=timeout_ms)

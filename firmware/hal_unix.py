@@ -10,6 +10,7 @@ import os
 import random
 import sys
 import time
+from firmware.files import Files
 
 _UPY = sys.implementation.name == "micropython"
 
@@ -138,7 +139,7 @@ class SoftWatchdog:
         return _ticks_diff(_ticks_ms(), self.fed) > self.timeout_ms
 
 
-class Board:
+class Board(Files):
     runtime = "micropython-unix" if _UPY else "cpython"
 
     def __init__(self, cfg, base_dir="."):
@@ -206,45 +207,10 @@ class Board:
         raise ValueError("unix port link must be tcp:HOST:PORT or tty:PATH, not " + link)
 
     # -- files -----------------------------------------------------------------------------
-    def path(self, name):
-        return (self.base + "/" + name) if self.base else name
-
-    def read(self, name):
-        try:
-            with open(self.path(name), "rb") as f:
-                return f.read()
-        except OSError:
-            return None
-
-    def write_atomic(self, name, data):
-        """Replace ``name`` with ``data`` all or nothing: a crash leaves the old or the new file,
-        never a torn one (write a temporary file, sync it, rename it over the old name)."""
-        final = self.path(name)
-        tmp = final + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if not _UPY:
-                os.fsync(f.fileno())
-        os.rename(tmp, final)
-
-    def remove(self, name):
-        try:
-            os.remove(self.path(name))
-        except OSError:
-            pass
-
-    def listdir(self, name):
-        try:
-            return os.listdir(self.path(name))
-        except OSError:
-            return []
-
-    def mkdir(self, name):
-        try:
-            os.mkdir(self.path(name))
-        except OSError:
-            pass
+    def _sync(self, f):
+        f.flush()
+        if not _UPY:
+            os.fsync(f.fileno())  # CPython: to the disk before the rename makes it visible
 
     # -- health ----------------------------------------------------------------------------
     def watchdog(self, timeout_ms):
