@@ -7,13 +7,13 @@ import asyncio
 
 from gateway.fairqueue import FairQueue
 from gateway.registry import Registry
-from protocols import messages
+from protocols import canonical, messages
 from tests.gateway.conftest import INTERVAL_S, Offline, provision
 from tests.gateway.meters import MeterSpec, reading
 
 
 def res(out: list) -> list[str]:  # noqa: ANN001
-    return [messages.canonical.parse(o.payload.rsplit(b"\n", 1)[0])["res"] for o in out]
+    return [canonical.parse(o.payload.rsplit(b"\n", 1)[0])["res"] for o in out]
 
 
 def _iv(off: Offline) -> int:
