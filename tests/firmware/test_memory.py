@@ -21,10 +21,10 @@ HEAP = os.environ.get("TMETER_FW_HEAP", "128K")  # ARCHITECTURE section 3
 # whichever module crosses a step).
 RUNTIME_MODULES = (
     "asyncio", "protocols.errors", "protocols.topics", "protocols.canonical", "protocols.auth",
-    "protocols.meterlink", "protocols.rtu", "protocols.regcore", "firmware.hal_unix",
-    "firmware.hal", "firmware.modbus_master", "firmware.devices", "firmware.accounting",
-    "firmware.outbox", "firmware.state", "firmware.watchdog", "firmware.bidding",
-    "firmware.awards", "firmware.mqtt", "firmware.app", "firmware.main")
+    "protocols.meterlink", "protocols.rtu", "protocols.regcore", "firmware.files",
+    "firmware.hal_unix", "firmware.hal", "firmware.modbus_master", "firmware.devices",
+    "firmware.accounting", "firmware.outbox", "firmware.state", "firmware.watchdog",
+    "firmware.bidding", "firmware.awards", "firmware.mqtt", "firmware.app", "firmware.main")
 # Host-side or boot-only: never loaded (or unloaded again) on a running board.
 NOT_ON_DEVICE = ("protocols.messages", "protocols.modbus", "protocols.registers", "protocols.accel",
                  "firmware.config", "firmware.regmap")
