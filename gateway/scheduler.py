@@ -179,7 +179,8 @@ class Scheduler:
         complete = all(m in metered and metered[m][2] for m in expected)
         members_gross = sum(metered[m][0] + metered[m][1] for m in members if m in metered)
         bal = settlement.balance(sum(f[0] - f[1] for f in fed) if fed else None, sum(f[0] + f[1] for f in fed),
-                                 members_import, self.cfg.settlement, complete, members_gross)
+                                 members_import, self.cfg.settlement, complete, members_gross,
+                                 records=len(fed) + sum(1 for m in members if m in metered))
         return lines, bal
 
     def _write_line(self, iv: int, rev: int, line: settlement.Line) -> None:

@@ -80,17 +80,20 @@ INEXACT_FLAGS = (messages.FLAG_PARTIAL | messages.FLAG_METER_OFFLINE | messages.
 
 
 def balance(feeder_net_import_wh: int | None, feeder_throughput_wh: int, members_net_import_wh: int,
-            cfg: SettlementConfig, complete: bool = True, members_gross_wh: int = 0) -> Balance:
+            cfg: SettlementConfig, complete: bool = True, members_gross_wh: int = 0, records: int = 0) -> Balance:
     """Energy in equals energy out: compare the feeder with the members, within the tolerance.
     Undecided (None) without a feeder reading, or when some meter's data is missing or inexact.
 
     The tolerance is a share of all the energy the meters measured, the members' as well as
     the feeder's: every meter has its accuracy class, and in a community that trades within
-    itself the members' flows are large while the feeder's net may be near zero."""
+    itself the members' flows are large while the feeder's net may be near zero. It is never
+    below one Wh per record compared: each record is the difference of two counters in whole
+    Wh, so it is off by less than one Wh, and with little flowing that is what remains."""
     if feeder_net_import_wh is None:
         return Balance(None, None)
     diff = feeder_net_import_wh - members_net_import_wh
     if not complete:
         return Balance(None, diff)
-    tolerance = max(cfg.loss_tolerance_wh, int(cfg.loss_tolerance * (feeder_throughput_wh + members_gross_wh)))
+    tolerance = max(cfg.loss_tolerance_wh, records,
+                    int(cfg.loss_tolerance * (feeder_throughput_wh + members_gross_wh)))
     return Balance(abs(diff) <= tolerance, diff)
