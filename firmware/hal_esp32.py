@@ -136,13 +136,6 @@ class Board(Files):
             await asyncio.sleep_ms(100)
         return False
 
-    def tls_context(self, ca_path):
-        import ssl
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cafile=ca_path)
-        return ctx
-
     async def open_connection(self, host, port, ssl_ctx=None):
         if ssl_ctx is None:
             return await asyncio.open_connection(host, port)

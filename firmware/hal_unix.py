@@ -178,15 +178,6 @@ class Board(Files):
     async def network_up(self):
         return True
 
-    def tls_context(self, ca_path):
-        # The same in both runtimes: a client context that verifies the broker against the CA
-        # (CPython's TLS_CLIENT also checks the host name: open_connection passes it).
-        import ssl
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cafile=ca_path)
-        return ctx
-
     async def open_connection(self, host, port, ssl_ctx=None):
         if ssl_ctx is None:
             return await asyncio.open_connection(host, port)

@@ -75,6 +75,16 @@ def publish_packet(topic, payload, qos, retain, pid, dup):
     return b"".join((bytes((first,)), _remaining(len(var) + len(payload)), var, payload))
 
 
+
+def _tls_context(ca_path):
+    # The same on every runtime: a client context that verifies the broker against the CA
+    # (CPython's TLS_CLIENT also checks the host name: the hal's open_connection passes it).
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=ca_path)
+    return ctx
+
 class Client:
     """``on_message(topic, payload)`` is called for each received PUBLISH; keep it short.
     ``on_connect()`` (a coroutine function) runs after every successful (re)connect."""
@@ -243,7 +253,7 @@ class Client:
 
     # -- connection --------------------------------------------------------------------------
     async def _connect(self):
-        ssl_ctx = self.board.tls_context(self.ca) if self.tls else None
+        ssl_ctx = _tls_context(self.ca) if self.tls else None
         self._r, self._w = await asyncio.wait_for(
             self.board.open_connection(self.host, self.port, ssl_ctx), 15)
         will = self.will() if self.will is not None else None
