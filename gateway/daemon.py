@@ -1,6 +1,10 @@
 """The gateway daemon's life cycle: open the database, connect to the broker, run ingest, the
 scheduler, status and export until told to stop; reconnect with backoff when the broker goes.
 
+Meters' messages come in and their acks go out through two pump processes (gateway/pump.py);
+this process verifies, stores and clears, and keeps an aiomqtt connection of its own for what
+it publishes to the community (awards, results, checkpoints, its status and last will).
+
 In-process use (demo, bench, tests)::
 
     gw = GatewayThread(cfg).start()      # returns once subscribed; gw.gateway.snapshot()
@@ -18,7 +22,7 @@ import random
 import ssl
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from collections.abc import Callable
@@ -32,13 +36,14 @@ from gateway.config import GatewayConfig
 from gateway.fairqueue import FairQueue
 from gateway.ingest import Ingest, Outgoing
 from gateway.ledger import Ledger
+from gateway.pump import Pump, PumpSettings
 from gateway.scheduler import Scheduler
 from gateway.status import StatusServer
 from protocols import canonical, messages, topics
 
 log = logging.getLogger("tmeter.gateway")
-# aiomqtt warns on every publish beyond ten in flight; the gateway does that by design (acks are
-# handed over without waiting for each PUBACK), so only its errors are worth a log line.
+# aiomqtt warns on every publish beyond ten in flight; the scheduler publishes a community's
+# awards at once by design, so only its errors are worth a log line.
 mqtt_log = logging.getLogger("tmeter.gateway.mqtt")
 mqtt_log.setLevel(logging.ERROR)
 T = TypeVar("T")
@@ -47,49 +52,9 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 MAX_TICK_S = 1.0  # the scheduler looks at least this often (real seconds) for late readings
 STALL_S = 60.0  # no scheduler tick for this long: unhealthy, stop feeding the systemd watchdog
-MAX_IN_FLIGHT = 100  # paho's window for the gateway's own (awaited) publishes
+MAX_IN_FLIGHT = 100  # paho's window for the control plane's (awaited) publishes
 STATUS_COUNTERS = 24
 SHUTDOWN_WAIT_S = 5.0
-
-
-class AckWindow:
-    """Publishes acks on the MQTT session with at most ``window`` QoS 1 acks awaiting PUBACK.
-
-    aiomqtt's ``publish`` awaits each PUBACK with an event, a timeout and bookkeeping linear in
-    what is pending, and paho rescans every message it holds on each PUBACK; at thousands of
-    acks a second both dominate the main loop. Here the rest wait in a plain deque and go out
-    as PUBACKs come back. The session retransmits QoS 1 itself; an ack lost with the connection
-    is sent again when the meter repeats its record, so no caller needs the confirmation.
-    """
-
-    def __init__(self, session: Any, window: int, counters: Counter[str]) -> None:
-        self.session = session
-        self.window = max(1, window)
-        self.counters = counters
-        self.backlog: deque[Outgoing] = deque()
-        self.in_flight: set[int] = set()
-        self._chained = session.on_publish  # aiomqtt's own, for its publishes
-        session.on_publish = self._on_publish
-
-    def send(self, acks: list[Outgoing]) -> None:
-        self.backlog.extend(acks)
-        self._pump()
-
-    def _pump(self) -> None:
-        while self.backlog and len(self.in_flight) < self.window:
-            o = self.backlog.popleft()
-            info = self.session.publish(o.topic, o.payload, qos=o.qos, retain=o.retain)
-            if info.rc != 0:
-                self.counters["publish_failed"] += 1
-            elif o.qos:
-                self.in_flight.add(info.mid)
-
-    def _on_publish(self, session: Any, userdata: Any, mid: int, *rest: Any) -> None:
-        if mid in self.in_flight:
-            self.in_flight.discard(mid)
-            self._pump()
-        elif self._chained is not None:
-            self._chained(session, userdata, mid, *rest)
 
 
 class Gateway:
@@ -98,15 +63,17 @@ class Gateway:
         self.clock = Clock(cfg.clock)
         self.counters: Counter[str] = Counter()
         self.clear = clear or market_clear
-        self.connected = False
-        self.ready = threading.Event()  # set once subscribed: records are being taken in
+        self.control_up = False  # the aiomqtt connection for awards, results, status
+        self.ready = threading.Event()  # set once all connections are up: records are taken in
         self.started = time.monotonic()
         self.last_tick = time.monotonic()
         self.current_iv = messages.interval_index(self.clock.now(), cfg.interval_s)
         self.latest_checkpoint: dict[str, Any] | None = None
         self.queue = FairQueue(cfg.ingest.per_meter_queue, cfg.ingest.total_queue, self._dropped)
         self._dbx = ThreadPoolExecutor(1, thread_name_prefix="tmeter-db")  # the one writer thread
-        self.acks: AckWindow | None = None
+        self.uplink: Pump | None = None
+        self.downlink: Pump | None = None
+        self._ingest_tasks: list[asyncio.Task[None]] = []
         self.status_server: StatusServer | None = None
         self.exporter: Any = None
 
@@ -137,6 +104,11 @@ class Gateway:
 
     # --- status
 
+    @property
+    def connected(self) -> bool:
+        pumps = (self.uplink, self.downlink)
+        return self.control_up and all(p is not None and p.up.is_set() for p in pumps)
+
     def health(self) -> str:
         if time.monotonic() - self.last_tick > STALL_S:
             return "stalled"
@@ -164,30 +136,76 @@ class Gateway:
             self.counters["publish_failed"] += 1
             log.debug("publish to %s failed: %s", o.topic, exc)
 
-    def _send_acks(self, client: aiomqtt.Client, acks: list[Outgoing]) -> None:
-        """Hand acks to the MQTT session without awaiting each PUBACK (see AckWindow)."""
-        if self.acks is None:
-            for o in acks:
-                asyncio.get_running_loop().create_task(self._publish(client, o))
-        else:
-            self.acks.send(acks)
+    def _send_acks(self, acks: list[Outgoing]) -> None:
+        if self.downlink is not None:
+            self.downlink.publish([(o.topic, o.payload, o.qos, o.retain) for o in acks])
 
     async def _send(self, client: aiomqtt.Client, out: list[Outgoing]) -> None:
         """Publish awards, results, checkpoints: few, and each confirmed."""
         await asyncio.gather(*(self._publish(client, o) for o in out))
 
-    async def _ingest_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            batch = await self.queue.get_batch(self.cfg.ingest.batch)
+    async def _ingest_loop(self) -> None:
+        """Store and ack batches until the queue is closed and empty (``_stop_ingest``)."""
+        while batch := await self.queue.get_batch(self.cfg.ingest.batch):
             self.counters["ingest_batches"] += 1
             try:
                 acks = await self._db(self.ingest.process, batch)
             except Exception:  # noqa: BLE001 - e.g. disk full: nothing stored, nothing acked
                 self.counters["store_failed"] += len(batch)
                 log.exception("could not store a batch of %d; the meters will send it again", len(batch))
-                await pause(stop, 1.0)
+                await asyncio.sleep(1.0)
                 continue
-            self._send_acks(client, acks)
+            self._send_acks(acks)
+
+    def _start_ingest(self) -> None:
+        m = self.cfg.mqtt
+        log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+
+        def settings(name: str, subscribe: list[str]) -> PumpSettings:
+            return PumpSettings(name, m.host, m.port, f"{m.client_id}-{name}", subscribe, m.user, m.password,
+                                m.tls, m.ca, m.keepalive_s, self.cfg.ingest.ack_window, log_level)
+
+        uplink = [topics.meter_filter(self.cfg.community, k) for k in topics.METER_UP]
+        self.uplink = Pump(settings("up", uplink), self._take, self.counters)
+        self.downlink = Pump(settings("down", []), self._take, self.counters)
+        self._ingest_tasks = [asyncio.create_task(c) for c in (
+            self._run_uplink(), self.downlink.run(), self._ingest_loop(), self._announce_ready())]
+
+    async def _run_uplink(self) -> None:
+        # Records are taken only once their acks can go out: a resumed session delivers at once.
+        assert self.uplink is not None and self.downlink is not None
+        await self.downlink.up.wait()
+        await self.uplink.run()
+
+    def _take(self, messages: list[tuple[str, bytes]]) -> None:
+        put = self.queue.put_nowait
+        for m in messages:
+            put(m)
+
+    async def _announce_ready(self) -> None:
+        assert self.uplink is not None and self.downlink is not None
+        await asyncio.gather(self.uplink.up.wait(), self.downlink.up.wait())
+        while not self.control_up:
+            await asyncio.sleep(0.05)
+        self.ready.set()
+        sdnotify.notify("READY=1\nSTATUS=connected")
+
+    async def _stop_ingest(self) -> None:
+        """Take in nothing more, store and ack everything received, then stop the pumps."""
+        if not self._ingest_tasks or self.uplink is None or self.downlink is None:
+            return
+        uplink_task, downlink_task, ingest_task, announce_task = self._ingest_tasks
+        self._ingest_tasks = []
+        await self.uplink.close()  # every message the uplink took from the broker is queued now
+        self.queue.close()
+        try:
+            await asyncio.wait_for(ingest_task, SHUTDOWN_WAIT_S * 6)
+        except TimeoutError:
+            log.error("ingest did not drain in time; the meters will send the rest again")
+        await self.downlink.close()
+        for t in (uplink_task, downlink_task, announce_task):
+            t.cancel()
+        await asyncio.gather(uplink_task, downlink_task, announce_task, return_exceptions=True)
 
     async def _scheduler_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -224,22 +242,6 @@ class Gateway:
                 sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)  # cancelled by run() on the way out
 
-    def _on_message(self, session: Any, userdata: Any, message: Any) -> None:  # noqa: ARG002
-        self.queue.put_nowait((message.topic, message.payload))
-
-    def _take_messages(self, client: aiomqtt.Client) -> None:
-        """Incoming messages go straight from the MQTT session into the fair queue.
-
-        aiomqtt would wrap each in its own Message and Topic objects and an unbounded queue; at
-        ingest rates that wrapping costs more than verifying and storing the record. The session
-        (paho) calls this from the event loop thread, like aiomqtt's own callback.
-        """
-        session = getattr(client, "_client", None)
-        if session is None:
-            raise RuntimeError("this aiomqtt version hides its MQTT session; pin aiomqtt 2.x")
-        session.on_message = self._on_message
-        self.acks = AckWindow(session, self.cfg.ingest.ack_window, self.counters)
-
     def _client(self) -> aiomqtt.Client:
         m = self.cfg.mqtt
         tls = None
@@ -248,25 +250,21 @@ class Gateway:
         will = aiomqtt.Will(topics.gateway_status_topic(self.cfg.community), self._status_message(0), qos=1, retain=True)
         return aiomqtt.Client(
             m.host, m.port, username=m.user, password=m.password, identifier=m.client_id,
-            clean_session=False,  # the broker keeps our subscriptions and queues QoS 1 while we restart
+            # Subscribes to nothing (the uplink pump does): a clean session also discards the one an
+            # earlier version of the gateway kept under this client id.
+            clean_session=True,
             will=will, keepalive=m.keepalive_s, logger=mqtt_log, tls_context=tls, timeout=30,
             max_inflight_messages=MAX_IN_FLIGHT, max_queued_outgoing_messages=0,
         )
 
     async def _session(self, stop: asyncio.Event) -> None:
         client = self._client()
-        self._take_messages(client)  # before connecting: a resumed session delivers at once
         async with client:
-            filters = [(topics.meter_filter(self.cfg.community, k), 1) for k in topics.METER_UP]
-            await client.subscribe(filters)
-            self.connected = True
-            self.ready.set()
-            sdnotify.notify("READY=1\nSTATUS=connected")
+            self.control_up = True
             log.info("connected to %s:%d, community %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.community)
             try:
                 tasks = [asyncio.create_task(c) for c in (
-                    self._ingest_loop(client, stop), self._scheduler_loop(client, stop),
-                    self._status_loop(client, stop))]
+                    self._scheduler_loop(client, stop), self._status_loop(client, stop))]
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
                 for t in [*tasks, stopper]:
@@ -280,12 +278,11 @@ class Gateway:
                 if stop.is_set():
                     await self._drain(client)
             finally:
-                self.connected = False
+                self.control_up = False
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Clean shutdown: store what is queued, ack it, sign the tree, say we are offline."""
-        while self.queue.qsize():
-            self._send_acks(client, await self._db(self.ingest.process, self.queue.take(self.cfg.ingest.batch)))
+        await self._stop_ingest()
         await self._send(client, await self._db(self.scheduler.checkpoint))
         await client.publish(topics.gateway_status_topic(self.cfg.community), self._status_message(0),
                              qos=1, retain=True, timeout=10)
@@ -297,6 +294,7 @@ class Gateway:
             self.status_server = StatusServer(self.snapshot, self.cfg.status.http_host, self.cfg.status.http_port)
             await self.status_server.start()
         background = [asyncio.create_task(self._watchdog_loop())]
+        self._start_ingest()
         if self.cfg.influx.enabled:
             from gateway.influx import Exporter  # noqa: PLC0415 - optional dependency
 
@@ -318,6 +316,7 @@ class Gateway:
                     backoff = min(RECONNECT_MAX_S, backoff * 2)
         finally:
             sdnotify.notify("STOPPING=1")
+            await self._stop_ingest()  # if no broker connection let _drain do it
             for t in background:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)

@@ -32,6 +32,7 @@ class FairQueue:
         self._queues: OrderedDict[str, deque[tuple[str, bytes]]] = OrderedDict()  # order = round-robin ring
         self._size = 0
         self._ready = asyncio.Event()
+        self._closed = False
 
     def qsize(self) -> int:
         return self._size
@@ -67,12 +68,18 @@ class FairQueue:
                     del self._queues[meter]
                 if len(batch) >= limit:
                     break
-        if not self._size:
+        if not self._size and not self._closed:
             self._ready.clear()
         return batch
 
+    def close(self) -> None:
+        """No more messages are coming: ``get_batch`` returns [] once the queue is empty."""
+        self._closed = True
+        self._ready.set()
+
     async def get_batch(self, limit: int) -> list[tuple[str, bytes]]:
-        while not self._size:
+        """Waits for at least one message; [] only when closed and empty."""
+        while not self._size and not self._closed:
             await self._ready.wait()
         return self.take(limit)
 

@@ -84,7 +84,10 @@ class Ingest:
         # commit, so a rolled-back batch cannot leave an interval believed present but missing.
         self._known_ivs: set[int] = set()
         self._new_ivs: set[int] = set()
-        self._latest: dict[str, tuple[int, int]] = {}  # includes this batch's uncommitted records
+        # Each meter's newest stored record as (boot, seq, cnt_imp_wh, cnt_exp_wh), this batch's
+        # uncommitted ones included: records mostly arrive in order, and then this is all the
+        # store needs to know to take the next one.
+        self._latest: dict[str, tuple[int, int, int, int]] = {}
 
     def process(self, batch: list[tuple[str, bytes]]) -> list[Outgoing]:
         """Store a batch in one transaction; returns the acks to publish after it committed."""
@@ -173,13 +176,16 @@ class Ingest:
 
     def _reading(self, meter: str, msg: dict[str, Any], body: bytes, counts: Counter[str]) -> Outgoing:
         pos = (msg["boot"], msg["seq"])
-        # The stored record at this (boot, seq) if any, else the one just before it.
-        row = self.conn.execute(
-            "SELECT boot, seq, cnt_imp_wh, cnt_exp_wh, leaf FROM readings WHERE meter=? AND (boot, seq) <= (?, ?)"
-            " ORDER BY boot DESC, seq DESC LIMIT 1", (meter, *pos)).fetchone()
-        if row is not None and (row[0], row[1]) == pos:
-            return self._repeat(msg, body, row[4], counts)
-        self._check_reading(meter, msg, row)
+        newest = self._newest(meter)
+        if pos > newest[:2]:  # in order: newer than anything stored, so neither duplicate nor gap-filler
+            before: tuple[int, ...] | None = newest if newest[0] >= 0 else None
+        else:  # the stored record at this (boot, seq) if any, else the one just before it
+            before = self.conn.execute(
+                "SELECT boot, seq, cnt_imp_wh, cnt_exp_wh, leaf FROM readings WHERE meter=? AND (boot, seq) <= (?, ?)"
+                " ORDER BY boot DESC, seq DESC LIMIT 1", (meter, *pos)).fetchone()
+            if before is not None and (before[0], before[1]) == pos:
+                return self._repeat(msg, body, before[4], counts)
+        self._check_reading(meter, msg, before)
         leaf = self.ledger.append("reading", meter, msg["iv"], body)
         self.conn.execute(
             "INSERT INTO readings(meter, boot, seq, iv, imp_wh, exp_wh, cnt_imp_wh, cnt_exp_wh, flags, leaf, received)"
@@ -190,8 +196,8 @@ class Ingest:
             self.conn.execute("INSERT OR IGNORE INTO intervals(iv, state) VALUES (?, 'open')", (msg["iv"],))
             self._new_ivs.add(msg["iv"])
         self._export("reading", msg)
-        if pos > self._newest(meter):
-            self._latest[meter] = pos
+        if pos > newest[:2]:
+            self._latest[meter] = (*pos, msg["cnt_imp_wh"], msg["cnt_exp_wh"])
         counts["stored"] += 1
         return self._ack(msg, messages.ACK_STORED)
 
@@ -202,12 +208,12 @@ class Ingest:
         counts["duplicate"] += 1  # replays included: acked again, stored once
         return self._ack(msg, messages.ACK_DUPLICATE)
 
-    def _newest(self, meter: str) -> tuple[int, int]:
-        """The meter's highest stored (boot, seq), cached (it only grows)."""
+    def _newest(self, meter: str) -> tuple[int, int, int, int]:
+        """The meter's highest stored (boot, seq) and its counters, cached (it only grows)."""
         if meter not in self._latest:
-            row = self.conn.execute("SELECT boot, seq FROM readings WHERE meter=? ORDER BY boot DESC, seq DESC"
-                                    " LIMIT 1", (meter,)).fetchone()
-            self._latest[meter] = (row[0], row[1]) if row else (-1, -1)
+            row = self.conn.execute("SELECT boot, seq, cnt_imp_wh, cnt_exp_wh FROM readings WHERE meter=?"
+                                    " ORDER BY boot DESC, seq DESC LIMIT 1", (meter,)).fetchone()
+            self._latest[meter] = tuple(row) if row else (-1, -1, 0, 0)
         return self._latest[meter]
 
     def _check_reading(self, meter: str, msg: dict[str, Any], before: tuple[int, ...] | None) -> None:
@@ -237,7 +243,7 @@ class Ingest:
         reset = msg["flags"] & messages.FLAG_COUNTER_RESET
         if before and not reset and (msg["cnt_imp_wh"] < before[2] or msg["cnt_exp_wh"] < before[3]):
             raise Rejected("counter_decrease", ack=True)
-        if (msg["boot"], msg["seq"]) > self._newest(meter):
+        if (msg["boot"], msg["seq"]) > self._newest(meter)[:2]:
             return  # nothing stored after it: the common, in-order case needs no second query
         after = self.conn.execute(
             "SELECT cnt_imp_wh, cnt_exp_wh, flags FROM readings WHERE meter=? AND (boot, seq) > (?, ?)"

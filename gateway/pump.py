@@ -1,0 +1,404 @@
+"""An MQTT connection in a process of its own: the gateway's data plane.
+
+At thousands of readings a second the MQTT client's per-packet work (paho parsing each PUBLISH,
+answering it with a PUBACK, framing each ack) costs as much as verifying and storing the
+reading; one interpreter cannot do both at the broker's pace. So the daemon runs two pumps
+beside it, each a child process with its own MQTT session and a single job:
+
+- ``uplink``: subscribed to the meters' reading, bid and status topics with a persistent session
+  (the broker keeps QoS 1 messages while the gateway restarts); hands every message, raw, to
+  the daemon, which verifies, stores and acknowledges it;
+- ``downlink``: publishes the acks the daemon hands it.
+
+The control plane (awards, results, checkpoints, status with its last will) stays on the
+daemon's own aiomqtt connection. A pump holds no key and no database: it moves bytes, and the
+verification of those bytes stays in the process that owns the ledger.
+
+The daemon and a pump talk over the pump's stdin and stdout in frames: a 4-byte big-endian
+length, then a pickled ``(kind, value)``. Pickle is safe here because both ends are this module,
+one spawned by the other; message payloads cross as opaque bytes.
+
+    daemon -> pump   ("start", PumpSettings as a dict), once, first
+                     ("publish", [(topic, payload, qos, retain), ...])
+    pump -> daemon   ("up", bool)                      subscribed (uplink) / connected, or lost
+                     ("messages", [(topic, payload), ...])
+                     ("count", {name: n})              e.g. acks dropped while disconnected
+
+End of file on its stdin tells a pump to finish what it was given, disconnect and exit; so a
+pump also ends when the daemon dies, whatever kills it.
+
+The pump side is a plain select loop over paho's external-loop API (``loop_read``,
+``loop_write``, ``loop_misc``): one thread, so no lock and no GIL hand-over sits on the path
+of every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import random
+import select
+import signal
+import struct
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("tmeter.gateway.pump")
+
+HEADER = struct.Struct("!I")
+MAX_FRAME = 64 << 20  # a frame larger than this is a broken pipe, not a message batch
+READ_BURST = 256  # MQTT packets read per wake-up before the batch goes to the daemon
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 30.0
+CLOSE_WAIT_S = 10.0
+REAP_S = 2.0
+
+
+@dataclass
+class PumpSettings:
+    """What a pump needs to know; sent as its first frame, so no password shows in ``ps``."""
+
+    name: str
+    host: str
+    port: int
+    client_id: str
+    subscribe: list[str] = field(default_factory=list)  # topic filters, QoS 1; none: publish only
+    user: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca: str | None = None
+    keepalive_s: int = 30
+    max_inflight: int = 20  # QoS 1 publishes awaiting PUBACK
+    log_level: str = "WARNING"
+
+
+def frame(kind: str, value: Any) -> bytes:
+    data = pickle.dumps((kind, value), protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(data)) + data
+
+
+class FrameBuffer:
+    """Splits a byte stream into frames."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[str, Any]]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= HEADER.size:
+            (n,) = HEADER.unpack_from(self.buf)
+            if n > MAX_FRAME:
+                raise ValueError(f"frame of {n} bytes")
+            if len(self.buf) < HEADER.size + n:
+                break
+            out.append(pickle.loads(self.buf[HEADER.size:HEADER.size + n]))
+            del self.buf[:HEADER.size + n]
+        return out
+
+
+# --- the pump process
+
+
+class PumpProcess:
+    """The child: one MQTT session, driven by a select loop over the broker socket and stdin."""
+
+    def __init__(self, settings: PumpSettings, stdin_fd: int, stdout: Any) -> None:
+        import paho.mqtt.client as mqtt  # noqa: PLC0415 - the daemon side never needs paho here
+
+        self.s = settings
+        self.stdin_fd = stdin_fd
+        self.stdout = stdout
+        self.frames = FrameBuffer()
+        self.inbox: list[tuple[str, bytes]] = []
+        self.counts: Counter[str] = Counter()
+        self.closing = False
+        self.up = False
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
+                        clean_session=not settings.subscribe)
+        if settings.user:
+            c.username_pw_set(settings.user, settings.password)
+        if settings.tls:
+            c.tls_set(ca_certs=settings.ca)
+        c.max_inflight_messages_set(max(1, settings.max_inflight))
+        c.max_queued_messages_set(0)
+        c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        self.client = c
+
+    def run(self) -> None:
+        backoff = RECONNECT_MIN_S
+        while not self.closing:
+            try:
+                self._connect()
+                backoff = RECONNECT_MIN_S
+                self._serve()
+            except OSError as exc:
+                log.warning("%s: broker connection failed (%s); retrying in %.1f s", self.s.name, exc, backoff)
+            self._report_up(False)
+            if not self.closing:
+                self._wait(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not secrecy
+                backoff = min(RECONNECT_MAX_S, backoff * 2)
+        self._finish()
+
+    def _connect(self) -> None:
+        self.client.connect(self.s.host, self.s.port, self.s.keepalive_s)  # blocking: a TCP connect
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:  # noqa: ARG002
+        if reason.is_failure:
+            log.warning("%s: broker refused the connection: %s", self.s.name, reason)
+            return
+        if self.s.subscribe:
+            client.subscribe([(f, 1) for f in self.s.subscribe])  # up once the broker confirms
+        else:
+            self._report_up(True)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: list[Any], props: Any) -> None:  # noqa: ARG002
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:  # an ACL that does not let the gateway read its meters: say so, stay down
+            log.error("%s: broker refused the subscriptions %s: %s", self.s.name, self.s.subscribe, refused)
+            self.counts["subscribe_refused"] += 1
+            return
+        self._report_up(True)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:  # noqa: ARG002
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # brokers check topics are UTF-8; should one not, drop it
+            self.counts["bad_topic"] += 1
+            return
+        self.inbox.append((topic, message.payload))
+
+    def _serve(self) -> None:
+        """Until the connection is lost or the daemon closed our stdin."""
+        while self.client.socket() is not None and not self.closing:
+            sock = self.client.socket()
+            want_write = [sock] if self.client.want_write() else []
+            readable, _, _ = select.select([sock, self.stdin_fd], want_write, [], 1.0)
+            if sock in readable and not self._read_broker():
+                return
+            if self.stdin_fd in readable:
+                self._read_daemon()
+            if self.client.want_write() and self.client.loop_write() != 0:
+                return
+            if self.client.loop_misc() != 0:  # keepalive pings; a silent broker is a lost one
+                return
+            self._send_inbox()
+
+    def _read_broker(self) -> bool:
+        for _ in range(READ_BURST):
+            before = len(self.inbox)
+            if self.client.loop_read() != 0:
+                self._send_inbox()
+                return False
+            if len(self.inbox) == before:  # nothing more buffered in the socket
+                break
+        return True
+
+    def _read_daemon(self) -> None:
+        data = os.read(self.stdin_fd, 1 << 20)
+        if not data:
+            self.closing = True
+            return
+        for kind, value in self.frames.feed(data):
+            if kind == "publish":
+                self._publish(value)
+
+    def _publish(self, items: list[tuple[str, bytes, int, bool]]) -> None:
+        if not self.up:
+            self.counts["publish_failed"] += len(items)  # the meters repeat what was not acked
+            return
+        for topic, payload, qos, retain in items:
+            if self.client.publish(topic, payload, qos=qos, retain=retain).rc != 0:
+                self.counts["publish_failed"] += 1
+
+    def _wait(self, seconds: float) -> None:
+        """Back off before reconnecting, still reading stdin: what arrives cannot be sent (it is
+        counted and dropped) and end of file ends the wait."""
+        deadline = time.monotonic() + seconds
+        while not self.closing and (left := deadline - time.monotonic()) > 0:
+            if select.select([self.stdin_fd], [], [], left)[0]:
+                self._read_daemon()
+
+    def _finish(self) -> None:
+        """Send what is still queued (bounded in time), then disconnect cleanly."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while self.client.socket() is not None and self.client.want_write() and time.monotonic() < deadline:
+            select.select([], [self.client.socket()], [], 0.5)
+            if self.client.loop_write() != 0:
+                break
+        self._send_inbox()
+        if self.client.socket() is not None:
+            self.client.disconnect()
+            with contextlib.suppress(Exception):
+                self.client.loop_write()
+        self._send_counts()
+
+    def _report_up(self, up: bool) -> None:
+        if up != self.up:
+            self.up = up
+            self._write(frame("up", up))
+
+    def _send_inbox(self) -> None:
+        if self.inbox:
+            self._write(frame("messages", self.inbox))
+            self.inbox = []
+        self._send_counts()
+
+    def _send_counts(self) -> None:
+        if self.counts:
+            self._write(frame("count", dict(self.counts)))
+            self.counts.clear()
+
+    def _write(self, data: bytes) -> None:
+        self.stdout.write(data)
+        self.stdout.flush()
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def main() -> int:
+    """``python -m gateway.pump``: started by the daemon, never by hand."""
+    # Ctrl-C in a terminal reaches the whole process group: the daemon stops its pumps itself,
+    # after it has acked what it stored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stdin_fd = sys.stdin.fileno()
+    try:  # exactly the start frame: whatever follows is the pump loop's to read
+        (n,) = HEADER.unpack(_read_exactly(stdin_fd, HEADER.size))
+        kind, value = pickle.loads(_read_exactly(stdin_fd, min(n, MAX_FRAME)))
+    except EOFError:
+        return 0  # the daemon went away before starting us
+    if kind != "start":
+        raise SystemExit(f"pump: expected a start frame, got {kind!r}")
+    settings = PumpSettings(**value)
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.set_blocking(stdin_fd, False)
+    PumpProcess(settings, stdin_fd, sys.stdout.buffer).run()
+    return 0
+
+
+# --- the daemon's side
+
+
+class Pump:
+    """The daemon's handle on one pump process: starts it, restarts it should it die, passes
+    frames both ways. ``run()`` supervises until ``close()``."""
+
+    def __init__(self, settings: PumpSettings, on_messages: Callable[[list[tuple[str, bytes]]], None],
+                 counters: Counter[str]) -> None:
+        self.settings = settings
+        self.on_messages = on_messages
+        self.counters = counters
+        self.up = asyncio.Event()
+        self.proc: asyncio.subprocess.Process | None = None
+        self._closing = False
+        self._read_all = asyncio.Event()  # the current process's stdout is at end of file
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    async def run(self) -> None:
+        backoff = RECONNECT_MIN_S
+        while not self._closing:
+            began = time.monotonic()
+            await self._run_once()
+            if self._closing:
+                return
+            self.counters[f"{self.name}_restarts"] += 1
+            log.error("%s pump exited (code %s); restarting", self.name, self.proc.returncode if self.proc else None)
+            backoff = RECONNECT_MIN_S if time.monotonic() - began > RECONNECT_MAX_S else min(RECONNECT_MAX_S, 2 * backoff)
+            await asyncio.sleep(backoff)
+
+    async def _run_once(self) -> None:
+        root = str(Path(__file__).resolve().parents[1])  # this checkout or install, whatever the cwd
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.pump", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, env=env)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(frame("start", asdict(self.settings)))
+        self._read_all.clear()
+        try:
+            await self._read(self.proc.stdout)
+        finally:
+            self._read_all.set()
+            self.up.clear()
+            await self._reap()
+
+    async def _read(self, stdout: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                (n,) = HEADER.unpack(await stdout.readexactly(HEADER.size))
+                if n > MAX_FRAME:
+                    raise ValueError(f"frame of {n} bytes")
+                kind, value = pickle.loads(await stdout.readexactly(n))
+            except asyncio.IncompleteReadError:
+                return  # the pump exited
+            if kind == "messages":
+                self.on_messages(value)
+            elif kind == "up":
+                (self.up.set if value else self.up.clear)()
+                log.info("%s pump %s", self.name, "up" if value else "down")
+            elif kind == "count":
+                self.counters.update(value)
+
+    def publish(self, items: list[tuple[str, bytes, int, bool]]) -> None:
+        """Hand messages to the pump without waiting; dropped (and counted) while it is down."""
+        proc = self.proc
+        if not items:
+            return
+        if proc is None or proc.stdin is None or proc.returncode is not None or proc.stdin.is_closing():
+            self.counters["publish_failed"] += len(items)
+            return
+        proc.stdin.write(frame("publish", items))
+
+    async def close(self) -> None:
+        """Let the pump send what it was given and exit; every message it received has reached
+        ``on_messages`` when this returns."""
+        self._closing = True
+        proc = self.proc
+        if proc is None or proc.stdin is None:
+            return
+        with contextlib.suppress(ConnectionError):
+            proc.stdin.close()
+            await proc.stdin.wait_closed()
+        try:
+            await asyncio.wait_for(self._read_all.wait(), CLOSE_WAIT_S + 5)
+        except TimeoutError:
+            log.error("%s pump did not stop; killing it", self.name)
+        await self._reap()
+
+    async def _reap(self) -> None:
+        """Collect the process, killing it if it does not end by itself soon after its output did."""
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            await asyncio.wait_for(proc.wait(), REAP_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
