@@ -33,6 +33,7 @@ from gateway import db, note, sdnotify
 from gateway.clearing import ClearFn, market_clear
 from gateway.clock import Clock, pause
 from gateway.config import GatewayConfig
+from gateway.decoder import Verified
 from gateway.fairqueue import FairQueue
 from gateway.ingest import Ingest, Outgoing
 from gateway.ledger import Ledger
@@ -149,7 +150,7 @@ class Gateway:
         while batch := await self.queue.get_batch(self.cfg.ingest.batch):
             self.counters["ingest_batches"] += 1
             try:
-                acks = await self._db(self.ingest.process, batch)
+                acks = await self._db(self.ingest.store, batch)
             except Exception:  # noqa: BLE001 - e.g. disk full: nothing stored, nothing acked
                 self.counters["store_failed"] += len(batch)
                 log.exception("could not store a batch of %d; the meters will send it again", len(batch))
@@ -161,13 +162,13 @@ class Gateway:
         m = self.cfg.mqtt
         log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
 
-        def settings(name: str, subscribe: list[str]) -> PumpSettings:
+        def settings(name: str, subscribe: list[str], decode_with: str | None) -> PumpSettings:
             return PumpSettings(name, m.host, m.port, f"{m.client_id}-{name}", subscribe, m.user, m.password,
-                                m.tls, m.ca, m.keepalive_s, self.cfg.ingest.ack_window, log_level)
+                                m.tls, m.ca, m.keepalive_s, self.cfg.ingest.ack_window, log_level, decode_with)
 
         uplink = [topics.meter_filter(self.cfg.community, k) for k in topics.METER_UP]
-        self.uplink = Pump(settings("up", uplink), self._take, self.counters)
-        self.downlink = Pump(settings("down", []), self._take, self.counters)
+        self.uplink = Pump(settings("up", uplink, str(self.cfg.db)), self._take, self.counters)
+        self.downlink = Pump(settings("down", [], None), self._take, self.counters)
         self._ingest_tasks = [asyncio.create_task(c) for c in (
             self._run_uplink(), self.downlink.run(), self._ingest_loop(), self._announce_ready())]
 
@@ -177,10 +178,10 @@ class Gateway:
         await self.downlink.up.wait()
         await self.uplink.run()
 
-    def _take(self, messages: list[tuple[str, bytes]]) -> None:
+    def _take(self, verified: list[Verified]) -> None:
         put = self.queue.put_nowait
-        for m in messages:
-            put(m)
+        for v in verified:
+            put(v)
 
     async def _announce_ready(self) -> None:
         assert self.uplink is not None and self.downlink is not None

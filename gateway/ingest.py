@@ -1,9 +1,11 @@
 """Verified ingest: decode (tag first), de-duplicate, check, store with its ledger leaf, ack.
 
-``Ingest.process(batch)`` runs in the gateway's single database thread. A batch of messages is
-one SQLite transaction (group commit); each message inside it is a savepoint, so a message
-that fails for any reason leaves nothing behind. The acks it returns are published only after
-the commit, so every "stored" ack the meter sees is for a record on disk.
+Decoding is the stateless first stage (gateway/decoder.py); the daemon runs it in its uplink
+pump. ``Ingest.store(verified)`` runs in the gateway's single database thread: a batch is one
+SQLite transaction (group commit), redone message by message in savepoints should anything go
+wrong, so a message that fails for any reason leaves nothing behind. The acks it returns are
+published only after the commit, so every "stored" ack the meter sees is for a record on disk.
+``Ingest.process(raw)`` does both stages in one call.
 
 Reasons are counted under stable codes: the protocol's ``ProtocolError.code`` values plus
 ``duplicate``, ``conflict``, ``counter_decrease``, ``energy_out_of_range``,
@@ -16,22 +18,20 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
+from gateway.decoder import KeyCache, MeterDecoder, Verified
 from gateway.influx import Export, enqueue
 from gateway.ledger import Ledger
 from gateway.registry import Registry
 from protocols import messages, topics
-from protocols.errors import ProtocolError
 
 log = logging.getLogger("tmeter.gateway.ingest")
 
-KEY_CACHE_S = 10.0  # retired keys stop working within this long in a running daemon
 BID_HORIZON = 96  # bids may come this many intervals ahead (a day of 15-minute intervals)
 
 
@@ -52,24 +52,6 @@ class Rejected(Exception):
         self.ack = ack
 
 
-class KeyCache:
-    """Meter keys by (meter, kid), refreshed from the registry every few seconds."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self._keys: dict[tuple[str, int], bytes | None] = {}
-        self._loaded = time.monotonic()
-
-    def __call__(self, meter: str, kid: int) -> bytes | None:
-        if time.monotonic() - self._loaded > KEY_CACHE_S:
-            self._keys.clear()
-            self._loaded = time.monotonic()
-        k = (meter, kid)
-        if k not in self._keys:
-            self._keys[k] = self.registry.key(meter, kid)
-        return self._keys[k]
-
-
 class Ingest:
     def __init__(self, cfg: GatewayConfig, conn: sqlite3.Connection, ledger: Ledger, clock: Clock,
                  counters: Counter[str], export: Export | None = None) -> None:
@@ -80,6 +62,7 @@ class Ingest:
         self.counters = counters
         self.export = export  # (measurement kind, fields) -> line protocol, or None
         self.keys = KeyCache(Registry(conn=conn))
+        self.decoder = MeterDecoder(self.keys, counters)
         # Intervals known to have a row, so most readings skip that insert; grown only after a
         # commit, so a rolled-back batch cannot leave an interval believed present but missing.
         self._known_ivs: set[int] = set()
@@ -90,6 +73,10 @@ class Ingest:
         self._latest: dict[str, tuple[int, int, int, int]] = {}
 
     def process(self, batch: list[tuple[str, bytes]]) -> list[Outgoing]:
+        """Decode and store raw (topic, payload) messages; returns the acks to publish."""
+        return self.store(self.decoder.decode_all(batch))
+
+    def store(self, batch: list[Verified]) -> list[Outgoing]:
         """Store a batch in one transaction; returns the acks to publish after it committed."""
         outgoing: list[Outgoing] = []
         counts: Counter[str] = Counter()
@@ -103,15 +90,15 @@ class Ingest:
         self.counters.update(counts)
         return outgoing
 
-    def _batch(self, batch: list[tuple[str, bytes]], outgoing: list[Outgoing], counts: Counter[str]) -> None:
+    def _batch(self, batch: list[Verified], outgoing: list[Outgoing], counts: Counter[str]) -> None:
         """Fast path: the whole batch in one transaction. Should any message fail unexpectedly,
         the batch is rolled back and redone message by message, each in a savepoint, so the
         failing one leaves nothing behind and the others are stored."""
         first = len(outgoing)
         try:
             with self.ledger.transaction():
-                for topic, payload in batch:
-                    self._one(topic, payload, outgoing, counts)
+                for verified in batch:
+                    self._one(verified, outgoing, counts)
             return
         except Exception:  # noqa: BLE001 - redone carefully below
             log.warning("a batch of %d failed; redoing it message by message", len(batch))
@@ -120,17 +107,17 @@ class Ingest:
         self._latest.clear()
         self._new_ivs = set()
         with self.ledger.transaction() as conn:
-            for topic, payload in batch:
+            for verified in batch:
                 conn.execute("SAVEPOINT msg")
                 mark = self.ledger.mark()
                 try:
-                    self._one(topic, payload, outgoing, counts)
+                    self._one(verified, outgoing, counts)
                 except Exception:  # noqa: BLE001 - the daemon never stops on input
                     conn.execute("ROLLBACK TO msg")
                     self.ledger.rollback_to(mark)
                     self._forget_rolled_back(conn)
                     counts["internal_error"] += 1
-                    log.exception("internal error on %s", topic[:128])
+                    log.exception("internal error on %s", verified[0][:128])
                 conn.execute("RELEASE msg")
 
     def _forget_rolled_back(self, conn: sqlite3.Connection) -> None:
@@ -139,19 +126,14 @@ class Ingest:
         self._new_ivs = {iv for iv in self._new_ivs
                          if conn.execute("SELECT 1 FROM intervals WHERE iv=?", (iv,)).fetchone()}
 
-    def _one(self, topic: str, payload: bytes, out: list[Outgoing], counts: Counter[str]) -> None:
-        try:
-            community, meter, msg, body = messages.decode(topic, payload, self.keys)
-        except ProtocolError as exc:
-            counts[exc.code] += 1
-            log.info("rejected %s: %s", _meter_hint(topic), exc)
-            return
+    def _one(self, verified: Verified, out: list[Outgoing], counts: Counter[str]) -> None:
+        _, community, meter, msg, body = verified
         kind = msg["type"]
         try:
             if community != self.cfg.community:
                 raise Rejected("wrong_community", ack=False)
             if kind == "reading":
-                out.append(self._reading(meter, msg, body, counts))
+                self._ack(out, msg, self._reading(meter, msg, body, counts))
             elif kind == "bid":
                 self._bid(meter, msg, body, counts)
             elif kind == "status":
@@ -163,18 +145,21 @@ class Ingest:
             counts[rej.code] += 1
             log.warning("rejected %s from %s: %s", kind, meter, rej.code)
             if rej.ack and kind == "reading":
-                out.append(self._ack(msg, rej.code))
+                self._ack(out, msg, rej.code)
 
     # --- readings
 
-    def _ack(self, msg: dict[str, Any], res: str) -> Outgoing:
+    def _ack(self, out: list[Outgoing], msg: dict[str, Any], res: str) -> None:
         key = self.keys(msg["meter"], msg["kid"])
-        assert key is not None  # the reading's tag verified under this very key
+        if key is None:  # retired since the decoder checked the tag: the meter's next try is refused
+            return
         ack = messages.ack(msg["meter"], msg["kid"], msg["boot"], msg["seq"], res)
         payload = messages.encode(ack, key)
-        return Outgoing(topics.meter_topic(self.cfg.community, msg["meter"], "ack"), payload, qos=self.cfg.ingest.ack_qos)
+        out.append(Outgoing(topics.meter_topic(self.cfg.community, msg["meter"], "ack"), payload,
+                            qos=self.cfg.ingest.ack_qos))
 
-    def _reading(self, meter: str, msg: dict[str, Any], body: bytes, counts: Counter[str]) -> Outgoing:
+    def _reading(self, meter: str, msg: dict[str, Any], body: bytes, counts: Counter[str]) -> str:
+        """Stores the reading unless it is a repeat; returns the ack's result."""
         pos = (msg["boot"], msg["seq"])
         newest = self._newest(meter)
         if pos > newest[:2]:  # in order: newer than anything stored, so neither duplicate nor gap-filler
@@ -199,14 +184,14 @@ class Ingest:
         if pos > newest[:2]:
             self._latest[meter] = (*pos, msg["cnt_imp_wh"], msg["cnt_exp_wh"])
         counts["stored"] += 1
-        return self._ack(msg, messages.ACK_STORED)
+        return messages.ACK_STORED
 
-    def _repeat(self, msg: dict[str, Any], body: bytes, leaf: int, counts: Counter[str]) -> Outgoing:
+    def _repeat(self, msg: dict[str, Any], body: bytes, leaf: int, counts: Counter[str]) -> str:
         stored = self.conn.execute("SELECT record FROM openings WHERE idx=?", (leaf,)).fetchone()
         if stored is not None and bytes(stored[0]) != body:
             raise Rejected("conflict", ack=True)  # same (boot, seq), other content: a device bug
         counts["duplicate"] += 1  # replays included: acked again, stored once
-        return self._ack(msg, messages.ACK_DUPLICATE)
+        return messages.ACK_DUPLICATE
 
     def _newest(self, meter: str) -> tuple[int, int, int, int]:
         """The meter's highest stored (boot, seq) and its counters, cached (it only grows)."""
@@ -277,9 +262,3 @@ class Ingest:
     def _export(self, kind: str, fields: dict[str, Any]) -> None:
         enqueue(self.conn, self.export, kind, fields)
 
-
-def _meter_hint(topic: str) -> str:
-    """A log-safe meter id from an unverified topic (the message failed to decode)."""
-    parts = topic.split("/")
-    hint = parts[4] if len(parts) > 4 else "?"
-    return hint if topics.valid_id(hint) else "?"

@@ -6,13 +6,14 @@ reading; one interpreter cannot do both at the broker's pace. So the daemon runs
 beside it, each a child process with its own MQTT session and a single job:
 
 - ``uplink``: subscribed to the meters' reading, bid and status topics with a persistent session
-  (the broker keeps QoS 1 messages while the gateway restarts); hands every message, raw, to
-  the daemon, which verifies, stores and acknowledges it;
+  (the broker keeps QoS 1 messages while the gateway restarts); authenticates and decodes each
+  message (gateway/decoder.py: stateless, keys read from the database) and hands what verified
+  to the daemon, which stores and acknowledges it;
 - ``downlink``: publishes the acks the daemon hands it.
 
 The control plane (awards, results, checkpoints, status with its last will) stays on the
-daemon's own aiomqtt connection. A pump holds no key and no database: it moves bytes, and the
-verification of those bytes stays in the process that owns the ledger.
+daemon's own aiomqtt connection, and everything stateful (de-duplication, checks, the ledger)
+in the daemon's single database thread.
 
 The daemon and a pump talk over the pump's stdin and stdout in frames: a 4-byte big-endian
 length, then a pickled ``(kind, value)``. Pickle is safe here because both ends are this module,
@@ -21,11 +22,13 @@ one spawned by the other; message payloads cross as opaque bytes.
     daemon -> pump   ("start", PumpSettings as a dict), once, first
                      ("publish", [(topic, payload, qos, retain), ...])
     pump -> daemon   ("up", bool)                      subscribed (uplink) / connected, or lost
-                     ("messages", [(topic, payload), ...])
+                     ("messages", [(topic, payload), ...]), or decoder.Verified tuples
                      ("count", {name: n})              e.g. acks dropped while disconnected
 
 End of file on its stdin tells a pump to finish what it was given, disconnect and exit; so a
-pump also ends when the daemon dies, whatever kills it.
+pump also ends when the daemon dies, whatever kills it. Signals are the daemon's: a pump
+ignores SIGINT and SIGTERM, which a terminal or a service manager may send the whole group,
+so that the daemon can still store and ack what it holds before its pumps go.
 
 The pump side is a plain select loop over paho's external-loop API (``loop_read``,
 ``loop_write``, ``loop_misc``): one thread, so no lock and no GIL hand-over sits on the path
@@ -55,6 +58,12 @@ log = logging.getLogger("tmeter.gateway.pump")
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 64 << 20  # a frame larger than this is a broken pipe, not a message batch
+# Room in the pipe and the daemon's reader, so the uplink keeps taking messages from the broker
+# while the daemon's event loop waits its turn for the interpreter (its database thread holds
+# the GIL for milliseconds at a time); 64 KiB pipes stalled the uplink for half of its time.
+PIPE_SIZE = 1 << 20
+READER_LIMIT = 4 << 20
+F_SETPIPE_SZ = 1031  # Linux fcntl; elsewhere the default size stays
 READ_BURST = 256  # MQTT packets read per wake-up before the batch goes to the daemon
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
@@ -78,6 +87,7 @@ class PumpSettings:
     keepalive_s: int = 30
     max_inflight: int = 20  # QoS 1 publishes awaiting PUBACK
     log_level: str = "WARNING"
+    decode_with: str | None = None  # the gateway database: decode received messages with its keys
 
 
 def frame(kind: str, value: Any) -> bytes:
@@ -134,6 +144,11 @@ class PumpProcess:
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         self.client = c
+        self.decode = None
+        if settings.decode_with:
+            from gateway.decoder import MeterDecoder  # noqa: PLC0415 - only the uplink decodes
+
+            self.decode = MeterDecoder.for_database(settings.decode_with, self.counts).decode_all
 
     def run(self) -> None:
         backoff = RECONNECT_MIN_S
@@ -250,8 +265,10 @@ class PumpProcess:
 
     def _send_inbox(self) -> None:
         if self.inbox:
-            self._write(frame("messages", self.inbox))
+            batch = self.decode(self.inbox) if self.decode else self.inbox
             self.inbox = []
+            if batch:
+                self._write(frame("messages", batch))
         self._send_counts()
 
     def _send_counts(self) -> None:
@@ -274,11 +291,19 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return data
 
 
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, OSError):
+        pass  # not Linux, not a pipe, or above /proc/sys/fs/pipe-max-size: the default will do
+
+
 def main() -> int:
     """``python -m gateway.pump``: started by the daemon, never by hand."""
-    # Ctrl-C in a terminal reaches the whole process group: the daemon stops its pumps itself,
-    # after it has acked what it stored.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the daemon stops its pumps itself (see above)
+        signal.signal(sig, signal.SIG_IGN)
     stdin_fd = sys.stdin.fileno()
     try:  # exactly the start frame: whatever follows is the pump loop's to read
         (n,) = HEADER.unpack(_read_exactly(stdin_fd, HEADER.size))
@@ -291,6 +316,7 @@ def main() -> int:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.set_blocking(stdin_fd, False)
+    _grow_pipe(sys.stdout.fileno())
     PumpProcess(settings, stdin_fd, sys.stdout.buffer).run()
     return 0
 
@@ -333,7 +359,7 @@ class Pump:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.pump", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=env)
+            stdout=asyncio.subprocess.PIPE, env=env, limit=READER_LIMIT)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(frame("start", asdict(self.settings)))
         self._read_all.clear()

@@ -52,7 +52,7 @@ def test_unknown_meter_and_retired_key(offline: Offline) -> None:
     rotated = MeterSpec(spec.meter, 2, new.key, seq=spec.seq, counter_imp=spec.counter_imp, counter_exp=spec.counter_exp)
     assert res(offline.send(reading(rotated, "c1", _iv(offline), INTERVAL_S)[:2])) == ["stored"]
     assert reg.retire(spec.meter, 1)
-    offline.ingest.keys._keys.clear()  # what the cache refresh does after KEY_CACHE_S
+    offline.ingest.keys._keys.clear()  # what the cache refresh does after decoder.KEY_CACHE_S
     assert offline.send(reading(spec, "c1", _iv(offline), INTERVAL_S)[:2]) == []
     assert offline.counters["unknown_key"] == 2
 

@@ -1,0 +1,87 @@
+"""The gateway's MQTT pump processes: their framing, their restart when one dies, and their end
+with the daemon, however the daemon ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.daemon import GatewayThread
+from gateway.pump import HEADER, MAX_FRAME, FrameBuffer, frame
+from protocols import messages
+from sim_hardware.mosquitto import MosquittoBroker
+from tests.gateway.conftest import first_point_clearing, provision, wait_until
+from tests.gateway.test_crash import start, write_toml
+from tests.gateway.meters import AckCollector, MeterSpec, publisher, reading
+
+
+def test_frames_arrive_whole_whatever_the_reads_cut() -> None:
+    data = frame("messages", [("t/1", b"\x00" * 300), ("t/2", b"x")]) + frame("up", True)
+    buf = FrameBuffer()
+    got = []
+    for i in range(0, len(data), 7):  # any cut, even inside a header
+        got += buf.feed(data[i:i + 7])
+    assert got == [("messages", [("t/1", b"\x00" * 300), ("t/2", b"x")]), ("up", True)]
+    assert not buf.buf
+
+
+def test_an_absurd_frame_length_is_an_error_not_an_allocation() -> None:
+    with pytest.raises(ValueError, match="frame of"):
+        FrameBuffer().feed(HEADER.pack(MAX_FRAME + 1) + b"junk")
+
+
+def _acked(pub, acks: AckCollector, spec: MeterSpec, iv: int, cfg: GatewayConfig) -> bool:  # noqa: ANN001
+    """Publish the meter's next reading until acked, as a meter does."""
+    topic, payload, key = reading(spec, "c1", iv, cfg.interval_s)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pub.publish(topic, payload, qos=1)
+        if acks.wait_for({key}, timeout=2):
+            return True
+    return False
+
+
+@pytest.mark.mosquitto
+def test_a_killed_pump_is_restarted_and_ingest_goes_on(gw_config: GatewayConfig, mosquitto: MosquittoBroker) -> None:
+    spec = provision(gw_config, 1)[0]
+    gw = GatewayThread(gw_config, first_point_clearing).start()
+    acks = AckCollector(mosquitto.host, mosquitto.port, "c1", {spec.meter: spec.key})
+    pub = publisher(mosquitto.host, mosquitto.port)
+    iv = messages.interval_index(time.time(), gw_config.interval_s)
+    try:
+        assert _acked(pub, acks, spec, iv, gw_config)
+        for pump in (gw.gateway.uplink, gw.gateway.downlink):
+            assert pump is not None and pump.proc is not None
+            os.kill(pump.proc.pid, signal.SIGKILL)
+        assert wait_until(lambda: gw.gateway.counters["up_restarts"] == gw.gateway.counters["down_restarts"] == 1)
+        assert wait_until(lambda: gw.gateway.snapshot()["health"] == "ok")
+        assert _acked(pub, acks, spec, iv, gw_config)  # the meter's next reading
+    finally:
+        pub.loop_stop()
+        acks.close()
+        gw.stop()
+    assert gw.error is None
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_pumps_end_with_the_daemon(gw_config: GatewayConfig, mosquitto: MosquittoBroker, tmp_path, how: int) -> None:  # noqa: ANN001
+    toml = write_toml(gw_config, tmp_path / "gateway.toml")
+    daemon = start(toml, tmp_path / "gateway.log")
+    try:
+        parent = psutil.Process(daemon.pid)
+        assert wait_until(lambda: len(parent.children()) == 2, timeout=30), "the daemon did not start its pumps"
+        pumps = parent.children()
+        assert all("gateway.pump" in " ".join(p.cmdline()) for p in pumps)
+        daemon.send_signal(how)
+        daemon.wait(30)
+        gone, alive = psutil.wait_procs(pumps, timeout=15)
+        assert not alive, f"pumps outlived the daemon ({signal.Signals(how).name})"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
