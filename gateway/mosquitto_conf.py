@@ -51,8 +51,11 @@ class BrokerFiles:
 
     def config_lines(self) -> str:
         """The lines to add to mosquitto.conf (listener lines are the operator's choice)."""
+        # The broker keeps the gateway's readings while it restarts, up to max_queued_messages
+        # per session (Mosquitto's default, 1000, is one reading per meter of a small
+        # community; the meters would send the rest again, later).
         return (f"allow_anonymous false\npassword_file {self.password_file}\n"
-                f"acl_file {self.acl_file}\nper_listener_settings false\n")
+                f"acl_file {self.acl_file}\nper_listener_settings false\nmax_queued_messages 100000\n")
 
 
 def write(registry: Registry, community: str, gateway_user: str, gateway_password: str, out_dir: str | Path) -> BrokerFiles:
