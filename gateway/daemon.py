@@ -64,7 +64,7 @@ class Gateway:
         self.clock = Clock(cfg.clock)
         self.counters: Counter[str] = Counter()
         self.clear = clear or market_clear
-        self.control_up = False  # the aiomqtt connection for awards, results, status
+        self.control_up = asyncio.Event()  # the aiomqtt connection for awards, results, status
         self.ready = threading.Event()  # set once all connections are up: records are taken in
         self.started = time.monotonic()
         self.last_tick = time.monotonic()
@@ -108,7 +108,7 @@ class Gateway:
     @property
     def connected(self) -> bool:
         pumps = (self.uplink, self.downlink)
-        return self.control_up and all(p is not None and p.up.is_set() for p in pumps)
+        return self.control_up.is_set() and all(p is not None and p.up.is_set() for p in pumps)
 
     def health(self) -> str:
         if time.monotonic() - self.last_tick > STALL_S:
@@ -185,9 +185,7 @@ class Gateway:
 
     async def _announce_ready(self) -> None:
         assert self.uplink is not None and self.downlink is not None
-        await asyncio.gather(self.uplink.up.wait(), self.downlink.up.wait())
-        while not self.control_up:
-            await asyncio.sleep(0.05)
+        await asyncio.gather(self.uplink.up.wait(), self.downlink.up.wait(), self.control_up.wait())
         self.ready.set()
         sdnotify.notify("READY=1\nSTATUS=connected")
 
@@ -261,7 +259,7 @@ class Gateway:
     async def _session(self, stop: asyncio.Event) -> None:
         client = self._client()
         async with client:
-            self.control_up = True
+            self.control_up.set()
             log.info("connected to %s:%d, community %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.community)
             try:
                 tasks = [asyncio.create_task(c) for c in (
@@ -279,7 +277,7 @@ class Gateway:
                 if stop.is_set():
                     await self._drain(client)
             finally:
-                self.control_up = False
+                self.control_up.clear()
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Clean shutdown: store what is queued, ack it, sign the tree, say we are offline."""

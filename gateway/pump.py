@@ -95,6 +95,14 @@ def frame(kind: str, value: Any) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
+def frame_length(header: bytes | bytearray) -> int:
+    """The length a frame header announces; an absurd one is a broken pipe, not a batch."""
+    (n,) = HEADER.unpack_from(header)
+    if n > MAX_FRAME:
+        raise ValueError(f"frame of {n} bytes")
+    return n
+
+
 class FrameBuffer:
     """Splits a byte stream into frames."""
 
@@ -105,9 +113,7 @@ class FrameBuffer:
         self.buf += data
         out = []
         while len(self.buf) >= HEADER.size:
-            (n,) = HEADER.unpack_from(self.buf)
-            if n > MAX_FRAME:
-                raise ValueError(f"frame of {n} bytes")
+            n = frame_length(self.buf)
             if len(self.buf) < HEADER.size + n:
                 break
             out.append(pickle.loads(self.buf[HEADER.size:HEADER.size + n]))
@@ -256,7 +262,6 @@ class PumpProcess:
             self.client.disconnect()
             with contextlib.suppress(Exception):
                 self.client.loop_write()
-        self._send_counts()
 
     def _report_up(self, up: bool) -> None:
         if up != self.up:
@@ -306,8 +311,8 @@ def main() -> int:
         signal.signal(sig, signal.SIG_IGN)
     stdin_fd = sys.stdin.fileno()
     try:  # exactly the start frame: whatever follows is the pump loop's to read
-        (n,) = HEADER.unpack(_read_exactly(stdin_fd, HEADER.size))
-        kind, value = pickle.loads(_read_exactly(stdin_fd, min(n, MAX_FRAME)))
+        n = frame_length(_read_exactly(stdin_fd, HEADER.size))
+        kind, value = pickle.loads(_read_exactly(stdin_fd, n))
     except EOFError:
         return 0  # the daemon went away before starting us
     if kind != "start":
@@ -373,9 +378,7 @@ class Pump:
     async def _read(self, stdout: asyncio.StreamReader) -> None:
         while True:
             try:
-                (n,) = HEADER.unpack(await stdout.readexactly(HEADER.size))
-                if n > MAX_FRAME:
-                    raise ValueError(f"frame of {n} bytes")
+                n = frame_length(await stdout.readexactly(HEADER.size))
                 kind, value = pickle.loads(await stdout.readexactly(n))
             except asyncio.IncompleteReadError:
                 return  # the pump exited
