@@ -382,6 +382,9 @@ class Pump:
                 kind, value = pickle.loads(await stdout.readexactly(n))
             except asyncio.IncompleteReadError:
                 return  # the pump exited
+            except (ValueError, pickle.UnpicklingError, EOFError, TypeError) as exc:
+                log.error("%s pump sent a broken frame (%s); restarting it", self.name, exc)
+                return  # _run_once reaps (kills) it, run() starts a new one
             if kind == "messages":
                 self.on_messages(value)
             elif kind == "up":

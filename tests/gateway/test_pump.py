@@ -46,6 +46,26 @@ def _acked(pub, acks: AckCollector, spec: MeterSpec, iv: int, cfg: GatewayConfig
     return False
 
 
+def test_a_broken_frame_from_a_pump_ends_its_reading_instead_of_the_daemon() -> None:
+    import asyncio
+    from collections import Counter
+
+    from gateway.pump import Pump, PumpSettings
+
+    got: list = []
+
+    async def read(data: bytes) -> None:
+        stdout = asyncio.StreamReader()
+        stdout.feed_data(data)
+        stdout.feed_eof()
+        await Pump(PumpSettings("up", "127.0.0.1", 1, "x"), got.extend, Counter())._read(stdout)
+
+    good = frame("messages", [("t/1", b"a")])
+    asyncio.run(read(good + HEADER.pack(5) + b"\x80junk" + good))  # not a pickle
+    asyncio.run(read(good + HEADER.pack(MAX_FRAME + 1) + good))  # absurd length
+    assert got == [("t/1", b"a"), ("t/1", b"a")]  # what came before the broken frame, nothing after
+
+
 @pytest.mark.mosquitto
 def test_a_killed_pump_is_restarted_and_ingest_goes_on(gw_config: GatewayConfig, mosquitto: MosquittoBroker) -> None:
     spec = provision(gw_config, 1)[0]
