@@ -32,7 +32,10 @@ so that the daemon can still store and ack what it holds before its pumps go.
 
 The pump side is a plain select loop over paho's external-loop API (``loop_read``,
 ``loop_write``, ``loop_misc``): one thread, so no lock and no GIL hand-over sits on the path
-of every message.
+of every message. Its paho client buffers the socket (``BufferedClient``): paho reads a packet
+in three or more ``recv`` calls and writes each packet with its own ``send``, so at these rates
+its system calls cost twice what its parsing does; buffered, one ``recv`` takes everything the
+kernel holds and one ``send`` a whole turn's PUBACKs or acks.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ PIPE_SIZE = 1 << 20
 READER_LIMIT = 4 << 20
 F_SETPIPE_SZ = 1031  # Linux fcntl; elsewhere the default size stays
 READ_BURST = 256  # MQTT packets read per wake-up before the batch goes to the daemon
+RECV_SIZE = 256 << 10  # one recv takes up to this much of what the kernel holds
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 CLOSE_WAIT_S = 10.0
@@ -124,6 +128,70 @@ class FrameBuffer:
 # --- the pump process
 
 
+def buffered_client_class() -> type:
+    """paho's Client with buffered socket I/O (imported here: the daemon side never needs paho)."""
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+
+    class BufferedClient(mqtt.Client):  # type: ignore[misc]
+        """Reads take whatever the kernel holds into a buffer that paho's byte-by-byte reads
+        then consume; writes gather until ``flush()``, which the select loop calls once a
+        turn. Through paho's socket hooks (``_sock_recv``, ``_sock_send``, ``_sock_close``),
+        so paho keeps doing all of MQTT, TLS included; the hooks are private, hence the
+        ``paho-mqtt<3`` pin and the pump tests against a real broker."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._rbuf = b""
+            self._rpos = 0
+            self._wbuf = bytearray()
+            # Nothing left to read: the last read found the buffer and the socket both empty.
+            # Until then the select loop must not wait, as what remains may be in the buffer
+            # or (TLS) decrypted inside the SSL object, where select cannot see it.
+            self.drained = False
+
+        def _sock_recv(self, bufsize: int) -> bytes:
+            if self._rpos >= len(self._rbuf):
+                try:
+                    self._rbuf, self._rpos = super()._sock_recv(RECV_SIZE), 0
+                except BlockingIOError:
+                    self.drained = True
+                    raise
+                if not self._rbuf:
+                    return b""  # end of stream: paho calls the connection lost
+            data = self._rbuf[self._rpos:self._rpos + bufsize]
+            self._rpos += len(data)
+            return data
+
+        def _sock_send(self, buf: bytes | bytearray) -> int:
+            if self._sock is None:
+                raise ConnectionError("not connected")
+            self._wbuf += buf
+            return len(buf)
+
+        def _sock_close(self) -> None:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self.flush()  # e.g. the DISCONNECT paho just wrote, before it closes
+            self._rbuf, self._rpos, self._wbuf = b"", 0, bytearray()
+            self.drained = False
+            super()._sock_close()
+
+        def pending_output(self) -> bool:
+            return bool(self._wbuf) or self.want_write()
+
+        def flush(self) -> None:
+            """Send what was gathered, as far as the socket takes it now (raises OSError on
+            a broken connection)."""
+            while self._wbuf:
+                try:
+                    sent = super()._sock_send(self._wbuf)
+                except BlockingIOError:
+                    return  # the socket buffer is full: select for writing, then again
+                del self._wbuf[:sent]
+
+    return BufferedClient
+
+
 class PumpProcess:
     """The child: one MQTT session, driven by a select loop over the broker socket and stdin."""
 
@@ -138,8 +206,8 @@ class PumpProcess:
         self.counts: Counter[str] = Counter()
         self.closing = False
         self.up = False
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
-                        clean_session=not settings.subscribe)
+        c = buffered_client_class()(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
+                                    clean_session=not settings.subscribe)
         if settings.user:
             c.username_pw_set(settings.user, settings.password)
         if settings.tls:
@@ -201,27 +269,28 @@ class PumpProcess:
 
     def _serve(self) -> None:
         """Until the connection is lost or the daemon closed our stdin."""
-        while self.client.socket() is not None and not self.closing:
-            sock = self.client.socket()
-            want_write = [sock] if self.client.want_write() else []
-            readable, _, _ = select.select([sock, self.stdin_fd], want_write, [], 1.0)
-            if sock in readable and not self._read_broker():
+        c = self.client
+        while c.socket() is not None and not self.closing:
+            sock = c.socket()
+            want_write = [sock] if c.pending_output() else []
+            readable, _, _ = select.select([sock, self.stdin_fd], want_write, [], 1.0 if c.drained else 0.0)
+            if (sock in readable or not c.drained) and not self._read_broker():
                 return
             if self.stdin_fd in readable:
                 self._read_daemon()
-            if self.client.want_write() and self.client.loop_write() != 0:
+            if c.loop_write() != 0 or c.loop_misc() != 0:  # loop_misc: keepalive; a silent broker is a lost one
                 return
-            if self.client.loop_misc() != 0:  # keepalive pings; a silent broker is a lost one
-                return
+            c.flush()
             self._send_inbox()
 
     def _read_broker(self) -> bool:
+        """Take what the socket holds, up to a burst; False if the connection was lost."""
+        self.client.drained = False  # select says there is more
         for _ in range(READ_BURST):
-            before = len(self.inbox)
             if self.client.loop_read() != 0:
                 self._send_inbox()
                 return False
-            if len(self.inbox) == before:  # nothing more buffered in the socket
+            if self.client.drained:
                 break
         return True
 
@@ -253,9 +322,14 @@ class PumpProcess:
     def _finish(self) -> None:
         """Send what is still queued (bounded in time), then disconnect cleanly."""
         deadline = time.monotonic() + CLOSE_WAIT_S
-        while self.client.socket() is not None and self.client.want_write() and time.monotonic() < deadline:
-            select.select([], [self.client.socket()], [], 0.5)
-            if self.client.loop_write() != 0:
+        c = self.client
+        while c.socket() is not None and c.pending_output() and time.monotonic() < deadline:
+            select.select([], [c.socket()], [], 0.5)
+            try:
+                if c.loop_write() != 0:
+                    break
+                c.flush()
+            except OSError:
                 break
         self._send_inbox()
         if self.client.socket() is not None:

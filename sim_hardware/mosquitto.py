@@ -6,6 +6,7 @@ broker outage and its return.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import subprocess
 import tempfile
@@ -43,6 +44,9 @@ class MosquittoBroker:
 
     def write_config(self) -> Path:
         lines = [
+            # Started as root (CI), Mosquitto would drop to the "mosquitto" user and could not
+            # read its log, certificates or password files in our private temp folders.
+            f"user {getpass.getuser()}",
             f"listener {self.port} {self.host}",
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             "persistence false",

@@ -15,7 +15,8 @@ from gateway.daemon import GatewayThread
 from gateway.pump import HEADER, MAX_FRAME, FrameBuffer, frame
 from protocols import messages
 from sim_hardware.mosquitto import MosquittoBroker
-from tests.gateway.conftest import first_point_clearing, provision, wait_until
+from sim_hardware.netutil import free_port
+from tests.gateway.conftest import first_point_clearing, make_config, provision, wait_until, write_tls_files
 from tests.gateway.test_crash import start, write_toml
 from tests.gateway.meters import AckCollector, MeterSpec, publisher, reading
 
@@ -105,3 +106,39 @@ def test_pumps_end_with_the_daemon(gw_config: GatewayConfig, mosquitto: Mosquitt
     finally:
         if daemon.poll() is None:
             daemon.kill()
+
+
+@pytest.mark.mosquitto
+def test_a_backlog_over_tls_is_taken_whole(tmp_path) -> None:  # noqa: ANN001
+    """The gateway over TLS (its pumps read the broker in buffered chunks, cut anywhere by TLS
+    records): a backlog of many records, queued while it was away, is taken whole."""
+    ca, cert, key = write_tls_files(tmp_path / "tls")
+    tls_port = free_port()
+    broker = MosquittoBroker(workdir=tmp_path / "mq", extra_config=(
+        f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"))
+    broker.workdir.mkdir()
+    with broker:
+        cfg = make_config(tmp_path, broker)
+        cfg.mqtt.port, cfg.mqtt.tls, cfg.mqtt.ca = tls_port, True, str(ca)
+        specs = provision(cfg, 20)
+        GatewayThread(cfg, first_point_clearing).start().stop()  # the session now exists
+        acks = AckCollector(broker.host, broker.port, "c1", {s.meter: s.key for s in specs})
+        pub = publisher(broker.host, broker.port)
+        iv = messages.interval_index(time.time(), cfg.interval_s)
+        wanted = set()
+        for _ in range(50):
+            for spec in specs:
+                topic, payload, k = reading(spec, "c1", iv, cfg.interval_s)
+                info = pub.publish(topic, payload, qos=1)
+                wanted.add(k)
+        info.wait_for_publish(30)
+        gw = GatewayThread(cfg, first_point_clearing).start()
+        try:
+            assert acks.wait_for(wanted, timeout=20), f"{len(wanted - acks.acks.keys())} of {len(wanted)} not acked"
+            assert set(acks.acks.values()) == {messages.ACK_STORED}
+            assert gw.gateway.counters["stored"] == len(wanted)
+        finally:
+            pub.loop_stop()
+            acks.close()
+            gw.stop()
+        assert gw.error is None
