@@ -23,19 +23,19 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from collections.abc import Callable
 
 import aiomqtt
 
 from gateway import db, note, sdnotify
 from gateway.clearing import ClearFn, market_clear
 from gateway.clock import Clock, pause
+from gateway.codec import AckOrder, Outgoing, Verified
 from gateway.config import GatewayConfig
-from gateway.decoder import Verified
 from gateway.fairqueue import FairQueue
-from gateway.ingest import Ingest, Outgoing
+from gateway.ingest import Ingest
 from gateway.ledger import Ledger
 from gateway.pump import Pump, PumpSettings
 from gateway.scheduler import Scheduler
@@ -137,9 +137,9 @@ class Gateway:
             self.counters["publish_failed"] += 1
             log.debug("publish to %s failed: %s", o.topic, exc)
 
-    def _send_acks(self, acks: list[Outgoing]) -> None:
+    def _send_acks(self, orders: list[AckOrder]) -> None:
         if self.downlink is not None:
-            self.downlink.publish([(o.topic, o.payload, o.qos, o.retain) for o in acks])
+            self.downlink.send_acks(orders)
 
     async def _send(self, client: aiomqtt.Client, out: list[Outgoing]) -> None:
         """Publish awards, results, checkpoints: few, and each confirmed."""
@@ -162,13 +162,14 @@ class Gateway:
         m = self.cfg.mqtt
         log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
 
-        def settings(name: str, subscribe: list[str], decode_with: str | None) -> PumpSettings:
+        def settings(name: str, subscribe: list[str]) -> PumpSettings:
             return PumpSettings(name, m.host, m.port, f"{m.client_id}-{name}", subscribe, m.user, m.password,
-                                m.tls, m.ca, m.keepalive_s, self.cfg.ingest.ack_window, log_level, decode_with)
+                                m.tls, m.ca, m.keepalive_s, self.cfg.ingest.ack_window, log_level,
+                                str(self.cfg.db), self.cfg.community, self.cfg.ingest.ack_qos)
 
         uplink = [topics.meter_filter(self.cfg.community, k) for k in topics.METER_UP]
-        self.uplink = Pump(settings("up", uplink, str(self.cfg.db)), self._take, self.counters)
-        self.downlink = Pump(settings("down", [], None), self._take, self.counters)
+        self.uplink = Pump(settings("up", uplink), self._take, self.counters)
+        self.downlink = Pump(settings("down", []), self._take, self.counters)
         self._ingest_tasks = [asyncio.create_task(c) for c in (
             self._run_uplink(), self.downlink.run(), self._ingest_loop(), self._announce_ready())]
 

@@ -1,11 +1,11 @@
 """Verified ingest: decode (tag first), de-duplicate, check, store with its ledger leaf, ack.
 
-Decoding is the stateless first stage (gateway/decoder.py); the daemon runs it in its uplink
-pump. ``Ingest.store(verified)`` runs in the gateway's single database thread: a batch is one
-SQLite transaction (group commit), redone message by message in savepoints should anything go
-wrong, so a message that fails for any reason leaves nothing behind. The acks it returns are
-published only after the commit, so every "stored" ack the meter sees is for a record on disk.
-``Ingest.process(raw)`` does both stages in one call.
+Decoding and tagging the acks are the stateless first and last stages (gateway/codec.py); the
+daemon runs them in its uplink and downlink pumps. ``Ingest.store(verified)`` runs in the
+gateway's single database thread: a batch is one SQLite transaction (group commit), redone
+message by message in savepoints should anything go wrong, so a message that fails for any
+reason leaves nothing behind. The acks it orders are published only after the commit, so every
+"stored" ack the meter sees is for a record on disk. ``Ingest.process(raw)`` does all three.
 
 Reasons are counted under stable codes: the protocol's ``ProtocolError.code`` values plus
 ``duplicate``, ``conflict``, ``counter_decrease``, ``energy_out_of_range``,
@@ -19,28 +19,19 @@ import json
 import logging
 import sqlite3
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.clock import Clock
+from gateway.codec import AckOrder, AckTagger, KeyCache, MeterDecoder, Outgoing, Verified
 from gateway.config import GatewayConfig
-from gateway.decoder import KeyCache, MeterDecoder, Verified
 from gateway.influx import Export, enqueue
 from gateway.ledger import Ledger
 from gateway.registry import Registry
-from protocols import messages, topics
+from protocols import messages
 
 log = logging.getLogger("tmeter.gateway.ingest")
 
 BID_HORIZON = 96  # bids may come this many intervals ahead (a day of 15-minute intervals)
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
 
 
 class Rejected(Exception):
@@ -63,6 +54,7 @@ class Ingest:
         self.export = export  # (measurement kind, fields) -> line protocol, or None
         self.keys = KeyCache(Registry(conn=conn))
         self.decoder = MeterDecoder(self.keys, counters)
+        self.tag_acks = AckTagger(self.keys, cfg.community, cfg.ingest.ack_qos)
         # Intervals known to have a row, so most readings skip that insert; grown only after a
         # commit, so a rolled-back batch cannot leave an interval believed present but missing.
         self._known_ivs: set[int] = set()
@@ -74,11 +66,11 @@ class Ingest:
 
     def process(self, batch: list[tuple[str, bytes]]) -> list[Outgoing]:
         """Decode and store raw (topic, payload) messages; returns the acks to publish."""
-        return self.store(self.decoder.decode_all(batch))
+        return self.tag_acks(self.store(self.decoder.decode_all(batch)))
 
-    def store(self, batch: list[Verified]) -> list[Outgoing]:
-        """Store a batch in one transaction; returns the acks to publish after it committed."""
-        outgoing: list[Outgoing] = []
+    def store(self, batch: list[Verified]) -> list[AckOrder]:
+        """Store a batch in one transaction; returns the acks to send once it committed."""
+        outgoing: list[AckOrder] = []
         counts: Counter[str] = Counter()
         self._new_ivs = set()
         try:
@@ -90,7 +82,7 @@ class Ingest:
         self.counters.update(counts)
         return outgoing
 
-    def _batch(self, batch: list[Verified], outgoing: list[Outgoing], counts: Counter[str]) -> None:
+    def _batch(self, batch: list[Verified], outgoing: list[AckOrder], counts: Counter[str]) -> None:
         """Fast path: the whole batch in one transaction. Should any message fail unexpectedly,
         the batch is rolled back and redone message by message, each in a savepoint, so the
         failing one leaves nothing behind and the others are stored."""
@@ -126,7 +118,7 @@ class Ingest:
         self._new_ivs = {iv for iv in self._new_ivs
                          if conn.execute("SELECT 1 FROM intervals WHERE iv=?", (iv,)).fetchone()}
 
-    def _one(self, verified: Verified, out: list[Outgoing], counts: Counter[str]) -> None:
+    def _one(self, verified: Verified, out: list[AckOrder], counts: Counter[str]) -> None:
         _, community, meter, msg, body = verified
         kind = msg["type"]
         try:
@@ -149,14 +141,9 @@ class Ingest:
 
     # --- readings
 
-    def _ack(self, out: list[Outgoing], msg: dict[str, Any], res: str) -> None:
-        key = self.keys(msg["meter"], msg["kid"])
-        if key is None:  # retired since the decoder checked the tag: the meter's next try is refused
-            return
-        ack = messages.ack(msg["meter"], msg["kid"], msg["boot"], msg["seq"], res)
-        payload = messages.encode(ack, key)
-        out.append(Outgoing(topics.meter_topic(self.cfg.community, msg["meter"], "ack"), payload,
-                            qos=self.cfg.ingest.ack_qos))
+    @staticmethod
+    def _ack(out: list[AckOrder], msg: dict[str, Any], res: str) -> None:
+        out.append((msg["meter"], msg["kid"], msg["boot"], msg["seq"], res))
 
     def _reading(self, meter: str, msg: dict[str, Any], body: bytes, counts: Counter[str]) -> str:
         """Stores the reading unless it is a repeat; returns the ack's result."""

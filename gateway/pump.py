@@ -7,9 +7,9 @@ beside it, each a child process with its own MQTT session and a single job:
 
 - ``uplink``: subscribed to the meters' reading, bid and status topics with a persistent session
   (the broker keeps QoS 1 messages while the gateway restarts); authenticates and decodes each
-  message (gateway/decoder.py: stateless, keys read from the database) and hands what verified
-  to the daemon, which stores and acknowledges it;
-- ``downlink``: publishes the acks the daemon hands it.
+  message (gateway/codec.py: stateless, keys read from the database) and hands what verified
+  to the daemon, which stores it and orders its ack;
+- ``downlink``: tags the acks the daemon orders with the meters' keys and publishes them.
 
 The control plane (awards, results, checkpoints, status with its last will) stays on the
 daemon's own aiomqtt connection, and everything stateful (de-duplication, checks, the ledger)
@@ -20,7 +20,7 @@ length, then a pickled ``(kind, value)``. Pickle is safe here because both ends 
 one spawned by the other; message payloads cross as opaque bytes.
 
     daemon -> pump   ("start", PumpSettings as a dict), once, first
-                     ("publish", [(topic, payload, qos, retain), ...])
+                     ("acks", [codec.AckOrder, ...])
     pump -> daemon   ("up", bool)                      subscribed (uplink) / connected, or lost
                      ("messages", [(topic, payload), ...]), or decoder.Verified tuples
                      ("count", {name: n})              e.g. acks dropped while disconnected
@@ -57,6 +57,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway import codec
+
 log = logging.getLogger("tmeter.gateway.pump")
 
 HEADER = struct.Struct("!I")
@@ -91,7 +93,9 @@ class PumpSettings:
     keepalive_s: int = 30
     max_inflight: int = 20  # QoS 1 publishes awaiting PUBACK
     log_level: str = "WARNING"
-    decode_with: str | None = None  # the gateway database: decode received messages with its keys
+    database: str | None = None  # the gateway's: meter keys to decode messages and tag acks with
+    community: str = ""  # whose meters' ack topics the acks go to
+    ack_qos: int = 0
 
 
 def frame(kind: str, value: Any) -> bytes:
@@ -218,11 +222,12 @@ class PumpProcess:
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         self.client = c
-        self.decode = None
-        if settings.decode_with:
-            from gateway.decoder import MeterDecoder  # noqa: PLC0415 - only the uplink decodes
-
-            self.decode = MeterDecoder.for_database(settings.decode_with, self.counts).decode_all
+        self.decode: Callable[[list[tuple[str, bytes]]], list[codec.Verified]] | None = None
+        self.tag_acks: Callable[[list[codec.AckOrder]], list[codec.Outgoing]] | None = None
+        if settings.database:
+            keys = codec.KeyCache(codec.read_only(settings.database))
+            self.decode = codec.MeterDecoder(keys, self.counts).decode_all
+            self.tag_acks = codec.AckTagger(keys, settings.community, settings.ack_qos)
 
     def run(self) -> None:
         backoff = RECONNECT_MIN_S
@@ -300,15 +305,16 @@ class PumpProcess:
             self.closing = True
             return
         for kind, value in self.frames.feed(data):
-            if kind == "publish":
-                self._publish(value)
+            if kind == "acks" and self.tag_acks is not None:
+                self._publish(self.tag_acks(value))
 
-    def _publish(self, items: list[tuple[str, bytes, int, bool]]) -> None:
+    def _publish(self, items: list[codec.Outgoing]) -> None:
+        """Outgoing messages; lost (and counted) while the broker is away."""
         if not self.up:
             self.counts["publish_failed"] += len(items)  # the meters repeat what was not acked
             return
-        for topic, payload, qos, retain in items:
-            if self.client.publish(topic, payload, qos=qos, retain=retain).rc != 0:
+        for o in items:
+            if self.client.publish(o.topic, o.payload, qos=o.qos, retain=o.retain).rc != 0:
                 self.counts["publish_failed"] += 1
 
     def _wait(self, seconds: float) -> None:
@@ -407,7 +413,7 @@ class Pump:
     """The daemon's handle on one pump process: starts it, restarts it should it die, passes
     frames both ways. ``run()`` supervises until ``close()``."""
 
-    def __init__(self, settings: PumpSettings, on_messages: Callable[[list[tuple[str, bytes]]], None],
+    def __init__(self, settings: PumpSettings, on_messages: Callable[[list[codec.Verified]], None],
                  counters: Counter[str]) -> None:
         self.settings = settings
         self.on_messages = on_messages
@@ -467,15 +473,16 @@ class Pump:
             elif kind == "count":
                 self.counters.update(value)
 
-    def publish(self, items: list[tuple[str, bytes, int, bool]]) -> None:
-        """Hand messages to the pump without waiting; dropped (and counted) while it is down."""
+    def send_acks(self, orders: list[codec.AckOrder]) -> None:
+        """Hand acks to the pump without waiting; dropped (and counted) while
+        it is down: the meters send those readings again."""
         proc = self.proc
-        if not items:
+        if not orders:
             return
         if proc is None or proc.stdin is None or proc.returncode is not None or proc.stdin.is_closing():
-            self.counters["publish_failed"] += len(items)
+            self.counters["publish_failed"] += len(orders)
             return
-        proc.stdin.write(frame("publish", items))
+        proc.stdin.write(frame("acks", orders))
 
     async def close(self) -> None:
         """Let the pump send what it was given and exit; every message it received has reached

@@ -18,8 +18,8 @@ from typing import Any
 
 from gateway import settlement
 from gateway.clearing import Bid, ClearFn, Clearing
+from gateway.codec import Outgoing
 from gateway.config import GatewayConfig
-from gateway.ingest import Outgoing
 from gateway.influx import Export, enqueue
 from gateway.ledger import Ledger, encode_record
 from gateway.registry import Registry

@@ -53,8 +53,7 @@ def secured(tmp_path: Path) -> Iterator[tuple[GatewayConfig, MosquittoBroker, di
     out = subprocess.run([sys.executable, "-m", "gateway.cli", "gateway", "mosquitto-config", "--config", str(toml),
                           "--out", str(tmp_path / "broker")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    # pytest folders are private to root: keep the broker root instead of dropping to "mosquitto".
-    broker.extra_config = "user root\n" + f"password_file {tmp_path / 'broker' / 'passwd'}\nacl_file {tmp_path / 'broker' / 'acl'}\n"
+    broker.extra_config = f"password_file {tmp_path / 'broker' / 'passwd'}\nacl_file {tmp_path / 'broker' / 'acl'}\n"
     with broker:
         yield cfg, broker, meters
 

@@ -16,9 +16,15 @@ from gateway.pump import HEADER, MAX_FRAME, FrameBuffer, frame
 from protocols import messages
 from sim_hardware.mosquitto import MosquittoBroker
 from sim_hardware.netutil import free_port
-from tests.gateway.conftest import first_point_clearing, make_config, provision, wait_until, write_tls_files
-from tests.gateway.test_crash import start, write_toml
+from tests.gateway.conftest import (
+    first_point_clearing,
+    make_config,
+    provision,
+    wait_until,
+    write_tls_files,
+)
 from tests.gateway.meters import AckCollector, MeterSpec, publisher, reading
+from tests.gateway.test_crash import start, write_toml
 
 
 def test_frames_arrive_whole_whatever_the_reads_cut() -> None:

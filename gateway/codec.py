@@ -1,10 +1,10 @@
-"""Ingest's first stage: authenticate and decode what meters send.
+"""Ingest's stateless ends: authenticate and decode what meters send; tag the acks sent back.
 
-Stateless apart from a key cache, so it runs wherever the messages arrive: in the daemon's uplink
-pump (gateway/pump.py), beside the MQTT session, so that the thread that stores records does
-none of this work; or in-process (``Ingest.process``, for tests and tools). The tag is checked
-before anything is parsed (protocols.messages.decode); every rejection is counted under its
-ProtocolError code and logged with the meter id, when the topic names a valid one.
+Stateless apart from a key cache, so each runs where its messages pass: decoding in the daemon's
+uplink pump, tagging acks in its downlink pump (gateway/pump.py), so that the thread that stores
+records does neither; or both in-process (``Ingest.process``, for tests and tools). The tag is
+checked before anything is parsed (protocols.messages.decode); every rejection is counted under
+its ProtocolError code and logged with the meter id, when the topic names a valid one.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,24 @@ KEY_CACHE_S = 10.0  # retired keys stop working within this long in a running da
 # A message whose tag verified under its meter's key and whose body is a valid message of the
 # kind its topic names: (topic, community, meter, message, body bytes the tag covers).
 Verified = tuple[str, str, str, dict[str, Any], bytes]
+
+# What the store decided to tell a meter about one of its readings: (meter, kid, boot, seq, res).
+AckOrder = tuple[str, int, int, int, str]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message the gateway publishes."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+def read_only(path: str | Path) -> Registry:
+    """The registry of the gateway's database, read-only (another process writes it)."""
+    return Registry(conn=sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=30))
 
 
 class KeyCache:
@@ -52,12 +71,6 @@ class MeterDecoder:
         self.keys = keys
         self.counts = counts
 
-    @classmethod
-    def for_database(cls, path: str | Path, counts: Counter[str]) -> MeterDecoder:
-        """Keys read from the gateway's database, read-only (another process writes it)."""
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        return cls(KeyCache(Registry(conn=conn)), counts)
-
     def __call__(self, topic: str, payload: bytes) -> Verified | None:
         try:
             community, meter, msg, body = messages.decode(topic, payload, self.keys)
@@ -69,6 +82,25 @@ class MeterDecoder:
 
     def decode_all(self, batch: list[tuple[str, bytes]]) -> list[Verified]:
         return [v for v in (self(topic, payload) for topic, payload in batch) if v is not None]
+
+
+class AckTagger:
+    """Acks as the meters receive them: on the meter's ack topic, tagged with its key."""
+
+    def __init__(self, keys: KeyCache, community: str, qos: int) -> None:
+        self.keys = keys
+        self.community = community
+        self.qos = qos
+
+    def __call__(self, orders: list[AckOrder]) -> list[Outgoing]:
+        out = []
+        for meter, kid, boot, seq, res in orders:
+            key = self.keys(meter, kid)
+            if key is None:  # retired since its reading was decoded: the meter's next try is refused
+                continue
+            payload = messages.encode(messages.ack(meter, kid, boot, seq, res), key)
+            out.append(Outgoing(topics.meter_topic(self.community, meter, "ack"), payload, self.qos))
+        return out
 
 
 def _meter_hint(topic: str) -> str:
