@@ -22,7 +22,7 @@ one spawned by the other; message payloads cross as opaque bytes.
     daemon -> pump   ("start", PumpSettings as a dict), once, first
                      ("acks", [codec.AckOrder, ...])
     pump -> daemon   ("up", bool)                      subscribed (uplink) / connected, or lost
-                     ("messages", [(topic, payload), ...]), or decoder.Verified tuples
+                     ("messages", [(topic, payload), ...]), or codec.Verified tuples
                      ("count", {name: n})              e.g. acks dropped while disconnected
 
 End of file on its stdin tells a pump to finish what it was given, disconnect and exit; so a
