@@ -48,9 +48,10 @@ publish_s = 0.5
 
 
 def start(toml: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(toml),
-                             "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=log.open("ab"), env={**os.environ, **env})
+    with log.open("ab") as err:  # the child has its own descriptor: ours is closed at once
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(toml),
+                                 "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=err, env={**os.environ, **env})
 
 
 class StatusWatch:
