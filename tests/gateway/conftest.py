@@ -4,7 +4,8 @@ simple deterministic clearing function standing in where the test is not about t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ import pytest
 from gateway.clearing import Bid, Clearing
 from gateway.config import GatewayConfig, MarketConfig
 from gateway.registry import Registry
+from protocols import messages
 from sim_hardware.mosquitto import MosquittoBroker
-from tests.gateway.meters import MeterSpec
+from tests.gateway.meters import AckCollector, MeterSpec, publisher, reading
 
 
 def first_point_clearing(iv: int, bids: list[Bid], market: MarketConfig) -> Clearing:
@@ -54,6 +56,35 @@ def provision(cfg: GatewayConfig, n: int, prefix: str = "m") -> list[MeterSpec]:
         return specs
     finally:
         reg.close()
+
+
+@contextmanager
+def backlog(cfg: GatewayConfig, broker: MosquittoBroker, meters: int,
+            per_meter: int) -> Iterator[tuple[AckCollector, set[tuple[str, int, int]]]]:
+    """Readings the broker queues for the gateway's persistent session while the gateway is
+    down: the session is made (a gateway started and stopped), then ``per_meter`` readings of
+    each of ``meters`` meters are published on the broker's own listener, each confirmed by the
+    broker. Yields a collector of every meter's acks and the readings' keys."""
+    from gateway.daemon import GatewayThread
+
+    specs = provision(cfg, meters)
+    GatewayThread(cfg, first_point_clearing).start().stop()
+    acks = AckCollector(broker.host, broker.port, cfg.community, {s.meter: s.key for s in specs})
+    pub = publisher(broker.host, broker.port)
+    try:
+        iv = messages.interval_index(time.time(), cfg.interval_s)
+        wanted, sent = set(), []
+        for _ in range(per_meter):
+            for spec in specs:
+                topic, payload, key = reading(spec, cfg.community, iv, cfg.interval_s)
+                sent.append(pub.publish(topic, payload, qos=1))
+                wanted.add(key)
+        for info in sent:
+            info.wait_for_publish(30)
+        yield acks, wanted
+    finally:
+        pub.loop_stop()
+        acks.close()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from gateway.daemon import GatewayThread
 from gateway.registry import Registry
 from protocols import messages, topics
 from sim_hardware.mosquitto import MosquittoBroker
-from tests.gateway.conftest import first_point_clearing, make_config, provision, wait_until
+from tests.gateway.conftest import backlog, first_point_clearing, make_config, provision, wait_until
 from tests.gateway.meters import AckCollector, MeterSpec, publisher, reading
 
 pytestmark = pytest.mark.mosquitto
@@ -220,20 +220,9 @@ def test_status_endpoint_and_retained_status(running, gw_config: GatewayConfig, 
 def test_records_queued_while_the_gateway_was_down_are_taken_on_restart(gw_config: GatewayConfig, mosquitto: MosquittoBroker) -> None:
     """The broker holds QoS 1 messages for the gateway's persistent session; the gateway must
     take them the moment it reconnects (not only what arrives after it subscribed)."""
-    specs = provision(gw_config, 50)
-    GatewayThread(gw_config, first_point_clearing).start().stop()  # the session now exists
-    acks = AckCollector(mosquitto.host, mosquitto.port, "c1", {s.meter: s.key for s in specs})
-    pub = publisher(mosquitto.host, mosquitto.port)
-    iv = messages.interval_index(time.time(), gw_config.interval_s)
-    wanted = set()
-    for spec in specs:
-        topic, payload, key = reading(spec, "c1", iv, gw_config.interval_s)
-        pub.publish(topic, payload, qos=1).wait_for_publish(10)
-        wanted.add(key)
-    gw = GatewayThread(gw_config, first_point_clearing).start()
-    try:
-        assert acks.wait_for(wanted, timeout=30)  # nothing was published again
-    finally:
-        pub.loop_stop()
-        acks.close()
-        gw.stop()
+    with backlog(gw_config, mosquitto, meters=50, per_meter=1) as (acks, wanted):
+        gw = GatewayThread(gw_config, first_point_clearing).start()
+        try:
+            assert acks.wait_for(wanted, timeout=30)  # nothing was published again
+        finally:
+            gw.stop()

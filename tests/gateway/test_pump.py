@@ -17,6 +17,7 @@ from protocols import messages
 from sim_hardware.mosquitto import MosquittoBroker
 from sim_hardware.netutil import free_port
 from tests.gateway.conftest import (
+    backlog,
     first_point_clearing,
     make_config,
     provision,
@@ -126,25 +127,12 @@ def test_a_backlog_over_tls_is_taken_whole(tmp_path) -> None:  # noqa: ANN001
     with broker:
         cfg = make_config(tmp_path, broker)
         cfg.mqtt.port, cfg.mqtt.tls, cfg.mqtt.ca = tls_port, True, str(ca)
-        specs = provision(cfg, 20)
-        GatewayThread(cfg, first_point_clearing).start().stop()  # the session now exists
-        acks = AckCollector(broker.host, broker.port, "c1", {s.meter: s.key for s in specs})
-        pub = publisher(broker.host, broker.port)
-        iv = messages.interval_index(time.time(), cfg.interval_s)
-        wanted = set()
-        for _ in range(50):
-            for spec in specs:
-                topic, payload, k = reading(spec, "c1", iv, cfg.interval_s)
-                info = pub.publish(topic, payload, qos=1)
-                wanted.add(k)
-        info.wait_for_publish(30)
-        gw = GatewayThread(cfg, first_point_clearing).start()
-        try:
-            assert acks.wait_for(wanted, timeout=20), f"{len(wanted - acks.acks.keys())} of {len(wanted)} not acked"
-            assert set(acks.acks.values()) == {messages.ACK_STORED}
-            assert gw.gateway.counters["stored"] == len(wanted)
-        finally:
-            pub.loop_stop()
-            acks.close()
-            gw.stop()
+        with backlog(cfg, broker, meters=20, per_meter=50) as (acks, wanted):
+            gw = GatewayThread(cfg, first_point_clearing).start()
+            try:
+                assert acks.wait_for(wanted, timeout=20), f"{len(wanted - acks.acks.keys())} of {len(wanted)} not acked"
+                assert set(acks.acks.values()) == {messages.ACK_STORED}
+                assert gw.gateway.counters["stored"] == len(wanted)
+            finally:
+                gw.stop()
         assert gw.error is None
