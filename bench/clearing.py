@@ -32,9 +32,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.market import BidBook, Community, P2PParams, clear  # noqa: E402
+from gateway.market import BidBook, CommunityTerms, P2PParams, clear  # noqa: E402
 
-GRID = Community(import_price=0.30, export_price=0.08)
+GRID = CommunityTerms(import_price=0.30, export_price=0.08)
 K = 10
 # Clarabel at its own default tolerances (gaps 1e-8): the fastest setting that is still an
 # accurate solve. The property tests use tighter ones, which cost it 3-10x more time.

@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from sim_hardware.community import Community, log_to_file, run_scenario  # noqa: E402
-from sim_hardware.scenario import Scenario  # noqa: E402
+from sim_hardware.harness.community import CommunityRun, log_to_file, run_scenario  # noqa: E402
+from sim_hardware.harness.scenario import Scenario  # noqa: E402
 
 RECEIVED = re.compile(rb"^(?:([\w-]+) )?award for iv (\d+) at (\d+)", re.M)
 # (speed, poll_s, runtime) per size: fast enough to finish, slow enough for two cores.
@@ -76,7 +76,7 @@ class CpuSampler:
         self.began: float | None = None
         self.last: float | None = None
 
-    def __call__(self, community: Community) -> None:
+    def __call__(self, community: CommunityRun) -> None:
         import psutil
 
         self.fds = max(getattr(self, "fds", 0), psutil.Process().num_fds())
@@ -99,7 +99,7 @@ class CpuSampler:
         return self.cpu_s / span if span > 0 else float("nan")
 
 
-def settle_delays(community: Community) -> list[float]:
+def settle_delays(community: CommunityRun) -> list[float]:
     sc = community.scenario
     with sqlite3.connect(community.db_path) as db:
         rows = db.execute("SELECT iv, settled_at FROM intervals WHERE state='settled' AND settled_at IS NOT NULL"
@@ -107,7 +107,7 @@ def settle_delays(community: Community) -> list[float]:
     return [(settled - (iv + 1) * sc.interval_s) / sc.speed * 1000 for iv, settled in rows]
 
 
-def award_delays(community: Community) -> list[float]:
+def award_delays(community: CommunityRun) -> list[float]:
     sc = community.scenario
     out = []
     for log in (community.out / "logs").glob("*.log"):

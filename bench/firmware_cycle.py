@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +67,7 @@ print("RESULT", int(poll_us), int(rec_us), PEAK[0], app.c["mb_err"])
 
 
 def run(runtime: str, config: Path, polls: int, records: int) -> tuple[int, int, int]:
-    from sim_hardware.upy import find_micropython, micropython_env
+    from tmeter.fwtools.runner import find_micropython, micropython_env
 
     code = (STEPS.replace("CONFIG", repr(str(config))).replace("STATE", repr(str(config.parent)))
             .replace("POLLS", str(polls)).replace("RECORDS", str(records)))

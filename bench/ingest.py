@@ -52,7 +52,7 @@ import psutil  # noqa: E402
 from gateway.config import IngestConfig  # noqa: E402
 from gateway.registry import Registry  # noqa: E402
 from protocols import messages, topics  # noqa: E402
-from sim_hardware.mosquitto import MosquittoBroker  # noqa: E402
+from sim_hardware.harness.mosquitto import MosquittoBroker  # noqa: E402
 from sim_hardware.netutil import free_port  # noqa: E402
 
 COMMUNITY = "c1"
@@ -226,7 +226,7 @@ def start_gateway(db: Path, port: int, ack_qos: int, cpus: set[int] | None) -> s
                     f'[mqtt]\nport = {port}\nclient_id = "bench-{db.stem}"\n[status]\nhttp_port = {http}\n'
                     f'[ingest]\nack_qos = {ack_qos}\n')
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(toml),
+    proc = subprocess.Popen([sys.executable, "-m", "tmeter", "gateway", "run", "--config", str(toml),
                              "--log-level", "ERROR"], cwd=ROOT, preexec_fn=pin)  # noqa: PLW1509 - before exec only
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -251,7 +251,7 @@ def cpu_seconds(procs: list[psutil.Process]) -> dict[str, float]:
     out: dict[str, float] = {}
     for p in procs:
         cmd = " ".join(p.cmdline())
-        role = "pumps" if "gateway.pump" in cmd else "mosquitto" if "mosquitto" in cmd else "gateway"
+        role = "pumps" if "gateway.ingest.pump" in cmd else "mosquitto" if "mosquitto" in cmd else "gateway"
         t = p.cpu_times()
         out[role] = out.get(role, 0.0) + t.user + t.system
     return out

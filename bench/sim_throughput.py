@@ -55,7 +55,7 @@ def serve(mode: str, meters: int, transport: str, ports: Any, stop: Any) -> None
 
 async def _serve(mode: str, meters: int, transport: str, ports: Any, stop: Any) -> None:
     if mode == "sim":
-        from sim_hardware.simulator import SimConfig, Simulator
+        from sim_hardware.simulator.server import SimConfig, Simulator
 
         sim = Simulator(SimConfig(meters=meters, transport=transport, feeder=False))
         await sim.start()
@@ -76,7 +76,7 @@ async def _bare_servers(meters: int, transport: str) -> list[tuple[int, Any]]:
     from pymodbus.simulator import SimDevice
 
     from protocols import registers
-    from sim_hardware.devices import register_layout
+    from sim_hardware.simulator.devices import register_layout
     from sim_hardware.netutil import free_port
 
     framer = FramerType.RTU if transport == "rtu-tcp" else FramerType.SOCKET

@@ -29,17 +29,19 @@ from typing import Any, TypeVar
 
 import aiomqtt
 
-from gateway import db, note, sdnotify
-from gateway.clearing import ClearFn, market_clear
+from gateway import db
+from gateway.ledger import note
+from gateway.ops import sdnotify
+from gateway.interval.clearing import ClearFn, market_clear
 from gateway.clock import Clock, pause
-from gateway.codec import AckOrder, Outgoing, Verified
+from gateway.ingest.codec import AckOrder, Outgoing, Verified
 from gateway.config import GatewayConfig
-from gateway.fairqueue import FairQueue
-from gateway.ingest import Ingest
-from gateway.ledger import Ledger
-from gateway.pump import Pump, PumpSettings
-from gateway.scheduler import Scheduler
-from gateway.status import StatusServer
+from gateway.ingest.fairqueue import FairQueue
+from gateway.ingest.store import Ingest
+from gateway.ledger.tlog import Ledger
+from gateway.ingest.pump import Pump, PumpSettings
+from gateway.interval.scheduler import Scheduler
+from gateway.ops.status import StatusServer
 from protocols import canonical, messages, topics
 
 log = logging.getLogger("tmeter.gateway")
@@ -91,7 +93,7 @@ class Gateway:
         self.ledger = Ledger(self.conn, self.cfg.origin, key)
         export = None
         if self.cfg.influx.enabled:
-            from gateway.influx import line_builder  # noqa: PLC0415 - optional dependency
+            from gateway.ops.influx import line_builder  # noqa: PLC0415 - optional dependency
 
             export = line_builder(self.cfg.community)
         self.ingest = Ingest(self.cfg, self.conn, self.ledger, self.clock, self.counters, export)
@@ -296,7 +298,7 @@ class Gateway:
         background = [asyncio.create_task(self._watchdog_loop())]
         self._start_ingest()
         if self.cfg.influx.enabled:
-            from gateway.influx import Exporter  # noqa: PLC0415 - optional dependency
+            from gateway.ops.influx import Exporter  # noqa: PLC0415 - optional dependency
 
             self.exporter = Exporter(self.cfg, self.counters)
             background.append(asyncio.create_task(self.exporter.run(stop)))

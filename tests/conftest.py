@@ -9,8 +9,8 @@ from subprocess import CompletedProcess
 
 import pytest
 
-from sim_hardware.mosquitto import MosquittoBroker
-from sim_hardware.upy import run_micropython
+from sim_hardware.harness.mosquitto import MosquittoBroker
+from tmeter.fwtools.runner import run_micropython
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from protocols.vectors import runner
-from sim_hardware.upy import run_micropython
+from tmeter.fwtools.runner import run_micropython
 
 VECTOR_DIR = Path(runner.__file__).parent
 

@@ -3,20 +3,20 @@
 import subprocess
 import sys
 
-from gateway.cli import COMMANDS
+from tmeter.cli import COMMANDS
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tmeter", *args], capture_output=True, text=True, timeout=60
     )
 
 
 def test_help_lists_every_command_group() -> None:
     result = run_cli("--help")
     assert result.returncode == 0, result.stderr
-    for name, _module, _help in COMMANDS:
-        assert f"    {name}" in result.stdout
+    for group in COMMANDS:
+        assert f"    {group.name}" in result.stdout
 
 
 def test_version() -> None:

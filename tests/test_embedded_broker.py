@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from sim_hardware.embedded_broker import EmbeddedBroker
+from sim_hardware.harness.embedded_broker import EmbeddedBroker
 
 Message = tuple[str, bytes]
 

@@ -11,7 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from protocols import messages, topics
-from sim_hardware.mosquitto import MosquittoBroker
+from sim_hardware.harness.mosquitto import MosquittoBroker
 from tests import vectorgen
 
 # The MicroPython side sends the packets the firmware's MQTT client builds (CONNECT, PUBLISH

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from protocols import messages, topics
-from sim_hardware.dashboard import live_table
-from sim_hardware.observer import CommunityObserver
-from sim_hardware.report import write_report
+from sim_hardware.harness.dashboard import live_table
+from sim_hardware.harness.observer import CommunityObserver
+from sim_hardware.harness.report import write_report
 
 KEY = bytes(32)
 

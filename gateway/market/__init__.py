@@ -2,11 +2,11 @@
 
 The gateway's API, one interval at a time (energy in kWh per interval, prices per kWh)::
 
-    from gateway.market import Bid, BidBook, Community, P2PParams, clear, parse_bid_file
+    from gateway.market import Bid, BidBook, CommunityTerms, P2PParams, clear, parse_bid_file
 
     bids = [Bid.quadratic("m1", a=4.0, b=0.13, q_min=-2.0, q_max=0.0),
             Bid.curve("m2", [(-1.0, 0.05), (0.0, 0.05), (0.0, 0.10), (3.0, 0.20)])]
-    community = Community(import_price=0.30, export_price=0.08, allocation="equal")
+    community = CommunityTerms(import_price=0.30, export_price=0.08, allocation="equal")
     result = clear(bids, community)                          # mechanism 1
     result = clear(bids, community, mechanism="p2p",
                    p2p=P2PParams(k=10, positions={...}, preferences={...}))
@@ -16,7 +16,7 @@ The gateway's API, one interval at a time (energy in kWh per interval, prices pe
 
 Signatures:
 
-- ``clear(bids: BidBook | Iterable[Bid], community: Community, mechanism: str = "uniform",
+- ``clear(bids: BidBook | Iterable[Bid], community: CommunityTerms, mechanism: str = "uniform",
   p2p: P2PParams | None = None, solver: str = "exact") -> ClearingResult``; mechanism
   ``"uniform"`` (one community price, `uniform`) or ``"p2p"`` (bilateral trades with product
   differentiation, `p2p`); solver ``"exact"`` or ``"distributed"`` (ADMM, `admm`; consensus +
@@ -26,7 +26,7 @@ Signatures:
 - ``Bid.curve(meter, points)``, ``Bid.quadratic(meter, a, b, q_min, q_max)``,
   ``Bid.fixed(meter, q)``; ``BidBook.from_bids(bids)`` and, for many meters at once,
   ``BidBook.from_points(meters, q, p)`` / ``BidBook.from_quadratic(meters, a, b, q_min, q_max)``.
-- ``Community(import_price, export_price, import_capacity=None, export_capacity=None,
+- ``CommunityTerms(import_price, export_price, import_capacity=None, export_capacity=None,
   allocation="none" | "equal" | "proportional")``; a None price = no such side of the grid.
 - Errors: ``MarketInputError`` (bad community or p2p parameters), its subclass ``BidError``
   (``.meter``, ``.reason``, ``.index``: one bid is invalid) and ``InfeasibleMarket`` (nothing
@@ -45,9 +45,9 @@ from collections.abc import Iterable
 
 from .bidfile import BidFile, parse_bid_file
 from .bids import GRID, Bid, BidBook
-from .community import ALLOCATIONS, Community
+from .terms import ALLOCATIONS, CommunityTerms
 from .errors import BidError, InfeasibleMarket, MarketInputError
-from .p2p import P2PParams
+from .network import P2PParams
 from .result import ClearingResult, Convergence, Trade
 
 MECHANISMS = ("uniform", "p2p")
@@ -55,14 +55,14 @@ SOLVERS = ("exact", "distributed")
 
 __all__ = [
     "ALLOCATIONS", "GRID", "MECHANISMS", "SOLVERS", "Bid", "BidBook", "BidError", "BidFile",
-    "ClearingResult", "Community", "Convergence", "InfeasibleMarket", "MarketInputError",
+    "ClearingResult", "CommunityTerms", "Convergence", "InfeasibleMarket", "MarketInputError",
     "P2PParams", "Trade", "clear", "parse_bid_file",
 ]
 
 
 def clear(
     bids: BidBook | Iterable[Bid],
-    community: Community,
+    community: CommunityTerms,
     mechanism: str = "uniform",
     p2p: P2PParams | None = None,
     solver: str = "exact",

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .bids import BidBook
-from .community import Community
+from .terms import CommunityTerms
 from .result import ClearingResult, Convergence
 from .rootfind import grouped_interval, pick_price
 from .uniform import check_feasible, clear_uniform, uniform_result
@@ -45,7 +45,7 @@ class Stopping:
     adapt_every: int = 10
 
 
-def admm_uniform(book: BidBook, community: Community, stop: Stopping = Stopping()) -> ClearingResult:
+def admm_uniform(book: BidBook, community: CommunityTerms, stop: Stopping = Stopping()) -> ClearingResult:
     """Mechanism 1 by exchange ADMM; the result carries its `Convergence`."""
     check_feasible(book, community)
     ext = community.with_grid(book)

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .bids import Bid, BidBook, check_meter_ids
-from .community import Community
+from .terms import CommunityTerms
 from .errors import BidError, MarketInputError
-from .p2p import P2PParams
+from .network import P2PParams
 
 
 @dataclass(frozen=True)
 class BidFile:
-    community: Community
+    community: CommunityTerms
     bids: tuple[Bid, ...]
     p2p: P2PParams | None
 
@@ -46,10 +46,10 @@ def parse_bid_file(data: Any) -> BidFile:
     return BidFile(community, bids, _p2p(data.get("p2p")))
 
 
-def _community(raw: Any) -> Community:
+def _community(raw: Any) -> CommunityTerms:
     if not isinstance(raw, Mapping):
         raise MarketInputError("'community' must be an object (import_price, export_price, ...)")
-    return Community(
+    return CommunityTerms(
         import_price=raw.get("import_price"),
         export_price=raw.get("export_price"),
         import_capacity=raw.get("import_capacity"),

@@ -34,8 +34,9 @@ import numpy.typing as npt
 
 from .admm import Stopping, balance, initial_price, initial_rho
 from .bids import BidBook
-from .community import Community
-from .p2p import Network, P2PParams, build_network, p2p_result
+from .terms import CommunityTerms
+from .network import Network, P2PParams, build_network
+from .p2p import p2p_result
 from .ramps import Ramps
 from .result import ClearingResult, Convergence
 from .rootfind import grouped_interval, pick_price
@@ -70,7 +71,7 @@ class _Pairs:
 
 def consensus_p2p(
     book: BidBook,
-    community: Community,
+    community: CommunityTerms,
     params: P2PParams | None = None,
     stop: Stopping = Stopping(),
     alpha: float | None = None,

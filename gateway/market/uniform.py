@@ -30,19 +30,19 @@ import numpy as np
 import numpy.typing as npt
 
 from .bids import BidBook
-from .community import Community
+from .terms import CommunityTerms
 from .errors import InfeasibleMarket
 from .ramps import Ramps
 from .result import ClearingResult
 from .rootfind import market_interval, pick_price
-from .settlement import business_as_usual, payments
+from .costshare import business_as_usual, payments
 
 FloatArray = npt.NDArray[np.float64]
 REL_TOL = 1e-10  # quantities below REL_TOL * (market size) count as zero: far above rounding
 PRICE_WINDOW = 1e-12  # relative: prices this close to the clearing price are at it
 
 
-def clear_uniform(book: BidBook, community: Community) -> ClearingResult:
+def clear_uniform(book: BidBook, community: CommunityTerms) -> ClearingResult:
     """Clear one interval at one community price (see the module docstring)."""
     check_feasible(book, community)
     ramps, q_min, prices = market(book, community)
@@ -54,7 +54,7 @@ def clear_uniform(book: BidBook, community: Community) -> ClearingResult:
     return uniform_result(book, community, q, price, (lo, hi), tol)
 
 
-def market(book: BidBook, community: Community) -> tuple[Ramps, FloatArray, FloatArray]:
+def market(book: BidBook, community: CommunityTerms) -> tuple[Ramps, FloatArray, FloatArray]:
     """The community's supply: members' ramps (owner = row) and the grid's (owner = last row),
     every row's q_min, and all prices bid (the book's own columns are not copied)."""
     grid = community.grid_bid(book)
@@ -75,7 +75,7 @@ def tolerance(book: BidBook) -> float:
     return REL_TOL * (size + 1.0)
 
 
-def check_feasible(book: BidBook, community: Community) -> None:
+def check_feasible(book: BidBook, community: CommunityTerms) -> None:
     """Raise `InfeasibleMarket` unless members and grid together can balance."""
     least, most = float(book.q_min.sum()), float(book.q_max.sum())
     imp, exp = community.capacities(book)
@@ -128,7 +128,7 @@ def member_awards(ramps: Ramps, q_min: FloatArray, n_members: int, price: float)
 
 def uniform_result(
     book: BidBook,
-    community: Community,
+    community: CommunityTerms,
     q: FloatArray,
     price: float | None,
     interval: tuple[float, float],

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sim_hardware.community import run_scenario
-from sim_hardware.scenario import Board, Scenario, ScenarioError
+from sim_hardware.harness.community import run_scenario
+from sim_hardware.harness.scenario import Board, Scenario, ScenarioError
 
 
 @pytest.mark.micropython

@@ -11,7 +11,7 @@ import pytest
 
 
 def tmeter(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tmeter", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
 
 

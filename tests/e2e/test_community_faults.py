@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sim_hardware.community import RunResult
-from sim_hardware.pytest_plugin import RunCommunity
-from sim_hardware.scenario import FaultStep, Scenario
+from sim_hardware.harness.community import RunResult
+from sim_hardware.harness.pytest_plugin import RunCommunity
+from sim_hardware.harness.scenario import FaultStep, Scenario
 
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "bench" / "scenarios"

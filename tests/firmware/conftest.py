@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sim_hardware.mosquitto import MosquittoBroker
+from sim_hardware.harness.mosquitto import MosquittoBroker
 from tests.firmware import harness
 from tests.firmware.fakegw import FakeGateway
 
@@ -38,7 +38,7 @@ def gateway(mosquitto: MosquittoBroker) -> Iterator[FakeGateway]:
 @pytest.fixture(scope="session")
 def fw_build(tmp_path_factory) -> Path:
     """`tmeter fw build` output (xtensawin .mpy and unix bytecode .mpy)."""
-    from gateway.commands import fw
+    from tmeter.commands import fw
     out = tmp_path_factory.mktemp("fwbuild")
     fw.build(out)
     return out

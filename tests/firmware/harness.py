@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from sim_hardware.clock import SimClock
-from sim_hardware.simulator import SimConfig, SimulatorThread
-from sim_hardware.upy import find_micropython, micropython_env
+from sim_hardware.simulator.clock import SimClock
+from sim_hardware.simulator.server import SimConfig, SimulatorThread
+from tmeter.fwtools.runner import find_micropython, micropython_env
 
 REPO = Path(__file__).resolve().parents[2]
 START = 1_710_000_000  # simulated start: a whole number of intervals
@@ -62,8 +62,8 @@ def write_config(folder: Path, meter: str, broker_port: int, link: str, clock: S
             cfg[k] = v
     path = folder / "config.json"
     path.write_text(json.dumps(cfg))
-    from gateway import firmware_tools
-    firmware_tools.write_plan(path)  # as `tmeter fw run/deploy` do
+    from tmeter.fwtools import build as fw_build
+    fw_build.write_plan(path)  # as `tmeter fw run/deploy` do
     return path
 
 

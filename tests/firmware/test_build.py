@@ -8,23 +8,23 @@ import sys
 
 import pytest
 
-from gateway import firmware_tools
+from tmeter.fwtools import build as board_build
 from protocols import messages
 from tests.firmware import harness
 
 
 def test_every_module_compiles_for_xtensawin(fw_build):
-    mods = firmware_tools.sources()
+    mods = board_build.sources()
     assert any(str(m) == "firmware/app.py" for m in mods)
     for rel in mods:
         assert (fw_build / "xtensawin" / rel.with_suffix(".mpy")).is_file(), rel
         assert (fw_build / "unix" / rel.with_suffix(".mpy")).is_file(), rel
-    assert (fw_build / "xtensawin" / "main.py").read_text() == firmware_tools.BOARD_MAIN
+    assert (fw_build / "xtensawin" / "main.py").read_text() == board_build.BOARD_MAIN
 
 
 def test_deploy_dry_run_prints_mpremote_commands(tmp_path, fw_build):
     cfg = harness.write_config(tmp_path / "m07", "m07", 1883, "uart", harness.sim_clock(1))
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "fw", "deploy", "--port",
+    out = subprocess.run([sys.executable, "-m", "tmeter", "fw", "deploy", "--port",
                           "/dev/ttyUSB0", "--config", str(cfg), "--build", str(fw_build),
                           "--dry-run"], capture_output=True, text=True, check=True).stdout
     lines = out.strip().splitlines()

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from protocols import messages
 from tests.firmware import harness
 
 pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto]

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from protocols import messages
-from sim_hardware.faultproxy import ProxyThread
+from sim_hardware.simulator.faultproxy import ProxyThread
 from tests.firmware import harness
 
 pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto]

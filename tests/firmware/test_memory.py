@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from sim_hardware.upy import find_micropython, micropython_env
+from tmeter.fwtools.runner import find_micropython, micropython_env
 from tests.firmware import harness
 
 INTERVALS = 2000

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clearing import Bid, Clearing
+from gateway.interval.clearing import Bid, Clearing
 from gateway.config import GatewayConfig, MarketConfig
 from gateway.registry import Registry
 from protocols import messages
-from sim_hardware.mosquitto import MosquittoBroker
+from sim_hardware.harness.mosquitto import MosquittoBroker
 from tests.gateway.meters import AckCollector, MeterSpec, publisher, reading
 
 
@@ -112,10 +112,11 @@ class Offline:
     def __init__(self, cfg: GatewayConfig, t: float, clear=first_point_clearing) -> None:  # noqa: ANN001
         from collections import Counter
 
-        from gateway import db, note
-        from gateway.ingest import Ingest
-        from gateway.ledger import Ledger
-        from gateway.scheduler import Scheduler
+        from gateway import db
+        from gateway.ledger import note
+        from gateway.ingest.store import Ingest
+        from gateway.ledger.tlog import Ledger
+        from gateway.interval.scheduler import Scheduler
 
         self.cfg = cfg
         self.clock = FakeClock(t)

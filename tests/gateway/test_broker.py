@@ -21,7 +21,7 @@ from gateway.config import GatewayConfig
 from gateway.daemon import GatewayThread
 from gateway.registry import Registry
 from protocols import messages, topics
-from sim_hardware.mosquitto import MosquittoBroker
+from sim_hardware.harness.mosquitto import MosquittoBroker
 from tests.gateway.conftest import backlog, first_point_clearing, make_config, provision, wait_until
 from tests.gateway.meters import AckCollector, MeterSpec, publisher, reading
 
@@ -50,7 +50,7 @@ def secured(tmp_path: Path) -> Iterator[tuple[GatewayConfig, MosquittoBroker, di
     reg.close()
     toml = tmp_path / "gateway.toml"
     toml.write_text(f'community = "c1"\ndb = "{cfg.db}"\n[mqtt]\nuser = "gateway"\npassword = "gw-secret"\n')
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "gateway", "mosquitto-config", "--config", str(toml),
+    out = subprocess.run([sys.executable, "-m", "tmeter", "gateway", "mosquitto-config", "--config", str(toml),
                           "--out", str(tmp_path / "broker")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     broker.extra_config = f"password_file {tmp_path / 'broker' / 'passwd'}\nacl_file {tmp_path / 'broker' / 'acl'}\n"

@@ -16,10 +16,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway import settlement
+from gateway.interval import settlement
 from gateway.config import GatewayConfig, MarketConfig
 from protocols import messages, topics
-from sim_hardware.mosquitto import MosquittoBroker
+from sim_hardware.harness.mosquitto import MosquittoBroker
 from tests.gateway.conftest import make_config, provision
 from tests.gateway.meters import AckCollector, Fleet, publisher
 
@@ -49,7 +49,7 @@ publish_s = 0.5
 
 def start(toml: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as err:  # the child has its own descriptor: ours is closed at once
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--config", str(toml),
+        return subprocess.Popen([sys.executable, "-m", "tmeter", "gateway", "run", "--config", str(toml),
                                  "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=err, env={**os.environ, **env})
 
@@ -133,7 +133,7 @@ def test_sigkill_at_random_points_loses_nothing_and_settles_once(tmp_path: Path,
     assert sums and sums == expected_amounts(conn, cfg.market)
     for iv, m, revs in conn.execute("SELECT iv, meter, GROUP_CONCAT(rev) FROM settlements GROUP BY iv, meter"):
         assert sorted(int(r) for r in revs.split(",")) == list(range(len(revs.split(","))))
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "ledger", "verify", "--db", cfg.db],
+    out = subprocess.run([sys.executable, "-m", "tmeter", "ledger", "verify", "--db", cfg.db],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stdout
     assert "ledger OK" in out.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway import config
-from sim_hardware.mosquitto import MosquittoBroker
+from sim_hardware.harness.mosquitto import MosquittoBroker
 from tests.gateway.conftest import make_config
 from tests.gateway.test_crash import start, write_toml
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from gateway.config import GatewayConfig
 from gateway.daemon import GatewayThread
 from protocols import messages, topics
-from sim_hardware.mosquitto import MosquittoBroker
+from sim_hardware.harness.mosquitto import MosquittoBroker
 from tests.gateway.conftest import first_point_clearing, provision
 from tests.gateway.meters import AckCollector, MeterSpec, bid, publisher, reading
 

@@ -16,7 +16,7 @@ import pytest
 from gateway.config import GatewayConfig
 from gateway.daemon import GatewayThread
 from protocols import messages
-from sim_hardware.mosquitto import MosquittoBroker
+from sim_hardware.harness.mosquitto import MosquittoBroker
 from sim_hardware.netutil import free_port, wait_for_port
 from tests.gateway.conftest import first_point_clearing, provision, wait_until
 from tests.gateway.meters import AckCollector, publisher, reading

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.fairqueue import FairQueue
+from gateway.ingest.fairqueue import FairQueue
 from gateway.registry import Registry
 from protocols import canonical, messages
 from tests.gateway.conftest import INTERVAL_S, Offline, provision

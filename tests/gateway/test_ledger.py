@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import merkle, note, verify
-from gateway.ledger import commitment, load_hashes
+from gateway.ledger import merkle, note, verify
+from gateway.ledger.tlog import commitment, load_hashes
 from tests.gateway.conftest import Offline, populate
 
-CLI = [sys.executable, "-m", "gateway.cli"]
+CLI = [sys.executable, "-m", "tmeter"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

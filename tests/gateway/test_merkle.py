@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import merkle
+from gateway.ledger import merkle
 
 
 def mth(entries: list[bytes]) -> bytes:

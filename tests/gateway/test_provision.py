@@ -34,7 +34,7 @@ def check_layout(doc: dict, layout: dict) -> None:
 
 def test_cli_writes_the_device_config_the_firmware_reads(tmp_path: Path) -> None:
     out = tmp_path / "m01.json"
-    res = subprocess.run([sys.executable, "-m", "gateway.cli", "provision", "m01", "--db", str(tmp_path / "g.db"),
+    res = subprocess.run([sys.executable, "-m", "tmeter", "provision", "m01", "--db", str(tmp_path / "g.db"),
                           "--out", str(out), "--port", "1884"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 0, res.stderr
     doc = json.loads(out.read_text())

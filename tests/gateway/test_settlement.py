@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import settlement
-from gateway.clearing import round_awards
+from gateway.interval import settlement
+from gateway.interval.clearing import round_awards
 from gateway.config import MarketConfig, SettlementConfig
 from gateway.registry import Registry
 from protocols import messages
@@ -174,7 +174,7 @@ def test_clearing_failure_awards_nothing_and_keeps_going(offline: Offline) -> No
 
 
 def test_scheduler_clears_with_the_market_engine(tmp_path) -> None:  # noqa: ANN001
-    from gateway.clearing import market_clear
+    from gateway.interval.clearing import market_clear
     from tests.gateway.conftest import make_config
 
     cfg = make_config(tmp_path, None, interval_s=INTERVAL_S, gate_closure_s=10)

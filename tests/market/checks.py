@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gateway.market.bids import Bid
-from gateway.market.community import Community
+from gateway.market.terms import CommunityTerms
 from gateway.market.result import ClearingResult
 
 from .reference import Reference
@@ -32,7 +32,7 @@ def assert_on_supply(bid: Bid, q: float, price: float, eps: float) -> None:
     assert lo - eps <= q <= hi + eps, (bid, q, price, lo, hi)
 
 
-def assert_uniform_kkt(bids: list[Bid], community: Community, res: ClearingResult) -> None:
+def assert_uniform_kkt(bids: list[Bid], community: CommunityTerms, res: ClearingResult) -> None:
     eps = 1e-8 * scale_of(bids)
     q = res.awards
     assert abs(sum(q.values()) + res.grid_import - res.grid_export) <= eps
@@ -89,7 +89,7 @@ def assert_matches_reference(
 
 def assert_p2p_kkt(
     bids: list[Bid],
-    community: Community,
+    community: CommunityTerms,
     res: ClearingResult,
     positions: np.ndarray,
     prefs: np.ndarray,
@@ -128,7 +128,7 @@ def assert_p2p_kkt(
 
 
 def _assert_grid_links(
-    bids: list[Bid], community: Community, res: ClearingResult, pi: np.ndarray,
+    bids: list[Bid], community: CommunityTerms, res: ClearingResult, pi: np.ndarray,
     prefs: np.ndarray, g: float,
 ) -> None:
     buys = {t.buyer for t in res.trades if t.seller == "grid"}

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from gateway.market.bids import BidBook
-from gateway.market.community import Community
+from gateway.market.terms import CommunityTerms
 
 # Clarabel at high accuracy: its duals (our prices) at degenerate optima need gaps near 1e-13.
 SOLVER_OPTS = {
@@ -84,7 +84,7 @@ def _member_costs(book: BidBook) -> tuple[cp.Variable, cp.Expression, cp.Express
     return x, q, cost, [x >= 0, x <= dq]
 
 
-def _grid(community: Community, book: BidBook) -> tuple[cp.Variable, cp.Variable, cp.Expression, list]:
+def _grid(community: CommunityTerms, book: BidBook) -> tuple[cp.Variable, cp.Variable, cp.Expression, list]:
     imp, exp = cp.Variable(), cp.Variable()
     cons = [imp >= 0, exp >= 0]
     cons.append(imp <= 0 if community.import_price is None else imp >= 0)
@@ -97,7 +97,7 @@ def _grid(community: Community, book: BidBook) -> tuple[cp.Variable, cp.Variable
     return imp, exp, bill, cons
 
 
-def solve_uniform(book: BidBook, community: Community, solver: str = "CLARABEL") -> Reference:
+def solve_uniform(book: BidBook, community: CommunityTerms, solver: str = "CLARABEL") -> Reference:
     x, q, cost, cons = _member_costs(book)
     imp, exp, bill, grid_cons = _grid(community, book)
     balance = cp.sum(q) + imp - exp == 0
@@ -129,7 +129,7 @@ def nearest_pairs(pos: np.ndarray, k: int | None) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
-def solve_p2p(book: BidBook, community: Community, positions: np.ndarray, prefs: np.ndarray,
+def solve_p2p(book: BidBook, community: CommunityTerms, positions: np.ndarray, prefs: np.ndarray,
               k: int | None, grid_distance: float | None = None, solver: str = "CLARABEL") -> Reference:
     """Sorin et al.'s multi-bilateral dispatch with one variable per direction of every pair,
     reciprocity as constraints (their duals are the trade prices), the grid as a selling node

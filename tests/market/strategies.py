@@ -7,7 +7,7 @@ import os
 from hypothesis import strategies as st
 
 from gateway.market.bids import Bid
-from gateway.market.community import Community
+from gateway.market.terms import CommunityTerms
 
 # MARKET_EXAMPLES=20 runs every property test with 20 times its examples (a longer soak).
 SCALE = int(os.environ.get("MARKET_EXAMPLES", "1"))
@@ -43,13 +43,13 @@ def markets(draw: st.DrawFn, max_members: int = 8, sloped_only: bool = False) ->
 
 
 @st.composite
-def communities(draw: st.DrawFn, allow_islanded: bool = True, capacities: bool = True) -> Community:
+def communities(draw: st.DrawFn, allow_islanded: bool = True, capacities: bool = True) -> CommunityTerms:
     imp = draw(st.one_of(st.none(), prices.map(lambda p: p + 0.2))) if allow_islanded else 0.3
     exp = draw(st.one_of(st.none(), prices)) if allow_islanded else 0.05
     if imp is not None and exp is not None and exp > imp:
         exp = imp
     cap = st.one_of(st.none(), st.floats(0.0, 4.0).map(lambda v: round(v, 2)))
-    return Community(
+    return CommunityTerms(
         import_price=imp,
         export_price=exp,
         import_capacity=draw(cap) if capacities else None,

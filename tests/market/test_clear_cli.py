@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from tmeter.cli import main
 
 GOOD = {
     "community": {"import_price": 0.30, "export_price": 0.08, "import_capacity": None,
@@ -99,7 +99,7 @@ def test_invalid_input_is_exit_2_with_a_message(tmp_path: Path, capsys, data, me
 
 def test_missing_file_and_real_process(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "clear", "--bids", str(tmp_path / "nope.json")],
+        [sys.executable, "-m", "tmeter", "clear", "--bids", str(tmp_path / "nope.json")],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 
 from gateway.market.admm import Stopping, admm_uniform
 from gateway.market.bids import Bid, BidBook
-from gateway.market.community import Community
+from gateway.market.terms import CommunityTerms
 from gateway.market.consensus import consensus_p2p
 from gateway.market.errors import InfeasibleMarket
 from gateway.market.p2p import clear_p2p
@@ -29,7 +29,7 @@ def assert_same_solution(bids: list[Bid], exact, distributed, unique: bool) -> N
         assert np.allclose(distributed.q, exact.q, atol=AWARD_TOL * scale_of(bids), rtol=0)
 
 
-def check_admm(bids: list[Bid], community: Community, unique: bool) -> None:
+def check_admm(bids: list[Bid], community: CommunityTerms, unique: bool) -> None:
     book = BidBook.from_bids(bids)
     try:
         exact = clear_uniform(book, community)
@@ -42,7 +42,7 @@ def check_admm(bids: list[Bid], community: Community, unique: bool) -> None:
         assert lo - 1e-5 <= admm.price <= hi + 1e-5
 
 
-def check_consensus(market, community: Community, unique: bool) -> None:
+def check_consensus(market, community: CommunityTerms, unique: bool) -> None:
     bids, positions, prefs, k = market
     book = BidBook.from_bids(bids)
     params = params_for(bids, positions, prefs, k)
@@ -55,32 +55,32 @@ def check_consensus(market, community: Community, unique: bool) -> None:
 
 @settings(max_examples=examples(40), deadline=None)
 @given(markets(6), communities())
-def test_admm_reaches_the_collective_optimum(bids: list[Bid], community: Community) -> None:
+def test_admm_reaches_the_collective_optimum(bids: list[Bid], community: CommunityTerms) -> None:
     check_admm(bids, community, unique=False)
 
 
 @settings(max_examples=examples(30), deadline=None)
 @given(markets(6, sloped_only=True), communities(allow_islanded=False))
-def test_admm_awards_match_when_unique(bids: list[Bid], community: Community) -> None:
+def test_admm_awards_match_when_unique(bids: list[Bid], community: CommunityTerms) -> None:
     check_admm(bids, community, unique=True)
 
 
 @settings(max_examples=examples(25), deadline=None)
 @given(p2p_markets(max_members=5), communities())
-def test_consensus_reaches_the_p2p_optimum(market, community: Community) -> None:
+def test_consensus_reaches_the_p2p_optimum(market, community: CommunityTerms) -> None:
     check_consensus(market, community, unique=False)
 
 
 @settings(max_examples=examples(20), deadline=None)
 @given(p2p_markets(sloped_only=True, max_members=5), communities(allow_islanded=False))
-def test_consensus_awards_match_when_unique(market, community: Community) -> None:
+def test_consensus_awards_match_when_unique(market, community: CommunityTerms) -> None:
     check_consensus(market, community, unique=True)
 
 
 def test_iteration_limit_is_reported_not_hidden() -> None:
     bids = [Bid.quadratic(f"m{i}", 0.1, 0.1 * i, -2, 2) for i in range(5)]
     book = BidBook.from_bids(bids)
-    grid = Community(import_price=0.3, export_price=0.05)
+    grid = CommunityTerms(import_price=0.3, export_price=0.05)
     res = admm_uniform(book, grid, Stopping(max_iter=3))
     assert res.convergence.iterations == 3 and not res.convergence.converged
     assert res.to_json()["convergence"]["iterations"] == 3

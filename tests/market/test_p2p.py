@@ -10,16 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.market.bids import Bid, BidBook
-from gateway.market.community import Community
+from gateway.market.terms import CommunityTerms
 from gateway.market.errors import InfeasibleMarket
-from gateway.market.p2p import P2PParams, clear_p2p
+from gateway.market.network import P2PParams
+from gateway.market.p2p import clear_p2p
 from gateway.market.uniform import clear_uniform
 
 from .checks import REL, assert_p2p_kkt, close, scale_of
 from .reference import OK, nearest_pairs, solve_p2p
 from .strategies import communities, examples, markets
 
-GRID = Community(import_price=0.30, export_price=0.08)
+GRID = CommunityTerms(import_price=0.30, export_price=0.08)
 
 
 @st.composite
@@ -59,13 +60,13 @@ def run(bids, positions, prefs, k, community):
 
 @settings(max_examples=examples(50), deadline=None)
 @given(p2p_markets(), communities())
-def test_matches_reference_on_random_markets(market, community: Community) -> None:
+def test_matches_reference_on_random_markets(market, community: CommunityTerms) -> None:
     run(*market, community)
 
 
 @settings(max_examples=examples(30), deadline=None)
 @given(p2p_markets(sloped_only=True), communities(allow_islanded=False))
-def test_strictly_convex_awards_and_trade_prices_match(market, community: Community) -> None:
+def test_strictly_convex_awards_and_trade_prices_match(market, community: CommunityTerms) -> None:
     bids = market[0]
     res, ref = run(*market, community)
     if res is None:
@@ -83,7 +84,7 @@ def test_strictly_convex_awards_and_trade_prices_match(market, community: Commun
 
 @settings(max_examples=examples(30), deadline=None)
 @given(markets(6, sloped_only=True), communities(capacities=False, allow_islanded=False))
-def test_without_preferences_it_is_the_uniform_collective(bids, community: Community) -> None:
+def test_without_preferences_it_is_the_uniform_collective(bids, community: CommunityTerms) -> None:
     """No preferences, every pair connected: one price for all, the collective's dispatch."""
     book = BidBook.from_bids(bids)
     p2p = clear_p2p(book, community)
@@ -99,7 +100,7 @@ def test_preferences_make_near_trades_cheaper_for_the_buyer() -> None:
         Bid.curve("home", [(-1, 0.40), (0, 0.40)]),
     ]
     params = P2PParams(positions={"near": (1, 0), "far": (5, 0), "home": (0, 0)}, preferences={"home": 0.01})
-    res = clear_p2p(BidBook.from_bids(bids), Community(), params)
+    res = clear_p2p(BidBook.from_bids(bids), CommunityTerms(), params)
     assert res.awards == pytest.approx({"near": 1.0, "far": 0.0, "home": -1.0}, abs=1e-7)
     assert [(t.seller, t.buyer) for t in res.trades] == [("near", "home")]
     assert res.preference_cost == pytest.approx(0.01 * 1.0)
@@ -134,13 +135,13 @@ def test_edge_cases_empty_one_member_islanded() -> None:
     one = clear_p2p(BidBook.from_bids([Bid.quadratic("m", 1.0, 0.5, -2, 2)]), GRID)
     assert one.community_cost == pytest.approx(one.bau_cost)
     with pytest.raises(InfeasibleMarket):
-        clear_p2p(BidBook.from_bids([Bid.fixed("load", -1.0)]), Community())
+        clear_p2p(BidBook.from_bids([Bid.fixed("load", -1.0)]), CommunityTerms())
 
 
 def test_sparse_graph_can_be_infeasible_where_the_collective_is_not() -> None:
     """Islanded, k = 1: the two pairs are not connected, so each pair must balance alone."""
     bids = [Bid.fixed("a", 1.0), Bid.fixed("b", -0.5), Bid.fixed("c", 0.5), Bid.fixed("d", -1.0)]
     pos = {"a": (0, 0), "b": (0.1, 0), "c": (10, 0), "d": (10.1, 0)}
-    clear_uniform(BidBook.from_bids(bids), Community())  # fine as one pool
+    clear_uniform(BidBook.from_bids(bids), CommunityTerms())  # fine as one pool
     with pytest.raises(InfeasibleMarket):
-        clear_p2p(BidBook.from_bids(bids), Community(), P2PParams(k=1, positions=pos))
+        clear_p2p(BidBook.from_bids(bids), CommunityTerms(), P2PParams(k=1, positions=pos))

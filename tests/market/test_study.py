@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.cli import main
-from gateway.market.community import ALLOCATIONS
-from gateway.market.study import Household, simulate
+from tmeter.cli import main
+from gateway.market.terms import ALLOCATIONS
+from sim_hardware.harness.study import Household, simulate
 
 
 def test_one_day_community_costs_are_below_bau_for_every_rule() -> None:

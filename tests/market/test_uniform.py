@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.market.bids import Bid, BidBook
-from gateway.market.community import Community
+from gateway.market.terms import CommunityTerms
 from gateway.market.errors import InfeasibleMarket
 from gateway.market.uniform import clear_uniform
 
@@ -18,10 +18,10 @@ from .checks import assert_matches_reference, assert_uniform_kkt
 from .reference import OK, solve_uniform
 from .strategies import communities, examples, cost, markets
 
-GRID = Community(import_price=0.30, export_price=0.08)
+GRID = CommunityTerms(import_price=0.30, export_price=0.08)
 
 
-def clear(bids: list[Bid], community: Community = GRID):
+def clear(bids: list[Bid], community: CommunityTerms = GRID):
     return clear_uniform(BidBook.from_bids(bids), community)
 
 
@@ -29,7 +29,7 @@ def block(meter: str, q_from: float, q_to: float, price: float) -> Bid:
     return Bid.curve(meter, [(q_from, price), (q_to, price)])
 
 
-def check_against_reference(bids: list[Bid], community: Community, unique: bool) -> None:
+def check_against_reference(bids: list[Bid], community: CommunityTerms, unique: bool) -> None:
     book = BidBook.from_bids(bids)
     ref = solve_uniform(book, community)
     try:
@@ -45,20 +45,20 @@ def check_against_reference(bids: list[Bid], community: Community, unique: bool)
 
 @settings(max_examples=examples(80), deadline=None)
 @given(markets(), communities())
-def test_matches_reference_on_random_markets(bids: list[Bid], community: Community) -> None:
+def test_matches_reference_on_random_markets(bids: list[Bid], community: CommunityTerms) -> None:
     check_against_reference(bids, community, unique=False)
 
 
 @settings(max_examples=examples(40), deadline=None)
 @given(markets(sloped_only=True), communities(allow_islanded=False))
-def test_strictly_convex_awards_match_reference(bids: list[Bid], community: Community) -> None:
+def test_strictly_convex_awards_match_reference(bids: list[Bid], community: CommunityTerms) -> None:
     """With strictly increasing curves the awards are unique: they must agree one by one."""
     check_against_reference(bids, community, unique=True)
 
 
 @settings(max_examples=examples(60), deadline=None)
 @given(markets(), communities(capacities=False))
-def test_bau_is_each_member_clearing_alone(bids: list[Bid], community: Community) -> None:
+def test_bau_is_each_member_clearing_alone(bids: list[Bid], community: CommunityTerms) -> None:
     try:
         res = clear(bids, community)
     except InfeasibleMarket:
@@ -120,14 +120,14 @@ def test_single_sided_sellers_sell_to_the_grid() -> None:
 
 def test_all_supply_at_one_price_is_split_in_proportion_to_range() -> None:
     bids = [block("s1", 0, 1, 0.1), block("s2", 0, 3, 0.1), block("d", -2, 0, 0.25)]
-    res = clear(bids, Community())  # islanded: the block at 0.1 sets the price
+    res = clear(bids, CommunityTerms())  # islanded: the block at 0.1 sets the price
     assert res.price == pytest.approx(0.1)
     assert res.awards == pytest.approx({"s1": 0.5, "s2": 1.5, "d": -2.0})
 
 
 def test_identical_curves_get_identical_awards() -> None:
     bids = [block(f"s{i}", 0, 1, 0.1) for i in range(5)] + [block("d", -2, 0, 0.2)]
-    res = clear(bids, Community())
+    res = clear(bids, CommunityTerms())
     awards = [res.awards[f"s{i}"] for i in range(5)]
     assert awards == [awards[0]] * 5 and awards[0] == pytest.approx(0.4)
 
@@ -178,12 +178,12 @@ def test_empty_market() -> None:
     res = clear([])
     assert res.awards == {} and res.grid_import == 0 and res.community_cost == 0
     assert res.price == pytest.approx(0.19)  # middle of [export, import]
-    assert clear([], Community()).price is None
+    assert clear([], CommunityTerms()).price is None
 
 
 def test_islanded_market_clears_between_members() -> None:
     bids = [block("s", 0, 1.0, 0.1), block("b1", -0.7, 0, 0.2), block("b2", -0.3, 0, 0.2)]
-    res = clear(bids, Community())
+    res = clear(bids, CommunityTerms())
     assert res.price == pytest.approx(0.15)  # the middle of the blocks' prices
     assert res.price_interval == pytest.approx((0.1, 0.2))
     assert res.grid_import == 0 and res.grid_export == 0
@@ -193,4 +193,4 @@ def test_islanded_market_clears_between_members() -> None:
 
 def test_islanded_market_that_cannot_balance_is_infeasible() -> None:
     with pytest.raises(InfeasibleMarket, match="import at least 2"):
-        clear([Bid.fixed("load", -2.0)], Community())
+        clear([Bid.fixed("load", -2.0)], CommunityTerms())

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from protocols import modbus
-from sim_hardware.clock import SimClock
+from sim_hardware.simulator.clock import SimClock
 
 T = TypeVar("T")
 

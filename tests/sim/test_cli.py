@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def start(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "sim", "run", *args],
+    return subprocess.Popen([sys.executable, "-m", "tmeter", "sim", "run", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=REPO)
 
@@ -102,6 +102,6 @@ def test_sim_run_reports_a_bad_faults_file(tmp_path: Path) -> None:
 
 
 def test_sim_without_subcommand_prints_help() -> None:
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "sim"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "tmeter", "sim"], capture_output=True,
                             text=True, timeout=30, cwd=REPO)
     assert result.returncode == 2 and "run" in result.stdout

@@ -10,8 +10,8 @@ import math
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 
-from sim_hardware.profiles import Profile
-from sim_hardware.simulator import SimConfig, Simulator
+from sim_hardware.simulator.profiles import Profile
+from sim_hardware.simulator.server import SimConfig, Simulator
 from tests.sim.conftest import T0, HeldClock, arun
 
 DAY = 86400.0

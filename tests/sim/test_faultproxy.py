@@ -12,10 +12,10 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 
-from sim_hardware.clock import SimClock
-from sim_hardware.faultproxy import FaultProxy, ProxyThread
-from sim_hardware.mosquitto import MosquittoBroker
-from sim_hardware.simulator import SimConfig, Simulator
+from sim_hardware.simulator.clock import SimClock
+from sim_hardware.simulator.faultproxy import FaultProxy, ProxyThread
+from sim_hardware.harness.mosquitto import MosquittoBroker
+from sim_hardware.simulator.server import SimConfig, Simulator
 from tests.sim.conftest import T0, arun
 
 

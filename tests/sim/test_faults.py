@@ -16,9 +16,9 @@ from pymodbus.framer import FramerType
 
 from protocols import modbus
 from protocols.errors import ProtocolError
-from sim_hardware.clock import SimClock
-from sim_hardware.faults import FaultSchedule, load_faults
-from sim_hardware.simulator import SimConfig, Simulator
+from sim_hardware.simulator.clock import SimClock
+from sim_hardware.simulator.faults import FaultSchedule, load_faults
+from sim_hardware.simulator.server import SimConfig, Simulator
 from tests.sim.conftest import T0, arun, rtu_transact
 
 NOON = T0 + 12 * 3600

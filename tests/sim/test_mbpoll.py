@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from sim_hardware.clock import SimClock
-from sim_hardware.simulator import SimConfig, Simulator
+from sim_hardware.simulator.clock import SimClock
+from sim_hardware.simulator.server import SimConfig, Simulator
 from tests.sim.conftest import T0, arun
 
 MBPOLL = shutil.which("mbpoll")
@@ -38,7 +38,7 @@ async def check(sim: Simulator, link: list[str]) -> None:
                         "-1", "-o", "2")
     got = values(text)
     meter = sim.devices["hh000-meter"]
-    want = sim.community.meter_values("hh000-meter", meter.last_t)
+    want = sim.neighbourhood.meter_values("hh000-meter", meter.last_t)
     assert got[72] == pytest.approx(want["import_energy"], rel=1e-6)
     assert got[74] == pytest.approx(want["export_energy"], rel=1e-6)
     # A battery setpoint of -1500 W (charge) as a signed 32-bit holding register at 0x10.

@@ -8,17 +8,17 @@ import time
 import pytest
 
 from protocols import registers
-from sim_hardware.battery import MODE_SELF_CONSUMPTION
-from sim_hardware.clock import SimClock
-from sim_hardware.faults import FaultSchedule
-from sim_hardware.household import Community, Household, build_community
+from sim_hardware.simulator.battery import MODE_SELF_CONSUMPTION
+from sim_hardware.simulator.clock import SimClock
+from sim_hardware.simulator.faults import FaultSchedule
+from sim_hardware.simulator.household import Neighbourhood, Household, build_neighbourhood
 from tests.sim.conftest import T0
 
 NOON = T0 + 12 * 3600
 
 
-def community(n: int = 1, faults: FaultSchedule | None = None) -> Community:
-    return build_community(n, 0, "synthetic", NOON, faults or FaultSchedule(), ["sdm630"] * n)
+def community(n: int = 1, faults: FaultSchedule | None = None) -> Neighbourhood:
+    return build_neighbourhood(n, 0, "synthetic", NOON, faults or FaultSchedule(), ["sdm630"] * n)
 
 
 def test_clock_formula_and_triple() -> None:
@@ -36,7 +36,7 @@ def test_clock_formula_and_triple() -> None:
         SimClock(speed=0)
 
 
-def set_battery(c: Community, h: Household, t: float, **changes: int) -> None:
+def set_battery(c: Neighbourhood, h: Household, t: float, **changes: int) -> None:
     def change(hh: Household) -> None:
         for name, value in changes.items():
             setattr(hh.battery, name, value)

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from sim_hardware import profiles
-from sim_hardware.profiles import Profile, household_profile
+from sim_hardware.simulator import profiles
+from sim_hardware.simulator.profiles import Profile, household_profile
 from tests.sim.conftest import T0
 
 HAVE_SIMBENCH = importlib.util.find_spec("simbench") is not None

@@ -9,8 +9,8 @@ import socket
 import struct
 
 from protocols import modbus
-from sim_hardware.clock import SimClock
-from sim_hardware.simulator import SimConfig, Simulator
+from sim_hardware.simulator.clock import SimClock
+from sim_hardware.simulator.server import SimConfig, Simulator
 from tests.sim.conftest import T0, arun, read_rtu_frame, rtu_transact
 
 ENERGY = modbus.build_read(1, 4, 0x48, 4)

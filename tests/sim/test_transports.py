@@ -9,8 +9,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 
 from protocols import registers
-from sim_hardware.clock import SimClock
-from sim_hardware.simulator import SimConfig, Simulator
+from sim_hardware.simulator.clock import SimClock
+from sim_hardware.simulator.server import SimConfig, Simulator
 from tests.sim.conftest import T0, arun
 
 
@@ -31,7 +31,7 @@ async def _check_meter(sim: Simulator, client, device_id: str) -> None:
     for fc, start, count in regmap.plan(names):
         rr = await client.read_input_registers(start, count=count, device_id=device.unit)
         assert not rr.isError(), rr
-        values = sim.community.meter_values(device_id, device.last_t)
+        values = sim.neighbourhood.meter_values(device_id, device.last_t)
         for entry in regmap.inputs:
             name, address = entry[0], entry[1]
             if start <= address < start + count:
@@ -40,7 +40,7 @@ async def _check_meter(sim: Simulator, client, device_id: str) -> None:
     # Energies as the firmware reads them: integer Wh without floats.
     block = (4, 0x48, 4)
     rr = await client.read_input_registers(0x48, count=4, device_id=device.unit)
-    imp_wh, exp_wh = sim.community.meter_energy_wh(device_id, device.last_t)
+    imp_wh, exp_wh = sim.neighbourhood.meter_energy_wh(device_id, device.last_t)
     assert abs(regmap.scaled("import_energy", block, rr.registers, 1000) - imp_wh) <= 1
     assert abs(regmap.scaled("export_energy", block, rr.registers, 1000) - exp_wh) <= 1
 
@@ -115,7 +115,7 @@ def test_sdm120_and_low_word_first_battery() -> None:
 def test_simulator_thread_for_synchronous_callers() -> None:
     from pymodbus.client import ModbusTcpClient
 
-    from sim_hardware.simulator import SimulatorThread
+    from sim_hardware.simulator.server import SimulatorThread
 
     with SimulatorThread(SimConfig(meters=1), SimClock(T0, speed=60)) as sim:
         endpoint = sim.endpoints[0]

@@ -1,1 +1,0 @@
-"""Command modules of the `tmeter` CLI (see gateway.cli)."""

@@ -1,0 +1,1 @@
+"""Ingest: meters' messages in, verified records stored, acks out."""

@@ -1,0 +1,1 @@
+"""The interval cycle: open, clear at gate closure, settle after the interval."""

@@ -1,0 +1,1 @@
+"""The ledger: an RFC 6962 Merkle log of every record, signed checkpoints, verification."""

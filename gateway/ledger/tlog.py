@@ -1,0 +1,141 @@
+"""The append-only ledger: an RFC 6962 Merkle log over salted commitments, and its checkpoints.
+
+Leaf i of the tree is the 32-byte commitment SHA-256(salt_i || record_i), hashed into the tree as
+RFC 6962 leaf SHA-256(0x00 || commitment). ``record`` is canonical JSON: the exact body a meter
+signed for readings and bids, the gateway's own canonical encoding for clearings, awards and
+settlement lines. Salts and records are kept apart from commitments (table ``openings``), so
+erasing a member removes what identifies them while every root and proof stays valid; the
+random salt stops anyone from confirming a guessed record against a bare commitment.
+
+All writes go through ``Ledger.transaction()``: the leaves become part of the in-memory tree only
+when the SQLite transaction that stored them commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway import db
+from gateway.ledger import merkle, note
+from protocols import canonical
+
+SALT_LEN = 16
+
+
+def commitment(salt: bytes, record: bytes) -> bytes:
+    return hashlib.sha256(salt + record).digest()
+
+
+def encode_record(kind: str, fields: dict[str, Any]) -> bytes:
+    """Canonical JSON of a gateway-made ledger record (same encoding as the wire protocol)."""
+    return canonical.encode(dict(fields, type=kind))
+
+
+def load_hashes(conn: sqlite3.Connection) -> list[bytes]:
+    """The RFC 6962 leaf hashes of the whole log, in order."""
+    return [merkle.leaf_hash(bytes(r[0])) for r in conn.execute("SELECT commitment FROM leaves ORDER BY idx")]
+
+
+class Ledger:
+    def __init__(self, conn: sqlite3.Connection, origin: str, signing_key: Ed25519PrivateKey | None = None) -> None:
+        self.conn = conn
+        self.origin = origin
+        self.signing_key = signing_key
+        self.frontier = merkle.Frontier()
+        for h in load_hashes(conn):
+            self.frontier.append(h)
+        self._pending: list[bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.frontier.size
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction in which ``append`` may be called."""
+        pending: list[bytes] = []
+        self._pending = pending
+        self._catch_up()
+
+        def grow() -> None:
+            for h in pending:
+                self.frontier.append(h)
+
+        try:
+            with db.transaction(self.conn, on_commit=[grow]) as conn:
+                yield conn
+        finally:
+            self._pending = None
+
+    def _catch_up(self) -> None:
+        # Another process (`tmeter ledger erase`) may have appended leaves: rebuild if so.
+        n = self.conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone()[0]
+        if n != self.frontier.size:
+            self.frontier = merkle.Frontier()
+            for h in load_hashes(self.conn):
+                self.frontier.append(h)
+
+    def mark(self) -> int:
+        """A position inside the open transaction, for ``rollback_to`` after a SAVEPOINT rollback."""
+        return len(self._pending or ())
+
+    def rollback_to(self, mark: int) -> None:
+        if self._pending is not None:
+            del self._pending[mark:]
+
+    def append(self, kind: str, meter: str | None, iv: int | None, record: bytes) -> int:
+        """Add one leaf inside ``transaction()``; returns its index."""
+        if self._pending is None:
+            raise RuntimeError("Ledger.append outside Ledger.transaction()")
+        idx = self.frontier.size + len(self._pending)
+        salt = os.urandom(SALT_LEN)
+        c = commitment(salt, record)
+        self.conn.execute("INSERT INTO leaves(idx, commitment, kind, meter, iv) VALUES (?,?,?,?,?)",
+                          (idx, c, kind, meter, iv))
+        self.conn.execute("INSERT INTO openings(idx, salt, record) VALUES (?,?,?)", (idx, salt, record))
+        self._pending.append(merkle.leaf_hash(c))
+        return idx
+
+    def latest_checkpoint(self) -> tuple[note.Checkpoint, bytes] | None:
+        row = self.conn.execute("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return note.Checkpoint(self.origin, row[0], bytes(row[1])), bytes(row[2])
+
+    def checkpoint(self) -> tuple[note.Checkpoint, bytes]:
+        """Sign the current tree (C2SP tlog-checkpoint) unless the latest checkpoint covers it."""
+        if self.signing_key is None:
+            raise RuntimeError("this ledger has no signing key")
+        latest = self.latest_checkpoint()
+        if latest is not None and latest[0].size == self.size:
+            return latest
+        cp = note.Checkpoint(self.origin, self.size, self.frontier.root())
+        signed = note.sign_checkpoint(cp, self.signing_key)
+        with db.transaction(self.conn) as conn:
+            conn.execute("INSERT INTO checkpoints(size, root, note, created) VALUES (?,?,?,?)",
+                         (cp.size, cp.root, signed, time.time()))
+        return cp, signed
+
+    def erase(self, meter: str) -> int:
+        """GDPR-style erasure: delete the member's salts, records and the rows derived from them;
+        the commitments stay, so the tree and every checkpoint still verify. Returns how many
+        leaves were erased; an erasure leaf records that it happened."""
+        # Overwrite deleted content in the file too, not just unlink it from the b-trees.
+        self.conn.execute("PRAGMA secure_delete=ON")
+        with self.transaction() as conn:
+            idxs = [r[0] for r in conn.execute("SELECT idx FROM leaves WHERE meter=? AND erased=0", (meter,))]
+            conn.executemany("DELETE FROM openings WHERE idx=?", [(i,) for i in idxs])
+            conn.execute("UPDATE leaves SET erased=1 WHERE meter=?", (meter,))
+            for table in ("readings", "bids", "awards", "settlements", "meter_status"):
+                conn.execute(f"DELETE FROM {table} WHERE meter=?", (meter,))  # noqa: S608 - fixed names
+            leaf = self.append("erasure", None, None, encode_record("erasure", {"member": meter, "leaves": len(idxs)}))
+            conn.execute("INSERT OR REPLACE INTO erasures(meter, at, leaf) VALUES (?,?,?)", (meter, time.time(), leaf))
+        return len(idxs)

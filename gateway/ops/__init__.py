@@ -1,0 +1,1 @@
+"""What operators watch: the status endpoint, systemd notification, InfluxDB export."""

@@ -1,0 +1,1 @@
+"""The community harness: whole runs of simulator, firmware, broker and gateway."""

@@ -1,0 +1,1 @@
+"""The device simulator: Modbus meters, batteries, households, faults, the shared clock."""
