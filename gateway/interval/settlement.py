@@ -1,4 +1,4 @@
-"""Settlement of one interval (ARCHITECTURE section 6), in integer micro-currency.
+"""Settlement of one interval (docs/architecture.md §8), in integer micro-currency.
 
 Each member is paid (positive) or pays (negative) the clearing price for its awarded net export,
 plus the deviation between metered and awarded energy at the grid prices: more export (or less

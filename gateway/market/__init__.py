@@ -1,4 +1,4 @@
-"""Market clearing for the energy collective (ARCHITECTURE §5): exact, verified, fast.
+"""Market clearing for the energy collective (docs/architecture.md §7): exact, verified, fast.
 
 The gateway's API, one interval at a time (energy in kWh per interval, prices per kWh)::
 

@@ -1,4 +1,5 @@
-"""Bids: non-decreasing piecewise-linear marginal-price curves of net export (ARCHITECTURE §5).
+"""Bids: non-decreasing piecewise-linear marginal-price curves of net export
+(docs/architecture.md §7).
 
 A bid gives, for the meter's net export q in [q_min, q_max] (kWh in the interval; q > 0
 sells, q < 0 buys), its marginal price mc(q) in currency per kWh as points (q_i, p_i) with q

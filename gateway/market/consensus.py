@@ -8,8 +8,8 @@ price lambda_nm, and each round
                                                   + (rho/2) (P_nm - (P_nm - P_mn)/2)^2 ]
     lambda_nm <- lambda_nm - beta (lambda_nm - lambda_mn) - alpha (P_nm + P_mn)
 
-(consensus on the price, innovation from the reciprocity mismatch; ARCHITECTURE §5). With
-beta = 1/2 and alpha = rho/2 (the defaults) this is exactly ADMM on the reciprocity constraints
+(consensus on the price, innovation from the reciprocity mismatch; docs/architecture.md §7).
+With beta = 1/2 and alpha = rho/2 (the defaults) this is exactly ADMM on the reciprocity constraints
 P_nm = z_nm, z_nm + z_mn = 0 (Boyd et al. 2011, §7.1 consensus form): the two prices of a pair
 agree after every round and the iterates converge to the exact solution of `p2p.clear_p2p`,
 which is why those are the defaults; other alpha, beta are the paper's tunable family.

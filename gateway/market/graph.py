@@ -1,7 +1,7 @@
 """Trading graphs for the peer-to-peer market: who may trade with whom, and how far apart they are.
 
 Sorin, Bobo & Pinson (2019) let every pair trade; at scale each member trades with its k
-nearest peers instead (the sparse graphs of ARCHITECTURE §5), found with a k-d tree in
+nearest peers instead (the sparse graphs of docs/architecture.md §7), found with a k-d tree in
 O(N log N). A pair is an edge if either member counts the other among its k nearest, so the
 graph is undirected and every member has at least k counterparts (when there are k others).
 gamma_nm, the per-pair criterion of the product differentiation, is the Euclidean distance

@@ -1,4 +1,4 @@
-"""Mechanism 1: the uniform-price collective (ARCHITECTURE §5; Moret & Pinson 2019, "Energy
+"""Mechanism 1: the uniform-price collective (docs/architecture.md §7; Moret & Pinson 2019, "Energy
 collectives: a community and fairness based approach to future electricity markets").
 
 The community problem is
