@@ -251,7 +251,7 @@ def cpu_seconds(procs: list[psutil.Process]) -> dict[str, float]:
     out: dict[str, float] = {}
     for p in procs:
         cmd = " ".join(p.cmdline())
-        role = "pumps" if "gateway.ingest.pump" in cmd else "mosquitto" if "mosquitto" in cmd else "gateway"
+        role = "pumps" if "gateway.ingest.pump_process" in cmd else "mosquitto" if "mosquitto" in cmd else "gateway"
         t = p.cpu_times()
         out[role] = out.get(role, 0.0) + t.user + t.system
     return out

@@ -39,7 +39,8 @@ from gateway.config import GatewayConfig
 from gateway.ingest.fairqueue import FairQueue
 from gateway.ingest.store import Ingest
 from gateway.ledger.tlog import Ledger
-from gateway.ingest.pump import Pump, PumpSettings
+from gateway.ingest.frames import PumpSettings
+from gateway.ingest.pump import Pump
 from gateway.interval.scheduler import Scheduler
 from gateway.ops.status import StatusServer
 from protocols import canonical, messages, topics

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.daemon import GatewayThread
-from gateway.ingest.pump import HEADER, MAX_FRAME, FrameBuffer, frame
+from gateway.ingest.frames import HEADER, MAX_FRAME, FrameBuffer, frame
 from protocols import messages
 from sim_hardware.harness.mosquitto import MosquittoBroker
 from sim_hardware.netutil import free_port
@@ -58,7 +58,8 @@ def test_a_broken_frame_from_a_pump_ends_its_reading_instead_of_the_daemon() -> 
     import asyncio
     from collections import Counter
 
-    from gateway.ingest.pump import Pump, PumpSettings
+    from gateway.ingest.frames import PumpSettings
+    from gateway.ingest.pump import Pump
 
     got: list = []
 
@@ -105,7 +106,7 @@ def test_pumps_end_with_the_daemon(gw_config: GatewayConfig, mosquitto: Mosquitt
         parent = psutil.Process(daemon.pid)
         assert wait_until(lambda: len(parent.children()) == 2, timeout=30), "the daemon did not start its pumps"
         pumps = parent.children()
-        assert all("gateway.ingest.pump" in " ".join(p.cmdline()) for p in pumps)
+        assert all("gateway.ingest.pump_process" in " ".join(p.cmdline()) for p in pumps)
         daemon.send_signal(how)
         daemon.wait(30)
         gone, alive = psutil.wait_procs(pumps, timeout=15)
