@@ -1,7 +1,7 @@
 """The gateway daemon's life cycle: open the database, connect to the broker, run ingest, the
 scheduler, status and export until told to stop; reconnect with backoff when the broker goes.
 
-Meters' messages come in and their acks go out through two pump processes (gateway/pump.py);
+Meters' messages come in and their acks go out through two pump processes (gateway/ingest/pump.py);
 this process verifies, stores and clears, and keeps an aiomqtt connection of its own for what
 it publishes to the community (awards, results, checkpoints, its status and last will).
 

@@ -1,7 +1,7 @@
 """Ingest's stateless ends: authenticate and decode what meters send; tag the acks sent back.
 
 Stateless apart from a key cache, so each runs where its messages pass: decoding in the daemon's
-uplink pump, tagging acks in its downlink pump (gateway/pump.py), so that the thread that stores
+uplink pump, tagging acks in its downlink pump (gateway/ingest/pump_process.py), so that the thread that stores
 records does neither; or both in-process (``Ingest.process``, for tests and tools). The tag is
 checked before anything is parsed (protocols.messages.decode); every rejection is counted under
 its ProtocolError code and logged with the meter id, when the topic names a valid one.

@@ -1,6 +1,6 @@
 """Verified ingest: decode (tag first), de-duplicate, check, store with its ledger leaf, ack.
 
-Decoding and tagging the acks are the stateless first and last stages (gateway/codec.py); the
+Decoding and tagging the acks are the stateless first and last stages (gateway/ingest/codec.py); the
 daemon runs them in its uplink and downlink pumps. ``Ingest.store(verified)`` runs in the
 gateway's single database thread: a batch is one SQLite transaction (group commit), redone
 message by message in savepoints should anything go wrong, so a message that fails for any
