@@ -16,14 +16,15 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from sim_hardware.harness.community import CommunityRun, Meter
+from sim_hardware.harness.provisioning import Meter, queued
+from sim_hardware.harness.scenario import Scenario
 
 # A firmware log line; fleets of CPython meters prefix each line with the meter id.
 APPLIED = re.compile(rb"^(?:([\w-]+) )?award iv (\d+) q -?\d+ -> battery -?\d+ W at (\d+)", re.M)
@@ -57,7 +58,23 @@ class InvariantReport:
         return table
 
 
-def check(community: CommunityRun) -> InvariantReport:
+class StoppedRun(Protocol):
+    """What the checks read of a run after it stopped (CommunityRun in
+    sim_hardware/harness/community.py is one)."""
+
+    @property
+    def scenario(self) -> Scenario: ...
+    @property
+    def out(self) -> Path: ...  # the processes' logs are in out/logs
+    @property
+    def db_path(self) -> Path: ...
+    @property
+    def meters(self) -> Sequence[Meter]: ...
+    @property
+    def end_iv(self) -> int: ...
+
+
+def check(community: StoppedRun) -> InvariantReport:
     with contextlib.closing(sqlite3.connect(f"file:{community.db_path}?mode=ro", uri=True, timeout=30)) as db:
         return InvariantReport([
             records_exactly_once(community, db),
@@ -73,21 +90,21 @@ def produced(meter: Meter) -> int:
     return int(json.loads(state.read_text())["seq"]) if state.exists() else 0
 
 
-def records_exactly_once(community: CommunityRun, db: sqlite3.Connection) -> Check:
+def records_exactly_once(community: StoppedRun, db: sqlite3.Connection) -> Check:
     """Records of the scenario's intervals are stored once each; only records of intervals
     after its end may still sit in a queue (the meters were stopped while still producing)."""
     problems: list[str] = []
     total = 0
-    queued: dict[str, set[int]] = {}
-    for meter_id, seq, iv in community.queued():
-        queued.setdefault(meter_id, set()).add(seq)
-    for meter_id, seq, iv in community.queued(community.end_iv):
+    waiting_by_meter: dict[str, set[int]] = {}
+    for meter_id, seq, iv in queued(community.meters):
+        waiting_by_meter.setdefault(meter_id, set()).add(seq)
+    for meter_id, seq, iv in queued(community.meters, community.end_iv):
         problems.append(f"{meter_id}: seq {seq} (iv {iv}) never acknowledged")
     for meter in community.meters:
         made = produced(meter)
         total += made
         seqs = Counter(s for (s,) in db.execute("SELECT seq FROM readings WHERE meter=?", (meter.meter,)))
-        waiting = queued.get(meter.meter, set())
+        waiting = waiting_by_meter.get(meter.meter, set())
         missing = [s for s in range(made) if s not in seqs and s not in waiting]
         twice = sorted(s for s, n in seqs.items() if n > 1)
         unknown = sorted(s for s in seqs if not 0 <= s < made)
@@ -126,7 +143,7 @@ def intervals_balance(db: sqlite3.Connection) -> Check:
     return Check(name, not bad, detail)
 
 
-def awards_in_their_interval(community: CommunityRun) -> Check:
+def awards_in_their_interval(community: StoppedRun) -> Check:
     interval_ms = community.scenario.interval_s * 1000
     applied, late = 0, []
     for log_path in sorted((community.out / "logs").glob("*.log")):
