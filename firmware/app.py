@@ -47,7 +47,7 @@ class App:
         self.t_ack = topics.meter_topic(community, self.meter_id, "ack")
         self.t_award = topics.meter_topic(community, self.meter_id, "award")
         self.state = State(board)
-        self.outbox = Outbox(board, self.key, cfg["queue_max"], self.c)
+        self.outbox = Outbox(board, self.kid, self.key, cfg["queue_max"], self.c)
         self.acct = Accountant(self.interval_s)
         mb = cfg["modbus"]
         self.master = Master(board, board.open_link(mb), mb, self.c)

@@ -3,8 +3,9 @@
 # One file per record, q/<seq>-<boot>, holding the exact payload bytes that are published.
 # Each file is written once (temporary file + rename) and never touched again, so a power cut
 # while writing can at worst leave a stray temporary file: older records are never at risk.
-# The payload carries its own HMAC tag, which is checked again before sending, so a record
-# damaged on flash is detected (counted as q_bad) instead of being sent.
+# The payload carries its own tag trailer (protocols/trailer.py), checked again before sending
+# exactly as the gateway checks it, so a record damaged on flash, trailer included, is detected
+# (counted as q_bad) instead of being sent only to be refused.
 #
 # Records leave the queue only when the gateway acknowledges them after storing them (ack
 # res "stored" or "duplicate"), or when it rejects them (any other res: counted, dropped).
@@ -14,9 +15,8 @@
 # the status counter q_drop, and the new record carries FLAG_QUEUE_OVERFLOW so the gateway
 # knows data is missing before it.
 from array import array
-from binascii import unhexlify
 
-from protocols import auth, const
+from protocols import const, trailer
 
 _DIR = const("q")
 
@@ -26,8 +26,9 @@ def _name(seq, boot):
 
 
 class Outbox:
-    def __init__(self, board, key, limit, counters):
+    def __init__(self, board, kid, key, limit, counters):
         self.board = board
+        self.kid = kid
         self.key = key
         self.limit = limit
         self.c = counters
@@ -102,23 +103,11 @@ class Outbox:
         if i < 0:
             return None
         payload = self.board.read(_name(seq, self._boot[i]))
-        if payload is None or not self._intact(payload):
+        if payload is None or not trailer.intact(payload, self.kid, self.key):
             self.c["q_bad"] += 1
             self._forget(i)
             return None
         return payload
-
-    def _intact(self, payload):
-        cut = payload.rfind(b"\n")
-        colon = payload.find(b":", cut)
-        if cut < 0 or colon < 0:
-            return False
-        tag = payload[colon + 1:]
-        try:
-            want = auth.hmac_sha256(self.key, payload[:cut])
-            return auth.equal(want, unhexlify(tag))
-        except Exception:  # noqa: BLE001 - malformed hex is damage too
-            return False
 
     def ack(self, seq, boot):
         """Remove an acknowledged record; False if it was not queued (late duplicate ack)."""
@@ -142,5 +131,5 @@ class Outbox:
         while self.n:
             payload = self.get(self._seq[self.n - 1])
             if payload is not None:
-                return json.loads(payload[:payload.rfind(b"\n")])
+                return json.loads(trailer.split(payload)[0])
         return None

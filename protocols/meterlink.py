@@ -5,16 +5,13 @@
 # everyone), for the gateway, the simulator and the tests.
 #
 # A payload is the canonical JSON body (protocols/canonical.py); messages between a meter and
-# the gateway carry a trailer with the key id and the HMAC-SHA256 tag of the exact body bytes:
+# the gateway carry the tag trailer of protocols/trailer.py after it:
 #
 #     <body> "\n" <kid decimal> ":" <64 lowercase hex>
 #
-# The key id sits outside the body too so a receiver can pick the key (keys rotate) and verify
-# the tag before it parses anything. Units are integers: energy Wh, power W, prices
-# micro-currency per kWh, money micro-currency, times unix seconds.
-from binascii import hexlify, unhexlify
-
-from protocols import auth, canonical, const, topics
+# Units are integers: energy Wh, power W, prices micro-currency per kWh, money micro-currency,
+# times unix seconds.
+from protocols import auth, canonical, const, topics, trailer
 from protocols.errors import ProtocolError
 
 VERSION = const(1)
@@ -204,33 +201,7 @@ def encode(msg, key=None):
         return body
     if key is None:
         raise ProtocolError("unknown_key", "a " + kind + " must be tagged")
-    tag = hexlify(auth.hmac_sha256(key, body))
-    return b"".join((body, b"\n", str(msg["kid"]).encode(), b":", tag))  # one copy of the body
-
-
-def _split_tagged(payload):
-    cut = payload.rfind(b"\n")
-    if cut < 0:
-        raise ProtocolError("bad_frame", "missing tag trailer")
-    trailer = payload[cut + 1:]
-    colon = trailer.find(b":")
-    kid_text = trailer[:colon]
-    tag_hex = trailer[colon + 1:]
-    if colon < 1 or colon > 5 or len(tag_hex) != 2 * auth.TAG_LEN:
-        raise ProtocolError("bad_frame", "malformed tag trailer")
-    for c in kid_text:
-        if c < 0x30 or c > 0x39:
-            raise ProtocolError("bad_frame", "malformed key id")
-    if len(kid_text) > 1 and kid_text[0] == 0x30:
-        raise ProtocolError("bad_frame", "key id has leading zeros")
-    try:
-        tag = unhexlify(tag_hex)
-    except Exception:  # noqa: BLE001 - binascii.Error on CPython, ValueError on MicroPython
-        tag = None
-    # unhexlify also takes upper case: the round trip admits 64 lowercase hex digits only.
-    if tag is None or hexlify(tag) != tag_hex:
-        raise ProtocolError("bad_frame", "tag is not lowercase hex")
-    return payload[:cut], int(kid_text), tag
+    return trailer.encode(body, msg["kid"], key)
 
 
 def decode(topic, payload, keys=None):
@@ -251,7 +222,7 @@ def decode(topic, payload, keys=None):
     kid = None
     body = payload
     if kind in TAGGED:
-        body, kid, tag = _split_tagged(payload)
+        body, kid, tag = trailer.split(payload)
         key = keys(subject, kid) if keys is not None else None
         if key is None:
             raise ProtocolError("unknown_key", "no key " + str(kid) + " for this meter")

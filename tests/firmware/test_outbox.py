@@ -22,7 +22,7 @@ def record(seq: int, boot: int = 1) -> bytes:
 
 def outbox(tmp_path: Path, limit: int = 4) -> tuple[Outbox, dict[str, int]]:
     counters = {"q_drop": 0, "q_bad": 0}
-    box = Outbox(Board({}, str(tmp_path)), KEY, limit, counters)
+    box = Outbox(Board({}, str(tmp_path)), 1, KEY, limit, counters)
     assert box.load() == 0
     return box, counters
 
@@ -81,7 +81,7 @@ def test_a_smaller_queue_after_reboot_keeps_the_newest(tmp_path: Path) -> None:
     for seq in range(6):
         box.put(seq, 1, record(seq))
     counters = {"q_drop": 0, "q_bad": 0}
-    small = Outbox(Board({}, str(tmp_path)), KEY, 4, counters)
+    small = Outbox(Board({}, str(tmp_path)), 1, KEY, 4, counters)
     assert small.load() == 2 and counters["q_drop"] == 2
     assert small.oldest(4) == [2, 3, 4, 5] and len(list((tmp_path / "q").iterdir())) == 4
 

@@ -1,0 +1,121 @@
+"""The contracts every runtime shares, each defined once in protocols/ and read the same way by
+every side, in CPython and under the MicroPython unix port:
+
+- the device config (protocols/devconfig.py): what `tmeter provision` writes is what the
+  firmware reads, defaults included (the gateway's battery_unit was 2, the firmware's None);
+- the simulated clock (protocols/simclock.py): one triple, one time, on the firmware, the
+  simulator and the gateway (the gateway ignored ``speed`` when ``start`` was unset);
+- the tag trailer (protocols/trailer.py): the meter's outbox keeps exactly the records the
+  gateway's decoder accepts (the outbox took upper-case tags and any key id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+
+from firmware import hal_unix
+from firmware.outbox import Outbox
+from protocols import messages, meterlink, trailer
+from protocols.errors import ProtocolError
+
+# -- tag trailer ---------------------------------------------------------------------------
+
+KEY = bytes(range(32))
+KID = 1
+TOPIC = "tm/v1/c1/meters/m01/reading"
+
+
+def trailer_variants() -> dict[str, bytes]:
+    """A queued record as encoded, and the ways flash damage (or a lenient parser) can change
+    its trailer or body."""
+    msg = meterlink.reading("m01", KID, 1, 7, 1900007, 1710000000, 1710000900, 5, 0, 1007, 0, 0)
+    good = meterlink.encode(msg, KEY)
+    cut = good.rfind(b"\n")
+    body, tag = good[:cut], good[-64:]
+    flipped = body.replace(b'"imp_wh":5', b'"imp_wh":6')
+    return {
+        "as-encoded": good,
+        "upper-case-tag": body + b"\n1:" + tag.upper(),
+        "kid-leading-zero": body + b"\n01:" + tag,
+        "kid-other": body + b"\n2:" + tag,
+        "kid-zero": body + b"\n0:" + tag,
+        "kid-empty": body + b"\n:" + tag,
+        "kid-sign": body + b"\n+1:" + tag,
+        "kid-space": body + b"\n 1:" + tag,
+        "kid-six-digits": body + b"\n100001:" + tag,
+        "tag-short": good[:-1],
+        "tag-long": good + b"0",
+        "tag-not-hex": good[:-1] + b"g",
+        "tag-space": good[:-2] + b" 0",
+        "two-colons": body + b"\n1::" + tag[1:],
+        "no-trailer": body,
+        "newline-after-tag": good + b"\n",
+        "cr-before-trailer": body + b"\r\n1:" + tag,
+        "body-damaged": flipped + good[cut:],
+        "truncated": good[:40],
+        "empty": b"",
+    }
+
+
+@pytest.mark.parametrize("kid", [0, 1, 9, 10, 65535])
+def test_split_takes_apart_what_encode_made(kid: int) -> None:
+    body = b'{"v":1}'
+    payload = trailer.encode(body, kid, KEY)
+    assert payload == body + b"\n" + str(kid).encode() + b":" + hmac.new(KEY, body, hashlib.sha256).hexdigest().encode()
+    assert trailer.split(payload) == (body, kid, hmac.new(KEY, body, hashlib.sha256).digest())
+    assert trailer.intact(payload, kid, KEY)
+    assert not trailer.intact(payload, kid + 1, KEY) and not trailer.intact(payload, kid, bytes(32))
+
+
+def gateway_accepts(payload: bytes) -> bool:
+    try:
+        messages.decode(TOPIC, payload, lambda meter, kid: KEY if (meter, kid) == ("m01", KID) else None)
+    except ProtocolError:
+        return False
+    return True
+
+
+def outbox_keeps(tmp_path: Path, payloads: list[bytes]) -> list[bool]:
+    counters = {"q_drop": 0, "q_bad": 0}
+    box = Outbox(hal_unix.Board({}, str(tmp_path)), KID, KEY, len(payloads), counters)
+    box.load()
+    for seq, payload in enumerate(payloads):
+        box.put(seq, 1, payload)
+    kept = [box.get(seq) == payload for seq, payload in enumerate(payloads)]
+    assert counters["q_bad"] == kept.count(False)  # each dropped record is counted as damage
+    return kept
+
+
+def test_the_outbox_keeps_exactly_what_the_gateway_accepts(tmp_path: Path) -> None:
+    variants = trailer_variants()
+    accepted = {name: gateway_accepts(p) for name, p in variants.items()}
+    assert [name for name, ok in accepted.items() if ok] == ["as-encoded"]
+    kept = dict(zip(variants, outbox_keeps(tmp_path, list(variants.values())), strict=True))
+    assert kept == accepted
+
+
+@pytest.mark.micropython
+def test_the_outbox_keeps_exactly_what_the_gateway_accepts_under_micropython(
+        tmp_path: Path, micropython) -> None:
+    variants = trailer_variants()
+    payloads = [p.hex() for p in variants.values()]
+    (tmp_path / "box").mkdir()
+    out = micropython(
+        "import json\n"
+        "from binascii import unhexlify\n"
+        "from firmware.hal_unix import Board\n"
+        "from firmware.outbox import Outbox\n"
+        f"payloads = [unhexlify(p) for p in {payloads!r}]\n"
+        "counters = {'q_drop': 0, 'q_bad': 0}\n"
+        f"box = Outbox(Board({{}}, {str(tmp_path / 'box')!r}), {KID}, {KEY!r}, len(payloads), counters)\n"
+        "box.load()\n"
+        "for seq in range(len(payloads)):\n"
+        "    box.put(seq, 1, payloads[seq])\n"
+        "print(json.dumps([box.get(seq) == payloads[seq] for seq in range(len(payloads))]))\n")
+    kept = dict(zip(variants, json.loads(out.stdout.strip().splitlines()[-1]), strict=True))
+    assert kept == {name: gateway_accepts(p) for name, p in variants.items()}
