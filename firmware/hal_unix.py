@@ -1,9 +1,9 @@
 # Hardware layer for the MicroPython unix port and CPython (CI, demo, bench, load tests).
 #
 # The UART becomes a TCP connection to a simulated meter speaking Modbus RTU framing, or a
-# serial tty; the clock is the host's, optionally accelerated (SimClock, the simulator's
-# clock); files live in a folder per meter. Only this module and hal_esp32 may test which
-# interpreter runs.
+# serial tty; the clock is the host's, optionally accelerated (the run's simulated clock,
+# protocols/simclock.py); files live in a folder per meter. Only this module and hal_esp32 may
+# test which interpreter runs.
 import asyncio
 import gc
 import os
@@ -11,6 +11,7 @@ import random
 import sys
 import time
 from firmware.files import Files
+from protocols import simclock
 
 _UPY = sys.implementation.name == "micropython"
 
@@ -31,42 +32,6 @@ else:
 
 def _real_ms():
     return time.time_ns() // 1000000
-
-
-# The simulator's shared clock: sim_time = start + (real_time - epoch) * speed. Device,
-# simulator and gateway all derive time from the same triple, so an accelerated run keeps them
-# in step. Floats appear only here, in the conversion of real time (MicroPython unix and
-# CPython floats are 64-bit); callers get integer milliseconds.
-class SimClock:
-    def __init__(self, real_ms, start=None, epoch=None, speed=1):
-        # real_ms: function returning the host's unix time in integer milliseconds.
-        self._real_ms = real_ms
-        self.speed = speed if speed else 1
-        now = real_ms()
-        if start is None:
-            # "null = real time": with speed 1 this is the host clock; with another speed the
-            # run starts now and then goes faster or slower.
-            start_ms = now
-            epoch_ms = now
-        else:
-            start_ms = int(start * 1000)
-            epoch_ms = now if epoch is None else int(epoch * 1000)
-        self._start_ms = start_ms
-        self._epoch_ms = epoch_ms
-
-    def now_ms(self):
-        elapsed = self._real_ms() - self._epoch_ms
-        if self.speed == 1:
-            return self._start_ms + elapsed
-        return self._start_ms + int(elapsed * self.speed)
-
-    def real_delay_ms(self, sim_ms):
-        """Real milliseconds that ``sim_ms`` of simulated time take (rounded up, >= 0)."""
-        if sim_ms <= 0:
-            return 0
-        if self.speed == 1:
-            return sim_ms
-        return int(sim_ms / self.speed) + 1
 
 
 class TcpLink:
@@ -145,8 +110,15 @@ class Board(Files):
     def __init__(self, cfg, base_dir="."):
         self.cfg = cfg
         self.base = base_dir
+        # The run's clock in integer milliseconds of the host's unix time (the config gives
+        # seconds). Floats appear only here, in converting the config's seconds, and in now_ms
+        # with a speed other than 1 (MicroPython unix and CPython floats are 64-bit).
         clk = cfg.get("clock") or {}
-        self.clock = SimClock(_real_ms, clk.get("start"), clk.get("epoch"), clk.get("speed", 1))
+        start = clk.get("start")
+        epoch = clk.get("epoch")
+        self.clock = simclock.SimClock(None if start is None else int(start * 1000),
+                                       None if epoch is None else int(epoch * 1000),
+                                       clk.get("speed"), _real_ms())
         self.quiet = False
 
     # -- time ------------------------------------------------------------------------------
@@ -157,7 +129,7 @@ class Board(Files):
         return _ticks_diff(a, b)
 
     def now_ms(self):
-        return self.clock.now_ms()
+        return int(self.clock.at_wall(_real_ms()))
 
     def time_ok(self):
         return True  # the host clock is NTP-disciplined by the host (or is the simulator's)
@@ -169,7 +141,9 @@ class Board(Files):
         return _sleep_ms(ms if ms > 0 else 0)
 
     def sleep_sim_ms(self, sim_ms):
-        return _sleep_ms(self.clock.real_delay_ms(sim_ms))
+        # Real milliseconds, rounded up: a sleep never ends before its simulated time.
+        speed = self.clock.speed
+        return self.sleep_ms(sim_ms if speed == 1 or sim_ms <= 0 else int(sim_ms / speed) + 1)
 
     async def sync_time(self):
         return True

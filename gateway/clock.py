@@ -1,4 +1,5 @@
-"""One clock for the gateway: the wall clock, or a simulated one shared with the simulator."""
+"""One clock for the gateway: the run's simulated clock (protocols/simclock.py), which with
+``[clock]`` unset in gateway.toml is the wall clock."""
 
 from __future__ import annotations
 
@@ -6,21 +7,19 @@ import asyncio
 import time
 
 from gateway.config import ClockConfig
+from protocols import simclock
 
 
-class Clock:
-    """t = start + (wall - epoch) * speed; the plain wall clock when ``start`` is None."""
+class Clock(simclock.SimClock):
+    """t = start + (wall - epoch) * speed in seconds of ``time.time()``; unset values default as
+    protocols/simclock.py says (so a speed applies with ``start`` unset too)."""
 
     def __init__(self, cfg: ClockConfig | None = None) -> None:
         cfg = cfg or ClockConfig()
-        self.speed = cfg.speed if cfg.start is not None and cfg.speed > 0 else 1.0
-        self.start = cfg.start
-        self.epoch = cfg.epoch if cfg.epoch is not None else time.time()
+        super().__init__(cfg.start, cfg.epoch, cfg.speed, time.time())
 
     def now(self) -> float:
-        if self.start is None:
-            return time.time()
-        return self.start + (time.time() - self.epoch) * self.speed
+        return float(self.at_wall(time.time()))
 
     def real_seconds(self, simulated: float) -> float:
         """How long to sleep for ``simulated`` seconds to pass."""

@@ -14,14 +14,90 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from firmware import hal_unix
 from firmware.outbox import Outbox
+from gateway.clock import Clock
+from gateway.config import ClockConfig
 from protocols import messages, meterlink, trailer
 from protocols.errors import ProtocolError
+from sim_hardware.simulator.clock import SimClock
+
+# -- simulated clock -----------------------------------------------------------------------
+
+MADE = 1_700_000_000  # wall time when each clock is made (the "now" of unset values)
+READ = MADE + 100  # wall time when it is read
+EPOCH = MADE - 50
+START = 1_000_000
+# (start, epoch, speed) as a config, a manifest or gateway.toml gives them; None: unset.
+TRIPLES = [(START, EPOCH, 60), (START, None, 60), (None, EPOCH, 60), (None, None, 60),
+           (None, None, 1), (START, EPOCH, None), (START, EPOCH, 0.5), (None, EPOCH, 1)]
+
+
+def expected(start: float | None, epoch: float | None, speed: float | None) -> float:
+    """The contract: sim = start + (wall - epoch) * speed; an unset epoch is the wall time when
+    the clock is made, an unset start the epoch, an unset speed 1."""
+    epoch = MADE if epoch is None else epoch
+    start = epoch if start is None else start
+    return start + (READ - epoch) * (1 if speed is None else speed)
+
+
+def host_times(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[float]]:
+    wall = [MADE]
+    monkeypatch.setattr(time, "time", lambda: wall[0])
+    monkeypatch.setattr(hal_unix, "_real_ms", lambda: wall[0] * 1000)
+    out: dict[str, list[float]] = {"firmware": [], "simulator": [], "gateway": []}
+    for start, epoch, speed in TRIPLES:
+        triple = {"start": start, "epoch": epoch, "speed": speed}
+        wall[0] = MADE
+        board = hal_unix.Board({"clock": triple}, ".")
+        simulator = SimClock.from_dict(triple)
+        gateway = Clock(ClockConfig(**triple))  # type: ignore[arg-type]
+        wall[0] = READ
+        out["firmware"].append(board.now_ms() / 1000)
+        out["simulator"].append(simulator.now())
+        out["gateway"].append(gateway.now())
+    return out
+
+
+@pytest.mark.parametrize("side", ["firmware", "simulator", "gateway"])
+def test_one_triple_one_time_on_every_side(side: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    want = [expected(*triple) for triple in TRIPLES]
+    assert host_times(monkeypatch)[side] == want
+
+
+def test_the_gateway_honours_speed_without_a_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The former disagreement: a gateway with start unset ran the plain wall clock."""
+    wall = [MADE]
+    monkeypatch.setattr(time, "time", lambda: wall[0])
+    clock = Clock(ClockConfig(start=None, epoch=None, speed=60.0))
+    wall[0] = READ
+    assert clock.now() == MADE + 100 * 60
+    assert clock.real_seconds(600.0) == 10.0
+
+
+@pytest.mark.micropython
+def test_the_firmware_clock_under_micropython(micropython) -> None:
+    out = micropython(
+        "import json\n"
+        "from firmware import hal_unix\n"
+        "wall = [0]\n"
+        "hal_unix._real_ms = lambda: wall[0]\n"
+        "out = []\n"
+        f"for start, epoch, speed in {TRIPLES!r}:\n"
+        f"    wall[0] = {MADE * 1000}\n"
+        "    board = hal_unix.Board({'clock': {'start': start, 'epoch': epoch, 'speed': speed}}, '.')\n"
+        f"    wall[0] = {READ * 1000}\n"
+        "    out.append(board.now_ms())\n"
+        "print(json.dumps(out))\n")
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == [int(expected(*triple) * 1000) for triple in TRIPLES]
+    assert all(type(ms) is int for ms in got)  # the firmware keeps integer milliseconds
+
 
 # -- tag trailer ---------------------------------------------------------------------------
 

@@ -1,9 +1,7 @@
-"""The one simulated clock: ``sim_time = start + (time.time() - epoch) * speed``.
-
-Every process of a simulated run (devices, firmware, gateway, bench) is given the same triple
-(start, epoch, speed) and computes the time itself, so nothing has to be exchanged at run time
-and an accelerated day stays in step across processes. firmware/clock.py implements the same
-formula under MicroPython; the manifest and the CLI use the same key names.
+"""The simulator's clock: the run's simulated clock (protocols/simclock.py,
+``sim = start + (wall - epoch) * speed``) in float seconds of ``time.time()``, with what the
+simulator and the harness need around it: the wall time of a simulated instant, sleeping until
+one, and the triple as a manifest or a device config carries it.
 """
 
 from __future__ import annotations
@@ -12,18 +10,21 @@ import asyncio
 import time
 from typing import Any
 
+from protocols import simclock
 
-class SimClock:
-    """Simulated unix time. ``start`` is the simulated instant at wall time ``epoch``."""
+
+class SimClock(simclock.SimClock):
+    """Simulated unix time. ``start`` is the simulated instant at wall time ``epoch``; unset
+    values default as protocols/simclock.py says."""
+
+    start: float
+    epoch: float
+    speed: float
 
     def __init__(self, start: float | None = None, epoch: float | None = None,
-                 speed: float = 1.0) -> None:
-        if not speed > 0:
-            raise ValueError(f"speed must be positive, not {speed!r}")
-        now = time.time()
-        self.epoch = float(now if epoch is None else epoch)
-        self.start = float(self.epoch if start is None else start)
-        self.speed = float(speed)
+                 speed: float | None = 1.0) -> None:
+        super().__init__(start, epoch, speed, time.time())
+        self.start, self.epoch, self.speed = float(self.start), float(self.epoch), float(self.speed)
 
     @classmethod
     def realtime(cls) -> SimClock:
@@ -33,8 +34,8 @@ class SimClock:
 
     @classmethod
     def from_dict(cls, triple: dict[str, Any]) -> SimClock:
-        """From {"start", "epoch", "speed"} as in a manifest or a firmware config."""
-        return cls(triple.get("start"), triple.get("epoch"), triple.get("speed", 1.0) or 1.0)
+        """From {"start", "epoch", "speed"} as in a manifest or a device config."""
+        return cls(triple.get("start"), triple.get("epoch"), triple.get("speed"))
 
     def to_dict(self) -> dict[str, float]:
         return {"start": self.start, "epoch": self.epoch, "speed": self.speed}
@@ -42,12 +43,8 @@ class SimClock:
     def now(self) -> float:
         return self.at_wall(time.time())
 
-    def at_wall(self, wall: float) -> float:
-        """Simulated time at wall-clock time ``wall``."""
-        return self.start + (wall - self.epoch) * self.speed
-
     def wall_at(self, sim: float) -> float:
-        """Wall-clock time at which simulated time reaches ``sim``."""
+        """Wall-clock time at which simulated time reaches ``sim`` (at_wall's inverse)."""
         return self.epoch + (sim - self.start) / self.speed
 
     def real_seconds(self, sim_seconds: float) -> float:

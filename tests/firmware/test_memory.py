@@ -18,13 +18,15 @@ INTERVALS = 2000
 HEAP = os.environ.get("TMETER_FW_HEAP", "128K")  # ARCHITECTURE section 3
 # What the firmware imports, dependencies first, so each figure is the module's own heap cost
 # (code, names and module data; the interpreter's name pool grows in steps, which lands on
-# whichever module crosses a step).
+# whichever module crosses a step). protocols.simclock is the unix port's (firmware/hal_unix.py):
+# a board's clock is NTP time.
 RUNTIME_MODULES = (
     "asyncio", "protocols.errors", "protocols.topics", "protocols.canonical", "protocols.auth",
-    "protocols.meterlink", "protocols.rtu", "protocols.regcore", "firmware.files",
-    "firmware.hal_unix", "firmware.hal", "firmware.modbus_master", "firmware.devices",
-    "firmware.accounting", "firmware.outbox", "firmware.state", "firmware.watchdog",
-    "firmware.bidding", "firmware.awards", "firmware.mqtt", "firmware.app", "firmware.main")
+    "protocols.trailer", "protocols.meterlink", "protocols.rtu", "protocols.regcore",
+    "firmware.files", "protocols.simclock", "firmware.hal_unix", "firmware.hal",
+    "firmware.modbus_master", "firmware.devices", "firmware.accounting", "firmware.outbox",
+    "firmware.state", "firmware.watchdog", "firmware.bidding", "firmware.awards", "firmware.mqtt",
+    "firmware.app", "firmware.main")
 # Host-side or boot-only: never loaded (or unloaded again) on a running board.
 NOT_ON_DEVICE = ("protocols.messages", "protocols.modbus", "protocols.registers", "protocols.accel",
                  "firmware.config", "firmware.regmap")
