@@ -1,7 +1,7 @@
 """A test-side stand-in for the gateway: verifies every meter message with
 protocols.messages.decode, stores readings once, acknowledges them, and can send awards.
 
-Not the product gateway: just enough of its contract (ARCHITECTURE section 6, ingest) for the
+Not the product gateway: just enough of its contract (docs/architecture.md §3, ingest) for the
 firmware's end-to-end and fault tests.
 """
 
