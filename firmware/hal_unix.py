@@ -107,9 +107,9 @@ class SoftWatchdog:
 class Board(Files):
     runtime = "micropython-unix" if _UPY else "cpython"
 
-    def __init__(self, cfg, base_dir="."):
+    def __init__(self, cfg, base="."):
         self.cfg = cfg
-        self.base = base_dir
+        self.base = base  # the meter's folder
         # The run's clock in integer milliseconds of the host's unix time (the config gives
         # seconds). Floats appear only here, in converting the config's seconds, and in now_ms
         # with a speed other than 1 (MicroPython unix and CPython floats are 64-bit).

@@ -8,27 +8,28 @@
 import gc
 import sys
 
+from protocols import const
 
-def _unload(name):
-    sys.modules.pop(name, None)
-    pkg, _, attr = name.rpartition(".")
-    parent = sys.modules.get(pkg)
-    if parent is not None and hasattr(parent, attr):
-        delattr(parent, attr)
+_BOOT_ONLY = const(("firmware.config", "protocols.devconfig", "firmware.regmap",
+                    "protocols.registers"))
 
 
-def boot(cfg_path):
-    """(config, register plans), with the boot-only modules unloaded. A plan file beside the
-    config (regplan.json, from the host tools) saves loading the register maps at all."""
+def boot(path):
+    """(config, register plans) from the config file at ``path``, with the boot-only modules
+    unloaded. A plan file beside the config (regplan.json, from the host tools) saves loading
+    the register maps at all."""
     from firmware import config
-    cfg = config.load(cfg_path)
-    plans = config.load_plans(cfg_path[:-len("config.json")] + "regplan.json", cfg["modbus"])
+    cfg = config.load(path)
+    plans = config.load_plans(path[:-len("config.json")] + "regplan.json", cfg["modbus"])
     if plans is None:
         from firmware import regmap
         plans = regmap.build(cfg["modbus"])
-    _unload("firmware.config")
-    _unload("firmware.regmap")
-    _unload("protocols.registers")
+    for name in _BOOT_ONLY:
+        sys.modules.pop(name, None)
+        pkg, _, attr = name.rpartition(".")
+        parent = sys.modules.get(pkg)
+        if parent is not None and hasattr(parent, attr):
+            delattr(parent, attr)
     return cfg, plans
 
 

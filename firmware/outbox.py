@@ -103,7 +103,7 @@ class Outbox:
         if i < 0:
             return None
         payload = self.board.read(_name(seq, self._boot[i]))
-        if payload is None or not trailer.intact(payload, self.kid, self.key):
+        if payload is None or not trailer.signed(payload, self.kid, self.key):
             self.c["q_bad"] += 1
             self._forget(i)
             return None

@@ -15,18 +15,21 @@ so the plain password exists once, in the device config.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import os
 import secrets
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from gateway import db
-from protocols import topics
+from gateway.config import GatewayConfig
+from protocols import devconfig, topics
 
 KEY_LEN = 32
 PBKDF2_ITERATIONS = 1000
@@ -40,76 +43,44 @@ def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = P
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
-@dataclass
-class MqttSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    user: str = ""
-    password: str = ""
-    tls: bool = False
-    ca: str | None = None
-    keepalive_s: int = 30
+class RegistryError(ValueError):
+    pass
 
 
-@dataclass
-class ModbusSettings:
-    link: str = "uart"
-    baud: int = 9600
-    meter_unit: int = 1
-    meter_model: str = "sdm630"
-    battery_unit: int = 2
-    uart_id: int = 2
-    tx_pin: int = 17
-    rx_pin: int = 16
-    de_pin: int = 4
-
-
-@dataclass
-class Prefs:
-    pv_price: int = 10_000
-    import_wtp: int = 300_000
-    battery_price_empty: int = 250_000
-    battery_price_full: int = 50_000
-
-
-@dataclass
-class ClockSettings:
-    start: float | None = None
-    epoch: float | None = None
-    speed: float = 1
-
-
-@dataclass
 class DeviceConfig:
-    """What a meter's firmware reads at boot (the JSON layout is shared with firmware/)."""
-    meter: str
-    community: str
-    kid: int
-    key: bytes
-    interval_s: int = 900
-    gate_closure_s: int = 60
-    mqtt: MqttSettings = field(default_factory=MqttSettings)
-    wifi: dict[str, str] = field(default_factory=lambda: {"ssid": "", "password": ""})
-    ntp_host: str = "pool.ntp.org"
-    modbus: ModbusSettings = field(default_factory=ModbusSettings)
-    prefs: Prefs = field(default_factory=Prefs)
-    clock: ClockSettings = field(default_factory=ClockSettings)
+    """What a meter's firmware reads at boot: the schema of protocols/devconfig.py, each value
+    the meter's own or the schema's default. ``settings`` overrides keys of the schema: a
+    section as a dict of the keys to change (``modbus={"battery_unit": 2}``), any other key as
+    its value (``ntp_host="ntp.example"``). The file's keys read as attributes, a section as a
+    namespace (``cfg.mqtt.password``)."""
 
-    def __post_init__(self) -> None:
-        # Callers may pass plain dicts for the nested sections (as read from JSON).
-        for name, cls in (("mqtt", MqttSettings), ("modbus", ModbusSettings), ("prefs", Prefs),
-                          ("clock", ClockSettings)):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                setattr(self, name, cls(**value))
+    def __init__(self, meter: str, community: str, kid: int, key: bytes,
+                 interval_s: int = GatewayConfig.interval_s, **settings: Any) -> None:
+        doc = {"meter": meter, "community": community, "kid": kid, "key": key.hex(),
+               "interval_s": interval_s, **devconfig.defaults()}
+        _override(doc, settings, "")
+        try:
+            # What the firmware makes of the file is what we write: defaults for nulls included.
+            read = devconfig.parse(json.dumps(doc))
+        except ValueError as exc:
+            raise RegistryError(f"device config: {exc}") from None
+        del read["key_bytes"]
+        self.doc: dict[str, Any] = read
+        self.key = key
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names the object lacks: the file's keys.
+        try:
+            value = self.__dict__["doc"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return SimpleNamespace(**value) if isinstance(value, dict) else value
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["key"] = self.key.hex()
-        return d
+        return copy.deepcopy(self.doc)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1) + "\n"
+        return json.dumps(self.doc, indent=1) + "\n"
 
     def write(self, path: str | Path) -> Path:
         """Write the config readable by its owner only: it holds the key and the password."""
@@ -121,8 +92,21 @@ class DeviceConfig:
         return path
 
 
-class RegistryError(ValueError):
-    pass
+def _override(doc: dict[str, Any], settings: Mapping[str, Any], where: str) -> None:
+    for name, value in settings.items():
+        if name not in doc:
+            raise RegistryError(f"the device config has no key {where}{name}")
+        if isinstance(doc[name], dict):
+            if not isinstance(value, Mapping):
+                raise RegistryError(f"device config section {where}{name} takes a dict")
+            _override(doc[name], value, f"{where}{name}.")
+        else:
+            doc[name] = value
+
+
+def _given(**settings: Any) -> dict[str, Any]:
+    """The settings that are not None: the others are left to the schema's defaults."""
+    return {name: value for name, value in settings.items() if value is not None}
 
 
 class Registry:
@@ -143,13 +127,13 @@ class Registry:
         meter: str,
         community: str = "c1",
         *,
-        mqtt_host: str = "127.0.0.1",
-        mqtt_port: int = 1883,
-        tls: bool = False,
+        mqtt_host: str | None = None,
+        mqtt_port: int | None = None,
+        tls: bool | None = None,
         ca: str | None = None,
-        keepalive_s: int = 30,
-        interval_s: int = 900,
-        gate_closure_s: int = 60,
+        keepalive_s: int | None = None,
+        interval_s: int = GatewayConfig.interval_s,
+        gate_closure_s: int | None = None,
         feeder: bool = False,
         retire_old: bool = False,
         key: bytes | None = None,
@@ -157,8 +141,10 @@ class Registry:
         **device: Any,
     ) -> DeviceConfig:
         """Create the meter (or rotate it: a new key id, older keys valid until retired) and
-        return its device config. ``device`` overrides DeviceConfig fields (wifi, ntp_host,
-        modbus, prefs, clock)."""
+        return its device config. The broker settings and ``gate_closure_s`` left None take the
+        schema's defaults (protocols/devconfig.py); ``device`` overrides other keys of the schema
+        as DeviceConfig takes them: ``modbus={"battery_unit": 2}``, ``clock={...}``, ``wifi=``,
+        ``prefs=``, ``ntp_host=``, ``poll_s=``..."""
         if not topics.valid_id(meter) or not topics.valid_id(community):
             raise RegistryError("meter and community ids are 1-32 of [A-Za-z0-9_-]")
         key = key if key is not None else secrets.token_bytes(KEY_LEN)
@@ -180,8 +166,11 @@ class Registry:
             if retire_old:
                 c.execute("UPDATE meter_keys SET retired=? WHERE meter=? AND retired IS NULL", (now, meter))
             c.execute("INSERT INTO meter_keys(meter, kid, key, created) VALUES (?,?,?,?)", (meter, kid, key, now))
-        mqtt = MqttSettings(mqtt_host, mqtt_port, meter, password, tls, ca, keepalive_s)
-        return DeviceConfig(meter, community, kid, key, interval_s, gate_closure_s, mqtt, **device)
+            # Inside the transaction: a config the firmware would refuse registers nothing.
+            mqtt = _given(host=mqtt_host, port=mqtt_port, user=meter, password=password, tls=tls, ca=ca,
+                          keepalive_s=keepalive_s)
+            return DeviceConfig(meter, community, kid, key, interval_s, mqtt=mqtt,
+                                **_given(gate_closure_s=gate_closure_s), **device)
 
     def key(self, meter: str, kid: int) -> bytes | None:
         """The meter's key ``kid`` unless unknown or retired."""

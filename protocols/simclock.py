@@ -19,16 +19,16 @@
 
 
 class SimClock:
-    def __init__(self, start, epoch, speed, wall):
-        """The clock of the triple, made at wall time ``wall`` (in the unit of the others)."""
+    def __init__(self, start, epoch, speed, t):
+        """The clock of the triple, made at wall time ``t`` (in the unit of the others)."""
         if speed is None:
             speed = 1
         elif not speed > 0:
             raise ValueError("clock speed must be positive")
-        self.epoch = wall if epoch is None else epoch
+        self.epoch = t if epoch is None else epoch
         self.start = self.epoch if start is None else start
         self.speed = speed
 
-    def at_wall(self, wall):
-        """Simulated time at wall time ``wall``."""
-        return self.start + (wall - self.epoch) * self.speed
+    def at_wall(self, t):
+        """Simulated time at wall time ``t``."""
+        return self.start + (t - self.epoch) * self.speed

@@ -8,7 +8,7 @@
 # tag before it parses anything. There is one spelling only: a key id with leading zeros, a tag
 # in upper case or of another length is a malformed trailer (bad_frame), so a payload is either
 # byte for byte what encode() made or damaged. The meter's outbox (firmware/outbox.py) checks
-# its queued records with intact(), the gateway's decoder splits with split(): both refuse the
+# its queued records with signed(), the gateway's decoder splits with split(): both refuse the
 # same payloads.
 from binascii import hexlify, unhexlify
 
@@ -50,7 +50,7 @@ def split(payload):
     return payload[:cut], int(kid_text), tag
 
 
-def intact(payload, kid, key):
+def signed(payload, kid, key):
     """Whether ``payload`` is what encode(body, kid, key) made of its body: a well-formed
     trailer naming key id ``kid`` and a tag that matches ``key``."""
     try:

@@ -11,21 +11,130 @@ every side, in CPython and under the MicroPython unix port:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from firmware import config as fw_config
 from firmware import hal_unix
 from firmware.outbox import Outbox
 from gateway.clock import Clock
 from gateway.config import ClockConfig
-from protocols import messages, meterlink, trailer
+from gateway.registry import Registry, RegistryError
+from protocols import devconfig, messages, meterlink, trailer
 from protocols.errors import ProtocolError
 from sim_hardware.simulator.clock import SimClock
+from tmeter.commands import provision as provision_cmd
+
+# -- device config -------------------------------------------------------------------------
+
+# What a meter needs from provisioning: its identity, key and interval (the keys without a
+# default), and the broker credentials the registry issues it. Everything else comes from the
+# schema's defaults, on whichever side writes or reads the file.
+REQUIRED = ("meter", "community", "kid", "key", "interval_s")
+
+
+def provisioned_and_minimal(tmp_path: Path) -> tuple[Path, Path]:
+    reg = Registry(tmp_path / "g.db")
+    try:
+        device = reg.provision("m01", "c1")
+    finally:
+        reg.close()
+    provisioned = device.write(tmp_path / "provisioned.json")
+    doc = json.loads(provisioned.read_text())
+    minimal = {k: doc[k] for k in REQUIRED}
+    minimal["mqtt"] = {"user": doc["mqtt"]["user"], "password": doc["mqtt"]["password"]}
+    (tmp_path / "minimal.json").write_text(json.dumps(minimal))
+    return provisioned, tmp_path / "minimal.json"
+
+
+def test_a_provisioned_config_is_the_minimal_config_with_the_firmwares_defaults(tmp_path: Path) -> None:
+    provisioned, minimal = provisioned_and_minimal(tmp_path)
+    assert fw_config.load(str(provisioned)) == fw_config.load(str(minimal))
+
+
+def test_no_battery_unless_provisioned_with_one(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "g.db")
+    try:
+        plain = reg.provision("m01", "c1")
+        with_battery = reg.provision("m02", "c1", modbus={"battery_unit": 2})
+    finally:
+        reg.close()
+    assert fw_config.load(str(plain.write(tmp_path / "m01.json")))["modbus"]["battery_unit"] is None
+    assert fw_config.load(str(with_battery.write(tmp_path / "m02.json")))["modbus"]["battery_unit"] == 2
+
+
+def test_the_cli_writes_the_schemas_defaults(tmp_path: Path) -> None:
+    """`tmeter provision` without options writes what Registry.provision writes without overrides."""
+    args = ["m01", "--db", str(tmp_path / "g.db"), "--out", str(tmp_path / "cli.json")]
+    parser = argparse.ArgumentParser()
+    provision_cmd.add_arguments(parser)
+    assert provision_cmd.run(parser.parse_args(args)) == 0
+    doc = json.loads((tmp_path / "cli.json").read_text())
+    minimal = {k: doc[k] for k in REQUIRED}
+    minimal["mqtt"] = {"user": doc["mqtt"]["user"], "password": doc["mqtt"]["password"]}
+    want = devconfig.parse(json.dumps(minimal))
+    del want["key_bytes"]
+    assert doc == want
+    parser = argparse.ArgumentParser()
+    provision_cmd.add_arguments(parser)
+    args += ["--battery-unit", "3", "--clock-speed", "60"]
+    assert provision_cmd.run(parser.parse_args(args)) == 0
+    doc = json.loads((tmp_path / "cli.json").read_text())
+    assert doc["modbus"]["battery_unit"] == 3 and doc["clock"]["speed"] == 60
+
+
+def test_the_registry_writes_only_what_the_firmware_accepts(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "g.db")
+    try:
+        with pytest.raises(RegistryError, match="modbus.batery_unit"):
+            reg.provision("m01", "c1", modbus={"batery_unit": 2})  # a typo is an error
+        with pytest.raises(RegistryError, match="interval_s"):
+            reg.provision("m01", "c1", interval_s=60, gate_closure_s=60)
+        assert reg.meters() == []  # nothing registered for a config the firmware would refuse
+        device = reg.provision("m01", "c1", clock={"speed": None}, poll_s=5)
+        assert device.clock.speed == 1 and device.poll_s == 5 and device.mqtt.user == "m01"
+    finally:
+        reg.close()
+
+
+def test_parse_fills_in_defaults_and_refuses_what_cannot_work() -> None:
+    base = {"meter": "m01", "community": "c1", "kid": 1, "key": "ab" * 32, "interval_s": 900}
+    cfg = devconfig.parse(json.dumps({**base, "mqtt": {"port": 1884, "retry_s": None}, "extra": 1}))
+    assert cfg["mqtt"]["port"] == 1884 and cfg["mqtt"]["retry_s"] == 10 and cfg["extra"] == 1
+    assert cfg["key_bytes"] == bytes([0xAB]) * 32 and cfg["modbus"] == devconfig.defaults()["modbus"]
+    assert devconfig.defaults() is not devconfig.defaults()  # each caller its own copy
+    for broken in ({**base, "kid": None}, {k: v for k, v in base.items() if k != "interval_s"},
+                   {**base, "key": "ab" * 16}, {**base, "key": "zz" * 32}, {**base, "gate_closure_s": 900},
+                   {**base, "modbus": "uart"}, [base]):
+        with pytest.raises(ValueError):
+            devconfig.parse(json.dumps(broken))
+
+
+def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in cfg.items()}
+
+
+@pytest.mark.micropython
+def test_the_firmware_reads_both_configs_alike_under_micropython(tmp_path: Path, micropython) -> None:
+    provisioned, minimal = provisioned_and_minimal(tmp_path)
+    paths = [str(provisioned), str(minimal)]
+    out = micropython(
+        "import json\n"
+        "from binascii import hexlify\n"
+        "from firmware import config\n"
+        "def jsonable(cfg):\n"
+        "    return {k: (hexlify(v).decode() if type(v) is bytes else v) for k, v in cfg.items()}\n"
+        f"print(json.dumps([jsonable(config.load(p)) for p in {paths!r}]))\n")
+    got_provisioned, got_minimal = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got_provisioned == got_minimal == _jsonable(fw_config.load(str(minimal)))
+
 
 # -- simulated clock -----------------------------------------------------------------------
 
@@ -144,8 +253,8 @@ def test_split_takes_apart_what_encode_made(kid: int) -> None:
     payload = trailer.encode(body, kid, KEY)
     assert payload == body + b"\n" + str(kid).encode() + b":" + hmac.new(KEY, body, hashlib.sha256).hexdigest().encode()
     assert trailer.split(payload) == (body, kid, hmac.new(KEY, body, hashlib.sha256).digest())
-    assert trailer.intact(payload, kid, KEY)
-    assert not trailer.intact(payload, kid + 1, KEY) and not trailer.intact(payload, kid, bytes(32))
+    assert trailer.signed(payload, kid, KEY)
+    assert not trailer.signed(payload, kid + 1, KEY) and not trailer.signed(payload, kid, bytes(32))
 
 
 def gateway_accepts(payload: bytes) -> bool:

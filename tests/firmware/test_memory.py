@@ -15,7 +15,7 @@ from tmeter.fwtools.runner import find_micropython, micropython_env
 from tests.firmware import harness
 
 INTERVALS = 2000
-HEAP = os.environ.get("TMETER_FW_HEAP", "128K")  # ARCHITECTURE section 3
+HEAP = os.environ.get("TMETER_FW_HEAP", "128K")  # docs/architecture.md §6
 # What the firmware imports, dependencies first, so each figure is the module's own heap cost
 # (code, names and module data; the interpreter's name pool grows in steps, which lands on
 # whichever module crosses a step). protocols.simclock is the unix port's (firmware/hal_unix.py):
@@ -29,7 +29,7 @@ RUNTIME_MODULES = (
     "firmware.app", "firmware.main")
 # Host-side or boot-only: never loaded (or unloaded again) on a running board.
 NOT_ON_DEVICE = ("protocols.messages", "protocols.modbus", "protocols.registers", "protocols.accel",
-                 "firmware.config", "firmware.regmap")
+                 "protocols.devconfig", "firmware.config", "firmware.regmap")
 
 
 @pytest.mark.micropython

@@ -12,14 +12,20 @@ import pytest
 from gateway.registry import Registry, RegistryError
 
 ROOT = Path(__file__).parents[2]
+# Every key of the schema (protocols/devconfig.py), in the order the registry writes them; no
+# battery unless provisioned with one.
 LAYOUT = {
     "meter": str, "community": str, "kid": int, "key": str, "interval_s": int, "gate_closure_s": int,
-    "mqtt": {"host": str, "port": int, "user": str, "password": str, "tls": bool, "ca": type(None), "keepalive_s": int},
+    "mqtt": {"host": str, "port": int, "user": str, "password": str, "tls": bool, "ca": type(None), "keepalive_s": int,
+             "retry_s": int, "backoff_max_s": int},
     "wifi": {"ssid": str, "password": str}, "ntp_host": str,
-    "modbus": {"link": str, "baud": int, "meter_unit": int, "meter_model": str, "battery_unit": int, "uart_id": int,
-               "tx_pin": int, "rx_pin": int, "de_pin": int},
+    "modbus": {"link": str, "baud": int, "meter_unit": int, "meter_model": str, "battery_unit": type(None),
+               "battery_map": str, "uart_id": int, "tx_pin": int, "rx_pin": int, "de_pin": int, "timeout_ms": int,
+               "retries": int, "offline_after": int},
     "prefs": {"pv_price": int, "import_wtp": int, "battery_price_empty": int, "battery_price_full": int},
     "clock": {"start": type(None), "epoch": type(None), "speed": int},
+    "poll_s": int, "queue_max": int, "ack_timeout_s": int, "send_window": int, "status_s": int, "wdt_s": int,
+    "heap_log": int, "max_intervals": int,
 }
 
 

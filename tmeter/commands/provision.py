@@ -4,6 +4,38 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+from protocols import devconfig
+
+# Device config options: (flag, section or None for a top-level key, key, type, help). Each
+# takes its default from the schema (protocols/devconfig.py), so the CLI cannot drift from it.
+DEVICE_OPTIONS: tuple[tuple[str, str | None, str, type, str], ...] = (
+    ("--wifi-ssid", "wifi", "ssid", str, "Wi-Fi network of a board"),
+    ("--wifi-password", "wifi", "password", str, "its password"),
+    ("--ntp-host", None, "ntp_host", str, "time server of a board"),
+    ("--modbus-link", "modbus", "link", str, "uart | tcp:HOST:PORT | tty:PATH"),
+    ("--baud", "modbus", "baud", int, "RS-485 baud rate"),
+    ("--meter-unit", "modbus", "meter_unit", int, "Modbus unit of the energy meter"),
+    ("--meter-model", "modbus", "meter_model", str, "sdm630 | sdm120"),
+    ("--battery-unit", "modbus", "battery_unit", int,
+     "Modbus unit of the battery inverter; without it the meter polls no battery"),
+    ("--uart-id", "modbus", "uart_id", int, "board UART"),
+    ("--tx-pin", "modbus", "tx_pin", int, "board pin"),
+    ("--rx-pin", "modbus", "rx_pin", int, "board pin"),
+    ("--de-pin", "modbus", "de_pin", int, "board pin driving the RS-485 transceiver"),
+    ("--pv-price", "prefs", "pv_price", int, "micro-currency per kWh"),
+    ("--import-wtp", "prefs", "import_wtp", int, "micro-currency per kWh"),
+    ("--battery-price-empty", "prefs", "battery_price_empty", int, "micro-currency per kWh"),
+    ("--battery-price-full", "prefs", "battery_price_full", int, "micro-currency per kWh"),
+    ("--clock-start", "clock", "start", float, "simulated time at the epoch (protocols/simclock.py)"),
+    ("--clock-epoch", "clock", "epoch", float, "wall time of the start"),
+    ("--clock-speed", "clock", "speed", float, "simulated seconds per wall second"),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,36 +49,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--tls", action="store_true")
     p.add_argument("--ca", help="CA certificate path on the device")
-    p.add_argument("--keepalive", type=int, default=30)
+    schema = devconfig.defaults()
+    p.add_argument("--keepalive", type=int, default=schema["mqtt"]["keepalive_s"],
+                   help="MQTT keepalive, seconds (default: %(default)s)")
     p.add_argument("--interval", type=int, help="market interval in seconds")
     p.add_argument("--gate-closure", type=int, help="seconds before interval start")
     p.add_argument("--feeder", action="store_true", help="this is the feeder meter at the connection point")
     p.add_argument("--retire-old", action="store_true", help="retire the meter's older keys at once")
-    p.add_argument("--wifi-ssid", default="")
-    p.add_argument("--wifi-password", default="")
-    p.add_argument("--ntp-host", default="pool.ntp.org")
-    p.add_argument("--modbus-link", default="uart", help="uart | tcp | ...")
-    p.add_argument("--baud", type=int, default=9600)
-    p.add_argument("--meter-unit", type=int, default=1)
-    p.add_argument("--meter-model", default="sdm630")
-    p.add_argument("--battery-unit", type=int, default=2)
-    p.add_argument("--uart-id", type=int, default=2)
-    p.add_argument("--tx-pin", type=int, default=17)
-    p.add_argument("--rx-pin", type=int, default=16)
-    p.add_argument("--de-pin", type=int, default=4)
-    p.add_argument("--pv-price", type=int, default=10_000, help="micro-currency per kWh")
-    p.add_argument("--import-wtp", type=int, default=300_000)
-    p.add_argument("--battery-price-empty", type=int, default=250_000)
-    p.add_argument("--battery-price-full", type=int, default=50_000)
-    p.add_argument("--clock-start", type=float)
-    p.add_argument("--clock-epoch", type=float)
-    p.add_argument("--clock-speed", type=float, default=1)
+    for flag, section, key, kind, text in DEVICE_OPTIONS:
+        default = (schema[section] if section else schema)[key]
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
+
+
+def device_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The device config keys the options give, sections as dicts (Registry.provision's
+    keyword overrides)."""
+    settings: dict[str, Any] = {}
+    for flag, section, key, _kind, _text in DEVICE_OPTIONS:
+        value = getattr(args, _dest(flag))
+        (settings.setdefault(section, {}) if section else settings)[key] = value
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
     from gateway import config  # noqa: PLC0415
-    from gateway.registry import (ClockSettings, ModbusSettings, Prefs, Registry,  # noqa: PLC0415
-                                  RegistryError)
+    from gateway.registry import Registry, RegistryError  # noqa: PLC0415
 
     cfg = config.load(args.config) if args.config else config.GatewayConfig()
     db_path = args.db or (cfg.db if args.config else "gateway.db")
@@ -58,12 +85,7 @@ def run(args: argparse.Namespace) -> int:
             tls=args.tls or cfg.mqtt.tls, ca=args.ca, keepalive_s=args.keepalive,
             interval_s=args.interval or cfg.interval_s,
             gate_closure_s=args.gate_closure if args.gate_closure is not None else cfg.gate_closure_s,
-            feeder=args.feeder, retire_old=args.retire_old,
-            wifi={"ssid": args.wifi_ssid, "password": args.wifi_password}, ntp_host=args.ntp_host,
-            modbus=ModbusSettings(args.modbus_link, args.baud, args.meter_unit, args.meter_model,
-                                  args.battery_unit, args.uart_id, args.tx_pin, args.rx_pin, args.de_pin),
-            prefs=Prefs(args.pv_price, args.import_wtp, args.battery_price_empty, args.battery_price_full),
-            clock=ClockSettings(args.clock_start, args.clock_epoch, args.clock_speed),
+            feeder=args.feeder, retire_old=args.retire_old, **device_settings(args),
         )
     except RegistryError as exc:
         print(f"tmeter provision: {exc}", file=sys.stderr)
