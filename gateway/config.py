@@ -40,6 +40,9 @@ class SettlementConfig:
     feeder_meter: str | None = None  # meter id at the community's connection point
     loss_tolerance: float = 0.05  # allowed |feeder - members| as a fraction of all metered energy
     loss_tolerance_wh: int = 10  # ... and at least this many Wh (meter resolution)
+    # The wall clock moved this much more (or less) than the monotonic clock: a clock jump, and
+    # the scheduler settles nothing until the clock is believed again (gateway/daemon.py).
+    clock_jump_s: int = 300
 
 
 @dataclass
@@ -50,6 +53,8 @@ class IngestConfig:
     max_power_w: int = 200_000  # a reading above this average power is out of range
     time_slack_s: int = 300  # t0/t1 may stray this far outside their interval
     future_intervals: int = 1  # readings/bids this many intervals ahead of our clock pass
+    max_outage_s: int = 7 * 86400  # the longest span one gap record (partial, offline) may cover
+    settlement_window_s: int = 7 * 86400  # older records are quarantined, not settled
     # An ack is itself the acknowledgement the meter's store-and-forward waits for: should one
     # be lost, the meter sends its record again and is acked "duplicate". QoS 1 would add a
     # second retransmission layer and a PUBACK per reading, costing a third of ingest
