@@ -166,7 +166,10 @@ class Gateway:
         log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
 
         def settings(name: str, subscribe: list[str]) -> PumpSettings:
-            return PumpSettings(name, m.host, m.port, f"{m.client_id}-{name}", subscribe, m.user, m.password,
+            # One login per connection (registry.gateway_logins): the broker makes the user name
+            # the client id, so no meter can take over the pumps' sessions (mosquitto_conf.py).
+            user = f"{m.user}-{name}" if m.user else m.user
+            return PumpSettings(name, m.host, m.port, f"{m.client_id}-{name}", subscribe, user, m.password,
                                 m.tls, m.ca, m.keepalive_s, self.cfg.ingest.ack_window, log_level,
                                 str(self.cfg.db), self.cfg.community, self.cfg.ingest.ack_qos)
 

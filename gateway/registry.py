@@ -7,9 +7,17 @@ Typed API for the demo and bench, which provision hundreds of meters in-process:
     cfg = reg.provision("m01", community="c1", mqtt_port=1883)   # -> DeviceConfig
     cfg.write("m01.json")
     reg.key("m01", cfg.kid)                                       # -> 32 bytes, or None
+    new = reg.provision("m01", "c1", rotate=True, password=cfg.mqtt.password)  # kid 2, same login
 
 Only a PBKDF2 hash of the MQTT password is stored (the format Mosquitto's password file uses),
 so the plain password exists once, in the device config.
+
+Rotation is explicit: provisioning a meter that exists is refused unless ``rotate``. A rotation
+adds a key id; the older keys stay valid until the meter is first seen using the new one
+(``retire_superseded``, called by the ingest's database thread) or ``retire_old`` retires them
+at once (a key that leaked). The MQTT login is kept (the caller proves it knows the current
+password, which is checked against the stored hash) unless ``new_password``: then the meter is
+locked out of the broker until it has the new config and the broker files are regenerated.
 """
 
 from __future__ import annotations
@@ -17,18 +25,19 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import hmac
 import json
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from gateway import db
-from gateway.config import GatewayConfig
+from gateway.config import DEFAULT_INTERVAL_S
 from protocols import devconfig, topics
 
 KEY_LEN = 32
@@ -43,6 +52,29 @@ def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = P
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+def mosquitto_hash_matches(password: str, hashed: str) -> bool:
+    """True if ``hashed`` (``mosquitto_hash``'s format) is the hash of ``password``."""
+    try:
+        _, seven, iterations, salt, digest = hashed.split("$")
+        if seven != "7":
+            return False
+        expected = mosquitto_hash(password, base64.b64decode(salt), int(iterations))
+    except ValueError:  # a malformed hash (binascii.Error is a ValueError) matches nothing
+        return False
+    return hmac.compare_digest(expected.rsplit("$", 1)[1], digest)
+
+
+# The gateway's pumps, each one MQTT connection (gateway/daemon.py names them so).
+GATEWAY_PUMPS = ("up", "down")
+
+
+def gateway_logins(user: str) -> tuple[str, ...]:
+    """The gateway's MQTT user names: the control connection's ``user`` and ``user-<pump>``.
+    One login per connection, since the broker makes each connection's client id its user
+    name (gateway/mosquitto_conf.py); no meter may be provisioned under any of them."""
+    return (user, *(f"{user}-{pump}" for pump in GATEWAY_PUMPS))
+
+
 class RegistryError(ValueError):
     pass
 
@@ -55,7 +87,7 @@ class DeviceConfig:
     namespace (``cfg.mqtt.password``)."""
 
     def __init__(self, meter: str, community: str, kid: int, key: bytes,
-                 interval_s: int = GatewayConfig.interval_s, **settings: Any) -> None:
+                 interval_s: int = DEFAULT_INTERVAL_S, **settings: Any) -> None:
         doc = {"meter": meter, "community": community, "kid": kid, "key": key.hex(),
                "interval_s": interval_s, **devconfig.defaults()}
         _override(doc, settings, "")
@@ -86,10 +118,27 @@ class DeviceConfig:
         """Write the config readable by its owner only: it holds the key and the password."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(self.to_json())
+        os.replace(tmp, path)  # a config it replaces (a rotation) stays whole until then
         return path
+
+
+def read_password(path: str | Path, meter: str) -> str:
+    """The MQTT password in the device config ``path`` of ``meter`` (a rotation keeps it)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        if doc["meter"] != meter:
+            raise RegistryError(f"{path} is the device config of {doc['meter']!r}, not of {meter!r}")
+        password = doc["mqtt"]["password"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"cannot read the MQTT password from {path}: {exc}") from None
+    if not isinstance(password, str) or not password:
+        raise RegistryError(f"{path} holds no MQTT password")
+    return password
 
 
 def _override(doc: dict[str, Any], settings: Mapping[str, Any], where: str) -> None:
@@ -132,34 +181,43 @@ class Registry:
         tls: bool | None = None,
         ca: str | None = None,
         keepalive_s: int | None = None,
-        interval_s: int = GatewayConfig.interval_s,
+        interval_s: int = DEFAULT_INTERVAL_S,
         gate_closure_s: int | None = None,
-        feeder: bool = False,
+        feeder: bool | None = None,
+        rotate: bool = False,
+        new_password: bool = False,
         retire_old: bool = False,
+        reserved: Collection[str] = (),
         key: bytes | None = None,
         password: str | None = None,
         **device: Any,
     ) -> DeviceConfig:
-        """Create the meter (or rotate it: a new key id, older keys valid until retired) and
-        return its device config. The broker settings and ``gate_closure_s`` left None take the
-        schema's defaults (protocols/devconfig.py); ``device`` overrides other keys of the schema
-        as DeviceConfig takes them: ``modbus={"battery_unit": 2}``, ``clock={...}``, ``wifi=``,
-        ``prefs=``, ``ntp_host=``, ``poll_s=``..."""
+        """Create the meter, or with ``rotate`` give an existing one a new key id (see the
+        module's docstring), and return its device config. ``password``: a new meter's MQTT
+        password (default: random); on rotation the meter's current one, which is kept.
+        ``reserved``: ids no meter may have (the gateway's MQTT logins). ``feeder`` None keeps
+        what the meter was (a new meter: not the feeder). The broker settings and
+        ``gate_closure_s`` left None take the schema's defaults (protocols/devconfig.py);
+        ``device`` overrides other keys of the schema as DeviceConfig takes them:
+        ``modbus={"battery_unit": 2}``, ``clock={...}``, ``wifi=``, ``prefs=``, ``ntp_host=``..."""
         if not topics.valid_id(meter) or not topics.valid_id(community):
             raise RegistryError("meter and community ids are 1-32 of [A-Za-z0-9_-]")
+        if meter in reserved:
+            raise RegistryError(f"meter id {meter!r} is one of the gateway's MQTT logins")
         key = key if key is not None else secrets.token_bytes(KEY_LEN)
         if len(key) != KEY_LEN:
             raise RegistryError("a meter key is 32 bytes")
-        password = password or secrets.token_urlsafe(18)
         now = int(time.time())
         with db.transaction(self.conn) as c:
-            row = c.execute("SELECT community FROM meters WHERE meter=?", (meter,)).fetchone()
-            if row is not None and row[0] != community:
-                raise RegistryError(f"{meter} belongs to community {row[0]}")
-            c.execute(
-                "INSERT INTO meters(meter, community, created, mqtt_hash, feeder) VALUES (?,?,?,?,?)"
-                " ON CONFLICT(meter) DO UPDATE SET mqtt_hash=excluded.mqtt_hash, feeder=excluded.feeder",
-                (meter, community, now, mosquitto_hash(password), int(feeder)))
+            row = c.execute("SELECT community, mqtt_hash, feeder FROM meters WHERE meter=?", (meter,)).fetchone()
+            if row is None:
+                if rotate:
+                    raise RegistryError(f"{meter} is not provisioned: nothing to rotate")
+                password = password or secrets.token_urlsafe(18)
+                c.execute("INSERT INTO meters(meter, community, created, mqtt_hash, feeder) VALUES (?,?,?,?,?)",
+                          (meter, community, now, mosquitto_hash(password), int(bool(feeder))))
+            else:
+                password = self._rotation(c, meter, community, row, rotate, new_password, password, feeder)
             kid = c.execute("SELECT COALESCE(MAX(kid), 0) + 1 FROM meter_keys WHERE meter=?", (meter,)).fetchone()[0]
             if kid > MAX_KID:
                 raise RegistryError("key ids exhausted")
@@ -171,6 +229,37 @@ class Registry:
                           keepalive_s=keepalive_s)
             return DeviceConfig(meter, community, kid, key, interval_s, mqtt=mqtt,
                                 **_given(gate_closure_s=gate_closure_s), **device)
+
+    @staticmethod
+    def _rotation(c: sqlite3.Connection, meter: str, community: str, row: tuple[str, str, int], rotate: bool,
+                  new_password: bool, password: str | None, feeder: bool | None) -> str:
+        """Checks a rotation of an existing meter and updates its row; returns the password
+        its new device config carries."""
+        have, hashed, was_feeder = row
+        if have != community:
+            raise RegistryError(f"{meter} belongs to community {have}")
+        if not rotate:
+            raise RegistryError(f"{meter} is already provisioned; --rotate gives it a new key"
+                                " (the deployed meter keeps working until it has the new config)")
+        if new_password:
+            password = secrets.token_urlsafe(18)
+            hashed = mosquitto_hash(password)
+        elif password is None:
+            raise RegistryError(f"rotating {meter} keeps its MQTT password: give its current device config"
+                                " (--out FILE), or --new-password")
+        elif not mosquitto_hash_matches(password, hashed):
+            raise RegistryError(f"the MQTT password given for {meter} is not its current one")
+        c.execute("UPDATE meters SET mqtt_hash=?, feeder=? WHERE meter=?",
+                  (hashed, was_feeder if feeder is None else int(feeder), meter))
+        return password
+
+    def retire_superseded(self, newest: Mapping[str, int]) -> int:
+        """Retire each meter's keys older than the key id it was just seen using (a message
+        tagged and verified under it): the meter has its new config. Returns keys retired."""
+        now = int(time.time())
+        with db.transaction(self.conn) as c:
+            return sum(c.execute("UPDATE meter_keys SET retired=? WHERE meter=? AND kid<? AND retired IS NULL",
+                                 (now, meter, kid)).rowcount for meter, kid in newest.items())
 
     def key(self, meter: str, kid: int) -> bytes | None:
         """The meter's key ``kid`` unless unknown or retired."""

@@ -84,7 +84,7 @@ def test_the_cli_writes_the_schemas_defaults(tmp_path: Path) -> None:
     assert doc == want
     parser = argparse.ArgumentParser()
     provision_cmd.add_arguments(parser)
-    args += ["--battery-unit", "3", "--clock-speed", "60"]
+    args += ["--rotate", "--battery-unit", "3", "--clock-speed", "60"]  # m01 exists: a new key, same login
     assert provision_cmd.run(parser.parse_args(args)) == 0
     doc = json.loads((tmp_path / "cli.json").read_text())
     assert doc["modbus"]["battery_unit"] == 3 and doc["clock"]["speed"] == 60

@@ -55,6 +55,28 @@ class KeyCache:
         self.registry = registry
         self._keys: dict[tuple[str, int], bytes | None] = {}
         self._loaded = time.monotonic()
+        # Per meter, the newest key id whose older keys are known retired (this run).
+        self._settled: dict[str, int] = {}
+
+    def retire_superseded(self, batch: list[Verified], counters: Counter[str]) -> None:
+        """End a rotation (gateway/registry.py) once it took: the first message a meter's new
+        key verified retires that meter's older keys. Needs the writable registry, so the
+        database thread calls it; the pumps' caches drop the old keys within KEY_CACHE_S."""
+        newest: dict[str, int] = {}
+        for _, _, meter, msg, _ in batch:
+            kid = msg["kid"]
+            if kid > max(self._settled.get(meter, 0), newest.get(meter, 0)):
+                newest[meter] = kid
+        if not newest:
+            return
+        retired = self.registry.retire_superseded(newest)
+        self._settled.update(newest)
+        for meter, kid in self._keys:
+            if kid < newest.get(meter, 0):
+                self._keys[(meter, kid)] = None
+        if retired:
+            counters["keys_retired"] += retired
+            log.info("rotation done: retired %d older key(s) of %s", retired, ", ".join(sorted(newest)))
 
     def __call__(self, meter: str, kid: int) -> bytes | None:
         if time.monotonic() - self._loaded > KEY_CACHE_S:

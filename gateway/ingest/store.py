@@ -70,6 +70,7 @@ class Ingest:
 
     def store(self, batch: list[Verified]) -> list[AckOrder]:
         """Store a batch in one transaction; returns the acks to send once it committed."""
+        self.keys.retire_superseded(batch, self.counters)  # a rotated meter seen with its new key
         outgoing: list[AckOrder] = []
         counts: Counter[str] = Counter()
         self._new_ivs = set()

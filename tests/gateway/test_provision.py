@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.registry import Registry, RegistryError
+from gateway.registry import Registry, RegistryError, mosquitto_hash_matches
+from protocols import canonical
+from tests.gateway.conftest import INTERVAL_S, Offline
+from tests.gateway.meters import MeterSpec, reading
 
 ROOT = Path(__file__).parents[2]
 # Every key of the schema (protocols/devconfig.py), in the order the registry writes them; no
@@ -57,13 +60,87 @@ def test_cli_writes_the_device_config_the_firmware_reads(tmp_path: Path) -> None
 def test_rotation_keeps_old_keys_until_retired(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "g.db")
     first = reg.provision("m01", "c1")
-    second = reg.provision("m01", "c1")
+    with pytest.raises(RegistryError, match="already provisioned"):
+        reg.provision("m01", "c1")  # no silent rotation
+    second = reg.provision("m01", "c1", rotate=True, password=first.mqtt.password)
     assert (first.kid, second.kid) == (1, 2) and first.key != second.key
+    assert second.mqtt.password == first.mqtt.password
     assert reg.key("m01", 1) == first.key and reg.current_key("m01") == (2, second.key)
     assert reg.retire("m01", 1) and reg.key("m01", 1) is None
-    third = reg.provision("m01", "c1", retire_old=True)
+    third = reg.provision("m01", "c1", rotate=True, new_password=True, retire_old=True)
     assert reg.key("m01", 2) is None and reg.current_key("m01") == (3, third.key)
+    assert mosquitto_hash_matches(third.mqtt.password, reg.mqtt_hashes()["m01"])
+    with pytest.raises(RegistryError, match="not its current one"):
+        reg.provision("m01", "c1", rotate=True, password=first.mqtt.password)
+    with pytest.raises(RegistryError, match="nothing to rotate"):
+        reg.provision("m02", "c1", rotate=True, new_password=True)
     with pytest.raises(RegistryError):
-        reg.provision("m01", "c2")  # a meter belongs to one community
+        reg.provision("m01", "c2", rotate=True, new_password=True)  # a meter belongs to one community
     with pytest.raises(RegistryError):
         reg.provision("bad/id", "c1")
+    assert reg.current_key("m01") == (3, third.key)  # nothing refused left a trace
+
+
+def provision_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tmeter", "provision", "m01", "--db", str(tmp_path / "g.db"),
+                           "--out", str(tmp_path / "m01.json"), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_cli_refuses_to_reprovision_and_rotates_only_when_asked(tmp_path: Path) -> None:
+    assert provision_cli(tmp_path).returncode == 0
+    config = tmp_path / "m01.json"
+    before = config.read_text()
+    reg = Registry(tmp_path / "g.db")
+    hashed = reg.mqtt_hashes()["m01"]
+    again = provision_cli(tmp_path)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--rotate" in again.stderr, again.stderr
+    assert config.read_text() == before and reg.current_key("m01")[0] == 1  # nothing changed
+    assert provision_cli(tmp_path, "--new-password").returncode == 2  # only with --rotate
+    # --rotate: a new key; the MQTT login (read from the config it replaces) is kept.
+    rotated = provision_cli(tmp_path, "--rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    old, new = json.loads(before), json.loads(config.read_text())
+    assert new["kid"] == 2 and new["key"] != old["key"] and new["mqtt"]["password"] == old["mqtt"]["password"]
+    assert reg.mqtt_hashes()["m01"] == hashed  # the broker files need no change
+    assert reg.key("m01", 1) == bytes.fromhex(old["key"])  # the deployed meter keeps working
+    assert config.stat().st_mode & 0o077 == 0
+    # A config whose password is not the meter's is refused, and left as it was.
+    forged = dict(new, mqtt=dict(new["mqtt"], password="guess"))
+    config.write_text(json.dumps(forged))
+    refused = provision_cli(tmp_path, "--rotate")
+    assert refused.returncode == 2 and "not its current one" in refused.stderr, refused.stderr
+    assert json.loads(config.read_text()) == forged and reg.current_key("m01")[0] == 2
+    config.unlink()
+    missing = provision_cli(tmp_path, "--rotate")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+    # --new-password: a new login too, so the broker files must be regenerated.
+    renewed = provision_cli(tmp_path, "--rotate", "--new-password")
+    assert renewed.returncode == 0 and "mosquitto-config" in renewed.stdout, renewed.stderr
+    assert json.loads(config.read_text())["kid"] == 3 and reg.mqtt_hashes()["m01"] != hashed
+    reg.close()
+
+
+def test_the_old_key_is_retired_when_the_meter_is_first_seen_with_the_new_one(offline: Offline) -> None:
+    reg = Registry(conn=offline.conn)
+    dev = reg.provision("m01", "c1")
+    old = MeterSpec("m01", dev.kid, dev.key)
+    iv = int(offline.clock.now()) // INTERVAL_S
+    assert acks(offline.send(reading(old, "c1", iv, INTERVAL_S)[:2])) == ["stored"]
+    new_dev = reg.provision("m01", "c1", rotate=True, password=dev.mqtt.password)
+    # Until the meter has its new config, it goes on with the old key.
+    assert acks(offline.send(reading(old, "c1", iv, INTERVAL_S)[:2])) == ["stored"]
+    assert reg.key("m01", 1) == dev.key and offline.counters["keys_retired"] == 0
+    new = MeterSpec("m01", new_dev.kid, new_dev.key, seq=old.seq, counter_imp=old.counter_imp,
+                    counter_exp=old.counter_exp)
+    assert acks(offline.send(reading(new, "c1", iv, INTERVAL_S)[:2])) == ["stored"]
+    assert reg.key("m01", 1) is None and offline.counters["keys_retired"] == 1
+    # From now on the old key is refused, at once in the database thread's own cache.
+    assert offline.send(reading(old, "c1", iv, INTERVAL_S)[:2]) == []
+    assert offline.counters["unknown_key"] == 1
+    assert acks(offline.send(reading(new, "c1", iv, INTERVAL_S)[:2])) == ["stored"]
+    assert offline.counters["keys_retired"] == 1
+
+
+def acks(out: list) -> list[str]:
+    return [canonical.parse(o.payload.rsplit(b"\n", 1)[0])["res"] for o in out]

@@ -67,8 +67,13 @@ def _mosquitto_config(args: argparse.Namespace) -> int:
     registry = Registry(cfg.db)
     try:
         files = mosquitto_conf.write(registry, cfg.community, cfg.mqtt.user, cfg.mqtt.password, args.out)
+    except ValueError as exc:  # a meter id that is one of the gateway's logins: nothing written
+        print(f"tmeter gateway mosquitto-config: {exc}", file=sys.stderr)
+        return 2
     finally:
         registry.close()
     print(f"wrote {files.password_file} and {files.acl_file}; add to mosquitto.conf:\n")
     print(files.config_lines())
+    print("and after every listener line (each connection's client id becomes its user name):\n")
+    print(mosquitto_conf.LISTENER_LINES)
     return 0

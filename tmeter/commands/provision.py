@@ -1,4 +1,7 @@
-"""`tmeter provision <meter>`: create (or rotate) a meter's key and write its device config."""
+"""`tmeter provision <meter>`: create a meter's key and write its device config; `--rotate`
+gives an existing meter a new key (gateway/registry.py: the old key works until the meter is
+seen with the new one; the MQTT login is kept, read from the config being replaced, unless
+`--new-password`)."""
 
 from __future__ import annotations
 
@@ -54,8 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="MQTT keepalive, seconds (default: %(default)s)")
     p.add_argument("--interval", type=int, help="market interval in seconds")
     p.add_argument("--gate-closure", type=int, help="seconds before interval start")
-    p.add_argument("--feeder", action="store_true", help="this is the feeder meter at the connection point")
-    p.add_argument("--retire-old", action="store_true", help="retire the meter's older keys at once")
+    p.add_argument("--feeder", action="store_true", default=None,
+                   help="this is the feeder meter at the connection point (a rotation keeps what the meter was)")
+    p.add_argument("--rotate", action="store_true",
+                   help="the meter exists: give it a new key id and key; the old key stays valid until the meter"
+                        " is seen with the new one")
+    p.add_argument("--new-password", action="store_true",
+                   help="with --rotate: a new MQTT password too (default: the one in the config file replaced)")
+    p.add_argument("--retire-old", action="store_true",
+                   help="with --rotate: retire the older keys at once (a key that leaked)")
     for flag, section, key, kind, text in DEVICE_OPTIONS:
         default = (schema[section] if section else schema)[key]
         p.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
@@ -73,26 +83,37 @@ def device_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from gateway import config  # noqa: PLC0415
-    from gateway.registry import Registry, RegistryError  # noqa: PLC0415
+    from gateway.registry import Registry, RegistryError, gateway_logins, read_password  # noqa: PLC0415
 
     cfg = config.load(args.config) if args.config else config.GatewayConfig()
     db_path = args.db or (cfg.db if args.config else "gateway.db")
+    out = args.out or f"{args.meter}.json"
+    if (args.new_password or args.retire_old) and not args.rotate:
+        print("tmeter provision: --new-password and --retire-old go with --rotate", file=sys.stderr)
+        return 2
     registry = Registry(db_path)
     try:
+        # The password the rotated meter keeps is the one in its config, which the new one replaces.
+        password = read_password(out, args.meter) if args.rotate and not args.new_password else None
         device = registry.provision(
             args.meter, args.community or cfg.community,
             mqtt_host=args.host or cfg.mqtt.host, mqtt_port=args.port or cfg.mqtt.port,
             tls=args.tls or cfg.mqtt.tls, ca=args.ca, keepalive_s=args.keepalive,
             interval_s=args.interval or cfg.interval_s,
             gate_closure_s=args.gate_closure if args.gate_closure is not None else cfg.gate_closure_s,
-            feeder=args.feeder, retire_old=args.retire_old, **device_settings(args),
+            feeder=args.feeder, rotate=args.rotate, new_password=args.new_password, retire_old=args.retire_old,
+            reserved=gateway_logins(cfg.mqtt.user) if cfg.mqtt.user else (), password=password,
+            **device_settings(args),
         )
     except RegistryError as exc:
         print(f"tmeter provision: {exc}", file=sys.stderr)
         return 2
     finally:
         registry.close()
-    path = device.write(args.out or f"{args.meter}.json")
-    print(f"{args.meter}: key id {device.kid} in {db_path}; device config {path}"
-          " (regenerate the broker files: tmeter gateway mosquitto-config)")
+    path = device.write(out)
+    if args.rotate and not args.new_password:
+        after = "same MQTT login; the older key works until the meter uses this one"
+    else:
+        after = "regenerate the broker files: tmeter gateway mosquitto-config"
+    print(f"{args.meter}: key id {device.kid} in {db_path}; device config {path} ({after})")
     return 0
