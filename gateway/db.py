@@ -4,7 +4,9 @@ process: daemon, provision, ledger tools) opens the file the same way."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,12 +69,33 @@ def connect(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
     if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
         raise ValueError("synchronous must be FULL, NORMAL, EXTRA or OFF")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _private(Path(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
     return conn
+
+
+def _private(path: Path) -> None:
+    """Create the database file owner-only (it holds every meter's HMAC key), whatever the
+    umask; SQLite gives the -wal and -shm files the database file's mode (its unix VFS,
+    robust_open via findCreateFileMode). Files of ours that others could read (a database
+    created before this rule) are narrowed."""
+    if str(path) == ":memory:":
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = name.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+            os.chmod(name, 0o600)
 
 
 @contextmanager

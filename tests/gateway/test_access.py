@@ -1,0 +1,317 @@
+"""Who may do what on the gateway's host and broker: sessions bound to logins on a real Mosquitto
+running the generated files, meter ids that would collide with the gateway's logins, the modes
+of the files holding key material whatever the umask, and the systemd unit's sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.daemon import GatewayThread
+from gateway.mosquitto_conf import LISTENER_LINES
+from gateway.registry import Registry, gateway_logins
+from protocols import messages, topics
+from sim_hardware.harness.mosquitto import MosquittoBroker
+from tests.gateway.conftest import first_point_clearing, make_config, wait_until
+from tests.gateway.meters import MeterSpec, reading
+
+ROOT = Path(__file__).parents[2]
+
+
+def tmeter(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tmeter", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def write_toml(path: Path, db: str, user: str = "gateway", password: str = "gw-secret") -> Path:
+    path.write_text(f'community = "c1"\ndb = "{db}"\n[mqtt]\nuser = "{user}"\npassword = "{password}"\n')
+    return path
+
+
+class MeterLink:
+    """One meter's MQTT connection as the firmware holds it: its own login, a persistent
+    session, its ack topic subscribed; records its acks and every time the broker dropped it."""
+
+    def __init__(self, broker: MosquittoBroker, spec: MeterSpec, password: str, client_id: str | None = None,
+                 clean: bool = False) -> None:
+        self.spec = spec
+        self.acks: dict[tuple[str, int, int], str] = {}
+        self.drops = 0
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or spec.meter, clean_session=clean)
+        self.c.username_pw_set(spec.meter, password)
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = self._on_disconnect
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.on_message = self._on_message
+        self.c.connect(broker.host, broker.port, keepalive=30)
+        self.c.loop_start()
+        assert self.connected.wait(10), f"{spec.meter} did not connect"
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object) -> None:
+        if not rc.is_failure:  # type: ignore[attr-defined]
+            self.connected.set()
+
+    def _on_disconnect(self, *args: object) -> None:
+        self.drops += 1
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        _, _, body, _ = messages.decode(msg.topic, msg.payload, lambda m, k: self.spec.key)
+        self.acks[(body["meter"], body["boot"], body["seq"])] = body["res"]
+
+    def subscribe_acks(self) -> None:
+        self.c.subscribe(topics.meter_topic("c1", self.spec.meter, "ack"), 1)
+        assert self.subscribed.wait(10)
+
+    def send(self, cfg: GatewayConfig, n: int) -> set[tuple[str, int, int]]:
+        """``n`` readings, each confirmed by the broker (PUBACK)."""
+        iv = messages.interval_index(time.time(), cfg.interval_s)
+        sent, keys = [], set()
+        for _ in range(n):
+            topic, payload, key = reading(self.spec, "c1", iv, cfg.interval_s)
+            sent.append(self.c.publish(topic, payload, qos=1))
+            keys.add(key)
+        for info in sent:
+            info.wait_for_publish(10)
+        return keys
+
+    def close(self) -> None:
+        self.c.on_disconnect = None
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def intrude(broker: MosquittoBroker, user: str, password: str, client_id: str) -> int:
+    """Connect with ``user``'s credentials under ``client_id`` and a clean session (what wipes
+    a session held under that id), then leave; returns the CONNACK reason code."""
+    got: queue.Queue[int] = queue.Queue()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    c.username_pw_set(user, password)
+    c.on_connect = lambda cl, u, f, rc, p: got.put(rc.value)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        rc = got.get(timeout=10)
+        time.sleep(0.3)  # long enough for the broker to act on the takeover
+        return rc
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+@dataclass
+class Secured:
+    cfg: GatewayConfig
+    broker: MosquittoBroker
+    meters: dict[str, tuple[MeterSpec, str]]
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[Secured]:
+    """A broker running the files `tmeter gateway mosquitto-config` generated, with the lines it
+    prints, a gateway with its own login, and two meters."""
+    cfg = make_config(tmp_path, None)
+    broker = MosquittoBroker(workdir=tmp_path / "mq", allow_anonymous=False)
+    broker.workdir.mkdir()
+    cfg.mqtt.host, cfg.mqtt.port = broker.host, broker.port
+    cfg.mqtt.user, cfg.mqtt.password = "gateway", "gw-secret"
+    reg = Registry(cfg.db)
+    meters = {}
+    for name in ("ma", "mb"):
+        dev = reg.provision(name, "c1", mqtt_port=broker.port)
+        meters[name] = (MeterSpec(name, dev.kid, dev.key), dev.mqtt.password)
+    reg.close()
+    out = tmeter("gateway", "mosquitto-config", "--config", str(write_toml(tmp_path / "gateway.toml", cfg.db)),
+                 "--out", str(tmp_path / "broker"))
+    assert out.returncode == 0, out.stderr
+    assert LISTENER_LINES.strip() in out.stdout  # the operator is told to add it
+    # The harness writes its listener line first: the listener's lines follow it, as required.
+    broker.extra_config = (f"password_file {tmp_path / 'broker' / 'passwd'}\n"
+                           f"acl_file {tmp_path / 'broker' / 'acl'}\n{LISTENER_LINES}")
+    with broker:
+        yield Secured(cfg, broker, meters)
+
+
+def gateway_client_ids(cfg: GatewayConfig) -> list[str]:
+    """Every client id the gateway's connections use or used: its logins and `<client_id>[-pump]`."""
+    ids = {*gateway_logins(cfg.mqtt.user or ""), cfg.mqtt.client_id}
+    ids |= {f"{cfg.mqtt.client_id}-{pump}" for pump in ("up", "down")}
+    return sorted(ids)
+
+
+def test_a_meter_cannot_wipe_the_gateways_queued_readings(secured: Secured) -> None:
+    """The gateway is down; the broker holds a meter's readings in the uplink's persistent
+    session. Another meter connecting under each of the gateway's client ids with a clean
+    session must not wipe them: the gateway takes every one when it comes back."""
+    cfg, broker = secured.cfg, secured.broker
+    (ma, ma_pw), (mb, mb_pw) = secured.meters["ma"], secured.meters["mb"]
+    GatewayThread(cfg, first_point_clearing).start().stop()  # the uplink's session exists
+    link = MeterLink(broker, mb, mb_pw)
+    link.subscribe_acks()
+    wanted = link.send(cfg, 20)
+    for client_id in gateway_client_ids(cfg):
+        assert intrude(broker, "ma", ma_pw, client_id) == 0  # the broker lets ma in, as ma
+    gw = GatewayThread(cfg, first_point_clearing).start()
+    try:
+        assert wait_until(lambda: wanted <= link.acks.keys(), timeout=30), \
+            f"{len(wanted - link.acks.keys())} of {len(wanted)} queued readings lost"
+        assert set(link.acks.values()) == {"stored"}
+    finally:
+        gw.stop()
+        link.close()
+
+
+def test_a_meter_cannot_disturb_the_gateways_or_another_meters_session(secured: Secured) -> None:
+    cfg, broker = secured.cfg, secured.broker
+    (ma, ma_pw), (mb, mb_pw) = secured.meters["ma"], secured.meters["mb"]
+    gw = GatewayThread(cfg, first_point_clearing).start()
+    link = MeterLink(broker, mb, mb_pw)
+    try:
+        link.subscribe_acks()
+        first = link.send(cfg, 5)
+        assert wait_until(lambda: first <= link.acks.keys())
+        for client_id in [*gateway_client_ids(cfg), "mb"]:
+            assert intrude(broker, "ma", ma_pw, client_id) == 0
+        # mb kept its connection, and its readings still reach the gateway and are acked.
+        assert link.drops == 0
+        later = link.send(cfg, 5)
+        assert wait_until(lambda: later <= link.acks.keys())
+        snap = gw.gateway.counters
+        assert snap.get("up_restarts", 0) == 0 and snap.get("down_restarts", 0) == 0
+        assert snap["stored"] == 10
+    finally:
+        link.close()
+        gw.stop()
+    # Mosquitto noted no takeover of any session (it logs "already connected, closing old").
+    assert "already connected" not in broker.log_text()
+
+
+def test_meter_ids_that_are_the_gateways_logins_are_refused(tmp_path: Path) -> None:
+    db = str(tmp_path / "g.db")
+    toml = write_toml(tmp_path / "gateway.toml", db)
+    for meter in gateway_logins("gateway"):
+        res = tmeter("provision", meter, "--config", str(toml), "--out", str(tmp_path / f"{meter}.json"))
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+        assert "gateway's MQTT logins" in res.stderr and not (tmp_path / f"{meter}.json").exists()
+    # Provisioned without the check (another gateway user then): mosquitto-config refuses.
+    reg = Registry(db)
+    reg.provision("gateway-down", "c1")
+    reg.close()
+    res = tmeter("gateway", "mosquitto-config", "--config", str(toml), "--out", str(tmp_path / "broker"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "'gateway-down' collides" in res.stderr and not (tmp_path / "broker" / "passwd").exists()
+
+
+UMASK_0 = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    os.umask(0)
+    from gateway import db, mosquitto_conf
+    from gateway.ledger import note
+    from gateway.registry import Registry
+    out = Path(sys.argv[1])
+    old = out / "old.db"
+    old.write_bytes(b""); os.chmod(old, 0o644)   # a database made before the rule
+    db.connect(old).close()
+    reg = Registry(out / "gateway.db")
+    dev = reg.provision("m01", "c1")
+    reg.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    dev.write(out / "m01.json")
+    note.load_or_create_signing_key(out / "ledger.key")
+    mosquitto_conf.write(reg, "c1", "gateway", "pw", out / "broker")
+    os.chmod(out / "m01.json", 0o644)
+    dev.write(out / "m01.json")                  # rewritten over a wider file
+    modes = {p.name: os.stat(p).st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    print(repr(modes))
+    reg.close()
+""")
+
+
+def test_key_material_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-c", UMASK_0, str(tmp_path)], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    modes = eval(res.stdout)  # noqa: S307 - our own subprocess's repr of a dict
+    for name in ("gateway.db", "gateway.db-wal", "gateway.db-shm", "old.db", "m01.json", "ledger.key"):
+        assert modes[name] == 0o600, (name, oct(modes[name]))
+    # Mosquitto reads its files as the user "mosquitto": group read where that group exists.
+    for name in ("passwd", "acl"):
+        broker_file = tmp_path / "broker" / name
+        expected = 0o640 if broker_file.stat().st_gid != os.getgid() else 0o600
+        assert modes[name] == expected, (name, oct(modes[name]))
+
+
+SYSTEMD_LEVELS = ("PERFECT", "SAFE", "OK")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (Debian: systemd)")
+def test_the_systemd_unit_is_sandboxed(tmp_path: Path) -> None:
+    unit = tmp_path / "tmeter-gateway.service"
+    shutil.copy(ROOT / "deploy" / "tmeter-gateway.service", unit)
+    res = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+                         capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", res.stdout)
+    assert found, res.stdout + res.stderr
+    assert found.group(2) in SYSTEMD_LEVELS, res.stdout
+    text = unit.read_text()
+    for line in ("UMask=0077", "StateDirectory=tmeter", "StateDirectoryMode=0700", "CapabilityBoundingSet=\n",
+                 "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "SystemCallFilter=@system-service"):
+        assert line in text, line
+    # The unit's own syntax (its ExecStart need not exist here).
+    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+    problems = [ln for ln in verify.stderr.splitlines() if "tmeter-gateway.service" in ln
+                and "Command /opt/tmeter" not in ln and "Failed to create" not in ln]
+    assert problems == [], verify.stderr
+
+
+def test_the_gateways_libraries_need_no_writable_executable_memory(tmp_path: Path) -> None:
+    """MemoryDenyWriteExecute=yes in the unit: the daemon, its market engines (numpy, scipy) and
+    its signatures (cryptography) run under the kernel's equivalent, prctl(PR_SET_MDWE)."""
+    script = textwrap.dedent("""
+        import ctypes, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_MDWE, PR_GET_MDWE, REFUSE_EXEC_GAIN = 65, 66, 1
+        if libc.prctl(PR_SET_MDWE, REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+            print("unsupported"); sys.exit(0)
+        import mmap
+        try:  # the rule is in force: a writable and executable mapping is refused
+            mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+            print("not enforced"); sys.exit(1)
+        except OSError:
+            pass
+        from pathlib import Path
+        from gateway import daemon  # noqa: F401 - every module the daemon loads
+        from gateway.ingest import pump_process  # noqa: F401
+        from gateway.ledger import note
+        from gateway.market import Bid, CommunityTerms, P2PParams, clear
+        key = note.load_or_create_signing_key(Path(sys.argv[1]) / "k")
+        note.sign(b"x\\n", "o", key)
+        bids = [Bid.quadratic("m1", 4.0, 0.13, -2.0, 0.0), Bid.curve("m2", [[-1.0, 0.05], [0.0, 0.05]]),
+                Bid.curve("m3", [[-1.5, 0.40], [0.0, 0.40]])]
+        terms = CommunityTerms(import_price=0.30, export_price=0.08)
+        clear(bids, terms, "uniform")
+        clear(bids, terms, "p2p", P2PParams(k=2, positions={"m1": (0, 0), "m2": (1, 0), "m3": (0, 2)}))
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    if res.stdout.strip() == "unsupported":
+        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
