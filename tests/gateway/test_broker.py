@@ -19,6 +19,7 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.daemon import GatewayThread
+from gateway.mosquitto_conf import LISTENER_LINES
 from gateway.registry import Registry
 from protocols import messages, topics
 from sim_hardware.harness.mosquitto import MosquittoBroker
@@ -53,7 +54,8 @@ def secured(tmp_path: Path) -> Iterator[tuple[GatewayConfig, MosquittoBroker, di
     out = subprocess.run([sys.executable, "-m", "tmeter", "gateway", "mosquitto-config", "--config", str(toml),
                           "--out", str(tmp_path / "broker")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    broker.extra_config = f"password_file {tmp_path / 'broker' / 'passwd'}\nacl_file {tmp_path / 'broker' / 'acl'}\n"
+    broker.extra_config = (f"password_file {tmp_path / 'broker' / 'passwd'}\nacl_file {tmp_path / 'broker' / 'acl'}\n"
+                           f"{LISTENER_LINES}")  # after the harness's listener line, as it must be
     with broker:
         yield cfg, broker, meters
 
