@@ -202,6 +202,36 @@ def test_a_meter_cannot_disturb_the_gateways_or_another_meters_session(secured: 
     assert "already connected" not in broker.log_text()
 
 
+def test_a_rotated_meter_keeps_its_login_and_its_old_key_until_it_uses_the_new_one(secured: Secured) -> None:
+    """The running daemon: a rotation keeps the meter's broker login (no new broker files), the
+    old key works until the first message under the new one, which retires it."""
+    cfg, broker = secured.cfg, secured.broker
+    old, password = secured.meters["ma"]
+    gw = GatewayThread(cfg, first_point_clearing).start()
+    link = MeterLink(broker, old, password)
+    reg = Registry(cfg.db)
+    try:
+        link.subscribe_acks()
+        dev = reg.provision("ma", "c1", rotate=True, password=password)
+        before = link.send(cfg, 2)  # the deployed meter, still on key id 1
+        assert wait_until(lambda: before <= link.acks.keys())
+        assert reg.key("ma", 1) == old.key
+        link.spec = MeterSpec("ma", dev.kid, dev.key, seq=old.seq, counter_imp=old.counter_imp,
+                              counter_exp=old.counter_exp)
+        link.close()
+        link = MeterLink(broker, link.spec, dev.mqtt.password)  # flashed: the same login works
+        link.subscribe_acks()
+        after = link.send(cfg, 2)
+        assert wait_until(lambda: after <= link.acks.keys())
+        assert set(link.acks.values()) == {"stored"}
+        assert wait_until(lambda: reg.key("ma", 1) is None)
+        assert gw.gateway.counters["keys_retired"] == 1
+    finally:
+        reg.close()
+        link.close()
+        gw.stop()
+
+
 def test_meter_ids_that_are_the_gateways_logins_are_refused(tmp_path: Path) -> None:
     db = str(tmp_path / "g.db")
     toml = write_toml(tmp_path / "gateway.toml", db)
