@@ -9,7 +9,8 @@
 #                allocate a task for every timed wait); NTP sync on boards (until synced,
 #                readings carry FLAG_TIME_UNSYNCED)
 #   bidder       publishes the prepared bid unless its gate has closed
-#   status       retained status with counters (and the same as last will, online = 0)
+#   status       retained status with counters and the witnessed checkpoint (and the same as
+#                last will, online = 0)
 #   mqtt         the client's connect/reconnect loop (and its keepalive)
 #   watchdog     feeds the watchdog while the meter loop makes progress
 import asyncio
@@ -24,8 +25,10 @@ from firmware.watchdog import LoopWatchdog
 from protocols import const, meterlink, topics
 from protocols.errors import ProtocolError
 
+# Names longer than ten characters are no interned names on MicroPython (cp_rollback,
+# cp_malformed): they cost the device a string each, not a slot in the name pool.
 _COUNTERS = const(("records", "acked", "rejected", "q_depth", "q_drop", "q_bad", "bids",
-                   "bid_skip", "heap_free"))
+                   "bid_skip", "heap_free", "cp_rollback", "cp_malformed"))
 
 
 class App:
@@ -59,7 +62,8 @@ class App:
         self.client = mqtt.Client(board, cfg["mqtt"], "tm-" + self.meter_id, will=self._will,
                                   on_message=self._on_message, on_connect=self._on_connect,
                                   counters=self.c)
-        self.client.subscriptions = [self.t_ack, self.t_award]
+        # The third subscription is the ledger's retained checkpoint (_on_message's last case).
+        self.client.subscriptions = [self.t_ack, self.t_award, topics.checkpoint_topic(community)]
         self.client.window = cfg["send_window"]
         self.wdt = LoopWatchdog(board, cfg["wdt_s"] * 1000, self.c)
         self.boot = 0
@@ -83,6 +87,15 @@ class App:
         if self.outbox.load():
             self.overflow = True  # records were dropped: the next one says so
         self.state.recover(self.outbox.newest())
+        if self.state.cp is not None:
+            # The witness read back from flash goes into every status: checked by the status's
+            # own schema, so a damaged one is dropped rather than stop every status.
+            try:
+                meterlink.validate(meterlink.status(self.meter_id, self.kid, 0, 0, 0, 0, 0, {},
+                                                    self.state.cp))
+            except ProtocolError:
+                self.board.log("state: witnessed checkpoint unreadable, dropped")
+                self.state.cp = None
         self.boot = self.state.next_boot()
         now = self.board.now_ms()
         iv = now // self.interval_ms
@@ -279,7 +292,7 @@ class App:
         self.c["heap_free"] = self.board.mem_free()
         msg = meterlink.status(self.meter_id, self.kid, self.boot, self.status_n,
                                self.board.now_ms() // 1000, online,
-                               1 if self.board.time_ok() else 0, self.c)
+                               1 if self.board.time_ok() else 0, self.c, self.state.cp)
         return meterlink.encode(msg, self.key)
 
     def _will(self):
@@ -306,6 +319,26 @@ class App:
             iv = self.awards.receive(topic, payload, self.board.now_ms())
             if iv is not None:
                 self.board.log("award for iv %d at %d" % (iv, self.board.now_ms()))
+        else:
+            self._witness(topic, payload)
+
+    def _witness(self, topic, payload):
+        """Keep the largest ledger checkpoint seen, for the status (docs/architecture.md §9).
+        The meter holds no ledger key: it records what it was shown. A smaller tree, or another
+        root for the tree it holds, is a rollback or a fork of the log: counted and logged,
+        never kept. The note (up to 2 KB) is not kept, only size and root."""
+        try:
+            msg = meterlink.decode(topic, payload)[2]
+        except ProtocolError:
+            self.c["cp_malformed"] += 1
+            return
+        kept = self.state.cp
+        if kept is None or msg["size"] > kept["size"]:
+            self.state.cp = {"size": msg["size"], "root": msg["root"]}
+        elif msg["size"] < kept["size"] or msg["root"] != kept["root"]:
+            self.c["cp_rollback"] += 1
+            self.board.log("checkpoint of %d leaves after %d: rollback or fork"
+                           % (msg["size"], kept["size"]))
 
     def _on_ack(self, topic, payload):
         try:

@@ -76,13 +76,13 @@ def publish_packet(topic, payload, qos, retain, pid, dup):
 
 
 
-def _tls_context(ca_path):
-    # The same on every runtime: a client context that verifies the broker against the CA
+def _tls_context(ca):
+    # The same on every runtime: a client context that verifies the broker against the CA file
     # (CPython's TLS_CLIENT also checks the host name: the hal's open_connection passes it).
     import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cafile=ca_path)
+    ctx.load_verify_locations(cafile=ca)
     return ctx
 
 class Client:
@@ -163,13 +163,14 @@ class Client:
                 pass
         return True
 
-    async def _retransmit(self, only_old):
+    async def _retransmit(self, expired):
+        # expired: only the messages whose retry_s is up (else all, after a reconnect)
         now = self.board.ticks_ms()
         for pid in list(self._inflight):
             entry = self._inflight.get(pid)
             if entry is None:
                 continue
-            if only_old and self.board.ticks_diff(now, entry[3]) < self.retry_ms:
+            if expired and self.board.ticks_diff(now, entry[3]) < self.retry_ms:
                 continue
             entry[3] = now
             self.c["mqtt_retx"] += 1
@@ -320,10 +321,11 @@ class Client:
         finally:
             pinger.cancel()
 
-    def backoff_ms(self, failures):
-        """Exponential backoff from 0.5 s, capped, with +-25 % jitter so a community's meters
-        do not all reconnect in the same instant after a broker restart."""
-        base = 500 << min(failures - 1, 16)
+    def backoff_ms(self, n):
+        """The wait after ``n`` failures in a row: exponential backoff from 0.5 s, capped, with
+        +-25 % jitter so a community's meters do not all reconnect in the same instant after a
+        broker restart. (``n``, not a new name: every argument name costs the device one.)"""
+        base = 500 << min(n - 1, 16)
         if base > self.backoff_max_ms:
             base = self.backoff_max_ms
         jitter = (self.board.randbits(16) * (base // 2)) >> 16

@@ -1,6 +1,8 @@
 # Persistent device state: boot counter, next sequence number and the counter baseline (the
 # meter counters the last closed interval ended with), so a reboot neither reuses a sequence
-# number nor loses or double-counts energy.
+# number nor loses or double-counts energy; and the ledger checkpoint the meter witnesses, so a
+# rollback while the meter was off is still caught (saved with the rest, once per interval: no
+# write of its own).
 #
 # Written with Board.write_atomic (temporary file + rename), so a power cut leaves either the
 # old or the new state. The record queue is written before the state, so after a crash the
@@ -21,6 +23,7 @@ class State:
         self.imp = None       # baseline import counter, Wh (None: never read)
         self.exp = None
         self.t_ms = None      # time of the baseline read
+        self.cp = None        # {"size", "root"} of the largest checkpoint seen (None: none)
 
     def load(self):
         raw = self.board.read(_NAME)
@@ -33,6 +36,7 @@ class State:
                 self.imp = d["imp"]
                 self.exp = d["exp"]
                 self.t_ms = d["t"]
+                self.cp = d.get("cp")  # absent in a state file from before the witness
             except Exception:  # noqa: BLE001 - unreadable state: start over, boot counter too
                 self.board.log("state: unreadable, starting fresh")
         return self
@@ -49,7 +53,7 @@ class State:
 
     def save(self):
         d = {"boot": self.boot, "seq": self.seq, "iv": self.iv, "imp": self.imp,
-             "exp": self.exp, "t": self.t_ms}
+             "exp": self.exp, "t": self.t_ms, "cp": self.cp}
         self.board.write_atomic(_NAME, json.dumps(d).encode())
 
     def next_boot(self):

@@ -1,6 +1,7 @@
 # Protocol v1 messages, the full set: the meter link (protocols/meterlink.py: reading, bid, status,
-# ack, award; all a meter loads) and the messages the gateway publishes to everyone (market
-# result, gateway status, ledger checkpoint), with their constructors and interval arithmetic.
+# ack, award, and the ledger checkpoint's schema, which meters witness; all a meter loads) and the
+# messages the gateway publishes to everyone (market result, gateway status, ledger checkpoint),
+# with their constructors and interval arithmetic.
 # The gateway, the simulator and the tests use this module; its names include all of meterlink.
 from protocols.meterlink import (  # noqa: F401 - re-exported: this module is the whole protocol
     ACK_DUPLICATE, ACK_STORED, ALL_FLAGS, FLAG_COUNTER_RESET, FLAG_METER_OFFLINE, FLAG_PARTIAL,
@@ -25,10 +26,6 @@ SCHEMAS.update({
     },
     "gateway_status": {"ts": _STATUS["ts"], "online": _STATUS["online"], "iv": _AWARD["iv"],
                        "c": _STATUS["c"]},
-    "checkpoint": {
-        "origin": ("text", 1, 128), "size": ("int", 0, MAX_COUNT), "root": ("text", 1, 64),
-        "note": ("text", 1, 2048),
-    },
 })
 
 

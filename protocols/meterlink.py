@@ -1,6 +1,7 @@
 # Protocol v1 between a meter and the gateway: the five tagged message types (reading, bid,
-# status from the meter; ack, award from the gateway), their schemas, the constructors of what a
-# meter sends, encoding with HMAC tags, and the decoder. This is all a meter loads;
+# status from the meter; ack, award from the gateway) and the ledger checkpoint a meter
+# witnesses, their schemas, the constructors of what a meter sends, encoding with HMAC tags, and
+# the decoder. This is all a meter loads;
 # protocols/messages.py is the full protocol (the same names plus what the gateway publishes to
 # everyone), for the gateway, the simulator and the tests.
 #
@@ -71,12 +72,21 @@ SCHEMAS = {
     "status": {
         "meter": _ID, "kid": _KID, "boot": _U32, "n": _U32, "ts": _T, "online": _BIT,
         "time_ok": _BIT, "c": _COUNTERS,
+        # The meter's witness of the ledger: the size and root of the largest checkpoint it saw,
+        # each checked as the checkpoint's own field (kind "cp": lo names them).
+        "cp": ("cp", ("size", "root"), 0),
     },
     "ack": {"meter": _ID, "kid": _KID, "boot": _U32, "seq": _U32, "res": _ID},
     "award": {
         "meter": _ID, "kid": _KID, "iv": _T, "ts": _T, "mech": _MECH,
         "q_wh": ("int", -MAX_BID_WH, MAX_BID_WH), "price": _PRICE,
         "trades": ("trades", -MAX_BID_WH, MAX_BID_WH),
+    },
+    # Untagged: the gateway signs the note (C2SP tlog-checkpoint) with a key meters do not hold.
+    # root: base64 of the RFC 6962 tree head (44 characters for SHA-256).
+    "checkpoint": {
+        "origin": ("text", 1, 128), "size": ("int", 0, MAX_COUNT), "root": ("text", 1, 64),
+        "note": ("text", 1, 2048),
     },
 }
 
@@ -88,11 +98,12 @@ def _check_int(value, lo, hi, name):
         raise ProtocolError("out_of_range", name)
 
 
-def _check_curve(points, lo, hi):
-    if type(points) is not list or not 0 < len(points) <= MAX_CURVE_POINTS:
+def _check_curve(value, lo, hi):
+    # Argument names are names on MicroPython too: ``value`` is one the firmware has already.
+    if type(value) is not list or not 0 < len(value) <= MAX_CURVE_POINTS:
         raise ProtocolError("bad_curve", "curve needs 1 to 16 points")
     last_q = last_p = None
-    for point in points:
+    for point in value:
         if type(point) is not list or len(point) != 2:
             raise ProtocolError("bad_curve", "a point is [q_wh, price]")
         _check_int(point[0], lo, hi, "curve q_wh")
@@ -138,6 +149,13 @@ def _check_field(name, value, spec):
         _check_curve(value, lo, hi)
     elif kind == "trades":
         _check_trades(value, lo, hi)
+    elif kind == "cp":  # inline: a function of its own would cost the device a name
+        if type(value) is not dict or len(value) != len(lo):
+            raise ProtocolError("bad_field", "cp must hold a checkpoint's size and root")
+        for field in lo:
+            if field not in value:
+                raise ProtocolError("missing_field", field)
+            _check_field(field, value[field], SCHEMAS["checkpoint"][field])
     else:
         _check_counters(value, hi)
 
@@ -186,9 +204,14 @@ def bid(meter, kid, boot, n, iv, ts, curve):
                             "curve": curve})
 
 
-def status(meter, kid, boot, n, ts, online, time_ok, counters):
+def status(meter, kid, boot, n, ts, online, time_ok, counters, cp=None):
+    """``cp``: {"size", "root"} of the largest checkpoint the meter saw; None: it saw none, and
+    says so as the empty tree (size 0, root the hash of nothing: RFC 6962 2.1), which any log
+    extends."""
+    if cp is None:
+        cp = {"size": 0, "root": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="}
     return _message("status", {"meter": meter, "kid": kid, "boot": boot, "n": n, "ts": ts,
-                               "online": online, "time_ok": time_ok, "c": counters})
+                               "online": online, "time_ok": time_ok, "c": counters, "cp": cp})
 
 
 def encode(msg, key=None):
@@ -200,7 +223,7 @@ def encode(msg, key=None):
     if kind not in TAGGED:
         return body
     if key is None:
-        raise ProtocolError("unknown_key", "a " + kind + " must be tagged")
+        raise ProtocolError("unknown_key", "a %s must be tagged" % kind)
     return trailer.encode(body, msg["kid"], key)
 
 
@@ -218,14 +241,14 @@ def decode(topic, payload, keys=None):
         except Exception:  # noqa: BLE001 - any non-bytes object is a bad frame
             raise ProtocolError("bad_frame", "payload is not bytes")
     if len(payload) > MAX_PAYLOAD:
-        raise ProtocolError("too_large", "payload exceeds " + str(MAX_PAYLOAD) + " bytes")
+        raise ProtocolError("too_large", "payload exceeds %d bytes" % MAX_PAYLOAD)
     kid = None
     body = payload
     if kind in TAGGED:
         body, kid, tag = trailer.split(payload)
         key = keys(subject, kid) if keys is not None else None
         if key is None:
-            raise ProtocolError("unknown_key", "no key " + str(kid) + " for this meter")
+            raise ProtocolError("unknown_key", "no key %d for this meter" % kid)
         if not auth.equal(auth.hmac_sha256(key, body), tag):
             raise ProtocolError("bad_tag", "tag does not match the body")
     msg = canonical.parse(body)

@@ -301,6 +301,8 @@ def _field(spec: tuple[Any, Any, Any]) -> st.SearchStrategy[Any]:
         ).map(lambda qp: [[q, p] for q, p in zip(*qp)]))
     if kind == "trades":
         return st.lists(st.tuples(_IDS, st.integers(lo, hi), _PRICES).map(list), max_size=8)
+    if kind == "cp":  # a meter's witness: the fields ``lo`` names, as the checkpoint has them
+        return st.fixed_dictionaries({name: _field(messages.SCHEMAS["checkpoint"][name]) for name in lo})
     return st.dictionaries(_IDS, st.integers(0, hi), max_size=messages.MAX_COUNTERS)
 
 

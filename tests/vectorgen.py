@@ -35,8 +35,10 @@ READING = {"v": 1, "type": "reading", "meter": "m01", "kid": 1, "boot": 3, "seq"
            "cnt_exp_wh": 20345, "flags": 0}
 BID = {"v": 1, "type": "bid", "meter": "m01", "kid": 1, "boot": 3, "n": 2, "iv": 1900001, "ts": 1710000830,
        "curve": [[-2000, 50000], [0, 50000], [0, 100000], [3000, 200000]]}
+ROOT_B64 = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="  # base64 of SHA-256(""), RFC 6962's empty tree
 STATUS = {"v": 1, "type": "status", "meter": "m01", "kid": 1, "boot": 3, "n": 9, "ts": 1710000830,
-          "online": 1, "time_ok": 1, "c": {"mb_err": 2, "q_depth": 0, "reconnects": 1, "heap_free": 70000}}
+          "online": 1, "time_ok": 1, "c": {"mb_err": 2, "q_depth": 0, "reconnects": 1, "heap_free": 70000},
+          "cp": {"size": 42, "root": ROOT_B64}}
 ACK = {"v": 1, "type": "ack", "meter": "m01", "kid": 1, "boot": 3, "seq": 7, "res": "stored"}
 AWARD = {"v": 1, "type": "award", "meter": "m01", "kid": 1, "iv": 1900001, "ts": 1710000845, "mech": "p2p",
          "q_wh": -1500, "price": 120000, "trades": [["m02", -1000, 118000], ["m07", -500, 124000]]}
@@ -46,7 +48,7 @@ RESULT = {"v": 1, "type": "result", "iv": 1900001, "mech": "uniform", "price": 1
 GW_STATUS = {"v": 1, "type": "gateway_status", "ts": 1710000900, "online": 1, "iv": 1900001,
              "c": {"accepted": 1234, "bad_tag": 2}}
 CHECKPOINT = {"v": 1, "type": "checkpoint", "origin": "tmeter.example/c1", "size": 42,
-              "root": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=", "note": "dG1ldGVyLmV4YW1wbGUvYzEK"}
+              "root": ROOT_B64, "note": "dG1ldGVyLmV4YW1wbGUvYzEK"}
 
 TOPIC = {
     "reading": f"tm/v1/{C}/meters/m01/reading", "bid": f"tm/v1/{C}/meters/m01/bid",
@@ -115,6 +117,17 @@ def encode_vectors() -> list[dict[str, Any]]:
         ("award-bad-mech", with_(AWARD, mech="pay-as-bid"), "bad_field"),
         ("award-bad-peer", with_(AWARD, trades=[["m 2", 1, 1]]), "bad_field"),
         ("status-bad-counter", with_(STATUS, c={"x": -1}), "out_of_range"),
+        # The witness: a checkpoint's size and root, checked exactly as the checkpoint's own.
+        ("status-no-cp", with_(STATUS, cp=_DROP), "missing_field"),
+        ("status-cp-not-object", with_(STATUS, cp=[42, ROOT_B64]), "bad_field"),
+        ("status-cp-extra-key", with_(STATUS, cp={"size": 42, "root": ROOT_B64, "origin": "x"}), "bad_field"),
+        ("status-cp-no-root", with_(STATUS, cp={"size": 42}), "bad_field"),
+        ("status-cp-other-key", with_(STATUS, cp={"size": 42, "hash": ROOT_B64}), "missing_field"),
+        ("status-cp-negative-size", with_(STATUS, cp={"size": -1, "root": ROOT_B64}), "out_of_range"),
+        ("status-cp-bool-size", with_(STATUS, cp={"size": True, "root": ROOT_B64}), "bad_field"),
+        ("status-cp-long-root", with_(STATUS, cp={"size": 42, "root": "A" * 65}), "bad_field"),
+        ("status-cp-empty-root", with_(STATUS, cp={"size": 42, "root": ""}), "bad_field"),
+        ("checkpoint-negative-size", with_(CHECKPOINT, size=-1), "out_of_range"),
     ]
     for name, msg, code in bad:
         out.append({"name": f"encode-{name}", "op": "encode", "in": {"msg": msg, "key": KEY.hex()},
