@@ -16,6 +16,7 @@ from tests.firmware import harness
 
 INTERVALS = 2000
 HEAP = os.environ.get("TMETER_FW_HEAP", "128K")  # docs/architecture.md §6
+POOL_STEP = 621  # the name that makes MicroPython allocate the pool's sixth step (640 names)
 # What the firmware imports, dependencies first, so each figure is the module's own heap cost
 # (code, names and module data; the interpreter's name pool grows in steps, which lands on
 # whichever module crosses a step). protocols.simclock is the unix port's (firmware/hal_unix.py):
@@ -67,7 +68,10 @@ def test_a_booted_meter_holds_only_the_device_side(tmp_path, fw_build):
     print("heap in use after boot, code and configuration:", got["used"])
     # The interpreter's name pool grows in steps; the sixth (640 names, 7 KB on the unix port)
     # comes with the 621st name. The firmware stays below it: a step here is a step in free heap.
-    print(out.stdout.strip().splitlines()[-2])
+    pool = out.stdout.strip().splitlines()[-2]
+    print(pool)
+    names = int(re.search(r"n_qstr=(\d+)", pool).group(1))
+    assert names < POOL_STEP, f"{names} names: the pool's next step costs the meter 7 KB of heap"
     assert not set(NOT_ON_DEVICE) & set(got["modules"]), got["modules"]
 
 
