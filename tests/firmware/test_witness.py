@@ -2,7 +2,9 @@
 unix port against a real Mosquitto, keeps the largest retained checkpoint it saw and reports its
 size and root in every status, so a gateway that rolls its ledger back is caught by the next
 status of any meter. A smaller checkpoint, or another root at the same size, is counted
-(`cp_rollback`) and never replaces the kept one; the kept one survives a reboot."""
+(`cp_rollback`) and never replaces the kept one; the kept one survives a reboot, and a damaged
+one read back from flash is dropped rather than stop every status (and with it the connection:
+the status is the meter's last will)."""
 
 from __future__ import annotations
 
@@ -155,3 +157,23 @@ def test_the_witness_survives_a_reboot(tmp_path, mosquitto, sim, clock, gateway,
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_a_damaged_witness_on_flash_is_dropped(tmp_path, mosquitto, sim, clock, gateway, meters):
+    cfg = harness.write_config(tmp_path / "m01", "m01", mosquitto.port, harness.device_link(sim, 0),
+                               clock)
+    (cfg.parent / "state.json").write_text(json.dumps(
+        {"boot": 3, "seq": 0, "iv": None, "imp": None, "exp": None, "t": None,
+         "cp": {"size": -1, "root": ""}}))
+    meter = harness.Meter(cfg).start()
+    meters.append(meter)
+    empty = {"size": 0, "root": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="}  # RFC 6962 2.1
+
+    def reported():
+        with gateway.lock:
+            return [s for s in gateway.statuses if s["boot"] == 4 and s["cp"] == empty]
+
+    # The rest of the state holds (boot 4 after 3), the status says "no checkpoint seen".
+    _until("a status of boot 4 with the empty tree", 20, reported)
+    out = meter.output()
+    assert "witnessed checkpoint unreadable" in out and "Traceback" not in out, out[-3000:]
