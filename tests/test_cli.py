@@ -70,3 +70,74 @@ def test_a_group_that_cannot_load_is_one_line_too(monkeypatch: pytest.MonkeyPatc
     assert capsys.readouterr().err == ("tmeter broken: cannot load: No module named"
                                        " 'tmeter.commands.no_such_module';"
                                        " pip install 'tmeter[ghost]'\n")
+
+
+# --- A bad configuration, whichever command reads it: one line, exit code 2, nothing started.
+
+def test_a_config_error_is_one_line_per_mistake(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    path = tmp_path / "gateway.toml"
+    path.write_text('community = "c 1!"\n[mqtt]\nport = 0\n')
+    assert cli.main(["gateway", "mosquitto-config", "--config", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"tmeter: {path}: community: expected an id: 1-32 characters of A-Z a-z 0-9 _ - (protocols/topics.py),"
+        ' got "c 1!"',
+        f"tmeter: {path}: mqtt.port: expected an integer 1..65535, got 0",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.toml"]
+
+
+def test_fw_run_refuses_a_boards_link(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    import json  # noqa: PLC0415
+
+    path = tmp_path / "m01.json"
+    path.write_text(json.dumps({**DEVICE_CONFIG, "modbus": {"link": "uart"}}))  # provision's default
+    assert cli.main(["fw", "run", "--config", str(path), "--runtime", "cpython"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == (f'tmeter: {path}: modbus.link: expected tcp:HOST:PORT or tty:PATH on'
+                                         ' this machine, got "uart" (a board\'s link; provision with --modbus-link)\n')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m01.json"]
+
+
+DEVICE_CONFIG = {"meter": "m01", "community": "c1", "kid": 1, "key": "00" * 32, "interval_s": 900,
+                 "modbus": {"link": "tcp:127.0.0.1:1"}}
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing", "no such file"),
+    ("directory", "is a directory"),
+    ("not json", "not JSON"),
+    ("no key", "lacks key"),
+    ("short key", "key must be 32 bytes"),
+    ("gate closure after the interval", "interval_s must exceed gate_closure_s"),
+    ("interval as a string", "wrong type"),
+])
+def test_fw_run_refuses_a_bad_device_config_before_starting(
+        tmp_path, problem: str, expected: str, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    import json  # noqa: PLC0415
+
+    path = tmp_path / "m01.json"
+    device = dict(DEVICE_CONFIG)
+    if problem == "directory":
+        path.mkdir()
+    elif problem == "not json":
+        path.write_text('{"meter": "m01",')
+    elif problem != "missing":
+        if problem == "no key":
+            del device["key"]
+        elif problem == "short key":
+            device["key"] = "00" * 16
+        elif problem == "interval as a string":
+            device["interval_s"] = "900"
+        else:
+            device["gate_closure_s"] = 900
+        path.write_text(json.dumps(device))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv in (["fw", "run", "--config", str(path), "--runtime", "cpython"],
+                 ["fw", "deploy", "--port", "/dev/null", "--config", str(path), "--dry-run",
+                  "--build", str(tmp_path / "build")]):
+        assert cli.main(argv) == 2, argv
+        out = capsys.readouterr()
+        assert out.out == "", argv  # the interpreter's (or mpremote's) command line is not printed
+        assert out.err.count("\n") == 1 and "Traceback" not in out.err, out.err
+        assert out.err.startswith(f"tmeter: {path}: ") and expected in out.err, out.err
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, argv  # no regplan.json, no state

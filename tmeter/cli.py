@@ -3,7 +3,9 @@
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Only the group
 being run is imported, so ``tmeter --help`` stays fast on a Raspberry Pi. A group that needs an
 optional extra which is not installed says so in one line (``pip install 'tmeter[demo]'``)
-instead of failing with a traceback: a core install is exactly what a gateway needs.
+instead of failing with a traceback: a core install is exactly what a gateway needs. A bad
+gateway configuration, read by any command, is answered here the same way: one line per mistake
+naming the file and the key, exit code 2.
 """
 
 from __future__ import annotations
@@ -147,6 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _is_config_error(exc):
+            raise
+        for line in str(exc).splitlines():  # one line per mistake, each naming file and key
+            print(f"tmeter: {line}", file=sys.stderr)
+        return 2
+
+
+def _is_config_error(exc: Exception) -> bool:
+    """A bad gateway.toml (gateway/config.py's ConfigError), whichever command read it. Looked up
+    rather than imported: a ConfigError exists only once a command has imported the schema, and
+    the other commands need not load it."""
+    config = sys.modules.get("gateway.config")
+    return config is not None and isinstance(exc, config.ConfigError)
 
 
 if __name__ == "__main__":

@@ -35,14 +35,14 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0) -> bool:
 
 
 def make_config(tmp_path: Path, broker: MosquittoBroker | None, **overrides: object) -> GatewayConfig:
-    cfg = GatewayConfig(community="c1", db=str(tmp_path / "gateway.db"), synchronous="NORMAL")
+    # Overrides at construction: the schema checks keys together (gate_closure_s < interval_s).
+    cfg = GatewayConfig(**{"community": "c1", "db": str(tmp_path / "gateway.db"), "synchronous": "NORMAL",
+                           **overrides})
     if broker is not None:
         cfg.mqtt.host, cfg.mqtt.port = broker.host, broker.port
     cfg.mqtt.client_id = f"gw-{tmp_path.name}"[:23]
     cfg.status.http_port = 0
     cfg.status.publish_s = 0.5
-    for name, value in overrides.items():
-        setattr(cfg, name, value)
     return cfg
 
 
