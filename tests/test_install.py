@@ -118,7 +118,7 @@ def test_ledger_verify(core: Core, tmp_path: Path) -> None:
     assert written.returncode == 0, written.stderr
     out = core.tmeter("ledger", "verify", "--db", "gateway.db", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.startswith("ledger OK: 3 leaves (0 erased), 1 checkpoints"), out.stdout
+    assert out.stdout.startswith("ledger OK: 4 leaves (0 erased), 1 checkpoints"), out.stdout  # 3 + the checkpoint leaf
     with sqlite3.connect(tmp_path / "gateway.db") as conn:  # so OK means checked: one edit fails it
         [record] = conn.execute("SELECT record FROM openings WHERE idx = 1").fetchone()
         edited = bytes(record).replace(b'"members":0', b'"members":1')

@@ -112,30 +112,53 @@ class Ledger:
 
     def checkpoint(self) -> tuple[note.Checkpoint, bytes]:
         """Sign the current tree (C2SP tlog-checkpoint) unless the latest checkpoint covers it."""
+        with self.transaction() as conn:
+            return self._checkpoint_in(conn)
+
+    def _checkpoint_in(self, conn: sqlite3.Connection) -> tuple[note.Checkpoint, bytes]:
+        """Inside ``transaction()``: append a checkpoint leaf, sign the tree it ends, store the note.
+
+        The leaf (``{"type": "checkpoint", "size": n, "prev_size": p, "prev_root": r}``, n being
+        the size it is the last leaf of) puts every checkpoint into the log itself, so a deleted
+        checkpoint row is a signed leaf without its checkpoint, and the leaves chain the checkpoints."""
         if self.signing_key is None:
             raise RuntimeError("this ledger has no signing key")
         latest = self.latest_checkpoint()
-        if latest is not None and latest[0].size == self.size:
+        size = self.frontier.size + len(self._pending or ())
+        if latest is not None and latest[0].size == size:
             return latest
-        cp = note.Checkpoint(self.origin, self.size, self.frontier.root())
+        fields: dict[str, Any] = {"size": size + 1}
+        if latest is not None:
+            fields.update(prev_size=latest[0].size, prev_root=latest[0].root_b64)
+        self.append("checkpoint", None, None, encode_record("checkpoint", fields))
+        tree = self.frontier.copy()
+        for h in self._pending or ():
+            tree.append(h)
+        cp = note.Checkpoint(self.origin, tree.size, tree.root())
         signed = note.sign_checkpoint(cp, self.signing_key)
-        with db.transaction(self.conn) as conn:
-            conn.execute("INSERT INTO checkpoints(size, root, note, created) VALUES (?,?,?,?)",
-                         (cp.size, cp.root, signed, time.time()))
+        conn.execute("INSERT INTO checkpoints(size, root, note, created) VALUES (?,?,?,?)",
+                     (cp.size, cp.root, signed, time.time()))
         return cp, signed
 
     def erase(self, meter: str) -> int:
         """GDPR-style erasure: delete the member's salts, records and the rows derived from them;
         the commitments stay, so the tree and every checkpoint still verify. Returns how many
-        leaves were erased; an erasure leaf records that it happened."""
+        leaves were erased. The erasure leaf names the member and the erased leaf indices, and
+        is signed by a checkpoint in the same transaction, so an erasure outside the signed log
+        or one naming other leaves is a forgery `ledger verify` names."""
+        if self.signing_key is None:
+            raise RuntimeError("erasing needs the ledger's signing key")
         # Overwrite deleted content in the file too, not just unlink it from the b-trees.
         self.conn.execute("PRAGMA secure_delete=ON")
         with self.transaction() as conn:
-            idxs = [r[0] for r in conn.execute("SELECT idx FROM leaves WHERE meter=? AND erased=0", (meter,))]
+            idxs = [r[0] for r in conn.execute("SELECT idx FROM leaves WHERE meter=? AND erased=0 ORDER BY idx",
+                                               (meter,))]
             conn.executemany("DELETE FROM openings WHERE idx=?", [(i,) for i in idxs])
             conn.execute("UPDATE leaves SET erased=1 WHERE meter=?", (meter,))
             for table in ("readings", "bids", "awards", "settlements", "meter_status"):
                 conn.execute(f"DELETE FROM {table} WHERE meter=?", (meter,))  # noqa: S608 - fixed names
-            leaf = self.append("erasure", None, None, encode_record("erasure", {"member": meter, "leaves": len(idxs)}))
+            record = encode_record("erasure", {"member": meter, "leaves": len(idxs), "idxs": idxs})
+            leaf = self.append("erasure", None, None, record)
             conn.execute("INSERT OR REPLACE INTO erasures(meter, at, leaf) VALUES (?,?,?)", (meter, time.time(), leaf))
+            self._checkpoint_in(conn)
         return len(idxs)

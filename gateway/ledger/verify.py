@@ -1,13 +1,20 @@
 """Independent checks of a ledger database: `tmeter ledger verify`, inclusion and consistency
-proofs. Verification trusts nothing in the database but the public key: it recomputes every
-commitment from its opening, every checkpoint root from the leaves (RFC 6962), checks every
-Ed25519 signature (C2SP signed note) and that each stored row agrees with its ledger record.
-Each failure is reported with what failed, so an auditor knows where to look."""
+proofs. Verification trusts nothing in the database but the public key and the checkpoints an
+auditor brings: it recomputes every commitment from its opening, every checkpoint root from the
+leaves (RFC 6962), checks every Ed25519 signature (C2SP signed note), that the log extends every
+given checkpoint and every checkpoint a meter witnessed (RFC 9162 2.1.4 consistency proofs),
+that every checkpoint the log records exists, that erasures carry their own evidence, and that
+each stored row the settlement depends on (readings, bids, awards, settlements, intervals)
+agrees with its ledger leaves. Every input gets a verdict: each failure is one line naming what
+failed, so an auditor knows where to look; no database content can raise out of ``verify``."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +26,8 @@ from protocols import canonical
 from protocols.errors import ProtocolError
 
 MAX_PROBLEMS = 50
+TABLES = ("leaves", "openings", "checkpoints", "erasures", "readings", "bids", "awards", "settlements",
+          "intervals", "meter_status")
 
 # Stored row -> the record fields it must equal: table, key columns, the leaf kind, columns.
 ROW_CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -29,6 +38,7 @@ ROW_CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
                                    "deviation_amount", "amount")),
 }
 JSON_COLUMNS = ("curve", "trades")
+STATES = ("open", "cleared", "settled")
 
 
 @dataclass
@@ -37,6 +47,8 @@ class Report:
     erased: int = 0
     checkpoints: int = 0
     unsigned_tail: int = 0
+    given: int = 0
+    witnesses: list[str] = field(default_factory=list)  # one line per meter that reported a checkpoint
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -48,102 +60,425 @@ class Report:
             self.problems.append(what)
 
 
-def _describe(kind: str, meter: str | None, iv: int | None) -> str:
-    return kind + (f" of {meter}" if meter else "") + (f" for interval {iv}" if iv is not None else "")
+@dataclass
+class Leaf:
+    idx: int
+    kind: str
+    meter: str | None
+    iv: int | None
+    erased: bool
+    opened: bool = False
+    fields: dict[str, Any] | None = None  # the parsed record, for the kinds checked further
+    record: bytes | None = None  # kept for result leaves (the intervals table stores it)
 
 
-def _check_leaves(conn: sqlite3.Connection, report: Report) -> list[bytes]:
-    erased_meters = {r[0] for r in conn.execute("SELECT meter FROM erasures")}
+@dataclass(frozen=True)
+class Signed:
+    """A (size, root) the log must extend, and who vouches for it."""
+    size: int
+    root: bytes
+    source: str
+
+
+KEEP_FIELDS = ("checkpoint", "erasure", "result", "interval", "settlement", "award")
+
+
+def _describe(kind: object, meter: object, iv: object) -> str:
+    return f"{kind}" + (f" of {meter}" if meter else "") + (f" for interval {iv}" if iv is not None else "")
+
+
+def _blob(value: object, what: str, report: Report) -> bytes | None:
+    """A BLOB column's bytes; TEXT (a plain sqlite3 edit), NULL or a number is named."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        report.fail(f"{what} is stored as TEXT, the gateway writes a BLOB: edited outside the gateway")
+        return value.encode("utf-8", "surrogateescape")
+    report.fail(f"{what} is {'NULL' if value is None else type(value).__name__}, not a BLOB: edited")
+    return None
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(raw: bytes) -> str:
+    # TEXT cells are read as bytes-preserving str, so a cell of invalid UTF-8 is a verdict too.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+# --- leaves
+
+
+def _load_leaves(conn: sqlite3.Connection, report: Report) -> tuple[list[bytes], dict[int, Leaf]]:
     hashes: list[bytes] = []
-    rows = conn.execute(
-        "SELECT l.idx, l.commitment, l.kind, l.meter, l.iv, l.erased, o.salt, o.record"
-        " FROM leaves l LEFT JOIN openings o ON o.idx = l.idx ORDER BY l.idx")
-    for idx, com, kind, meter, iv, erased, salt, record in rows:
+    leaves: dict[int, Leaf] = {}
+    rows = conn.execute("SELECT l.idx, l.commitment, l.kind, l.meter, l.iv, l.erased, o.idx, o.salt, o.record"
+                        " FROM leaves l LEFT JOIN openings o ON o.idx = l.idx ORDER BY l.idx")
+    for idx, com, kind, meter, iv, erased, o_idx, salt, record in rows:
         if idx != len(hashes):
             report.fail(f"leaf {len(hashes)} is missing (the log jumps to leaf {idx}): a record was deleted")
             hashes.extend([b""] * (idx - len(hashes)))  # keep indices aligned for later checks
-        hashes.append(merkle.leaf_hash(bytes(com)))
         what = f"leaf {idx} ({_describe(kind, meter, iv)})"
-        if record is None:
-            if erased and meter in erased_meters:
-                report.erased += 1
-            else:
-                report.fail(f"{what}: its record and salt are gone, and {meter} was never erased")
-            continue
-        if commitment(bytes(salt), bytes(record)) != bytes(com):
-            report.fail(f"{what}: record does not match its commitment (edited)")
-            continue
-        try:
-            fields = canonical.parse(bytes(record))
-        except ProtocolError:
-            report.fail(f"{what}: record is not canonical JSON")
-            continue
-        if fields.get("type") != kind or fields.get("meter", meter) != meter or fields.get("iv", iv) != iv:
-            report.fail(f"{what}: leaf labels disagree with its record")
+        com_b = _blob(com, f"{what}: commitment", report)
+        if com_b is not None and len(com_b) != merkle.HASH_LEN:
+            report.fail(f"{what}: commitment is {len(com_b)} bytes, not {merkle.HASH_LEN}")
+        hashes.append(merkle.leaf_hash(com_b or b""))
+        if not isinstance(kind, str) or not (meter is None or isinstance(meter, str)) or not (iv is None or _int(iv)):
+            report.fail(f"{what}: kind, meter or iv label has the wrong type (edited)")
+            kind, meter, iv = str(kind), None if meter is None else str(meter), iv if _int(iv) else None
+        leaf = Leaf(idx, kind, meter, iv, erased == 1)
+        leaves[idx] = leaf
+        if o_idx is not None:
+            leaf.opened = True
+            _open_leaf(leaf, what, com_b, salt, record, report)
     report.leaves = len(hashes)
-    return hashes
+    return hashes, leaves
 
 
-def _check_checkpoints(conn: sqlite3.Connection, hashes: list[bytes], origin: str,
-                       key: Ed25519PublicKey, report: Report) -> None:
-    frontier = merkle.Frontier()
+def _open_leaf(leaf: Leaf, what: str, com: bytes | None, salt: object, record: object, report: Report) -> None:
+    salt_b, rec_b = _blob(salt, f"{what}: salt", report), _blob(record, f"{what}: record", report)
+    if salt_b is None or rec_b is None or com is None:
+        return
+    if commitment(salt_b, rec_b) != com:
+        report.fail(f"{what}: record does not match its commitment (edited)")
+        return
+    if leaf.erased:
+        report.fail(f"{what}: marked erased but its record is still there")
+    try:
+        fields = canonical.parse(rec_b)
+    except ProtocolError:
+        report.fail(f"{what}: record is not canonical JSON")
+        return
+    if not isinstance(fields, dict) or fields.get("type") != leaf.kind or fields.get("meter", leaf.meter) != leaf.meter \
+            or fields.get("iv", leaf.iv) != leaf.iv:
+        report.fail(f"{what}: leaf labels disagree with its record")
+        return
+    if leaf.kind in KEEP_FIELDS:
+        leaf.fields = fields
+        leaf.record = rec_b if leaf.kind == "result" else None
+
+
+# --- erasures: each erased leaf is named by a signed erasure leaf of its member
+
+
+def _check_erasures(conn: sqlite3.Connection, leaves: dict[int, Leaf], signed_size: int, report: Report) -> None:
+    covered: dict[int, int] = {}  # erased leaf -> the erasure leaf naming it
+    legacy: dict[str, int] = {}  # member -> erasure leaf of the count-only format
+    latest: dict[str, int] = {}
+    for leaf in leaves.values():
+        if leaf.kind != "erasure" or leaf.fields is None:
+            continue
+        member, named = leaf.fields.get("member"), leaf.fields.get("idxs")
+        what = f"erasure leaf {leaf.idx} (of {member})"
+        if not isinstance(member, str):
+            report.fail(f"{what}: names no member")
+            continue
+        latest[member] = leaf.idx
+        if leaf.idx >= signed_size:
+            report.fail(f"{what}: not signed by any checkpoint, and the erasure procedure signs one at once: forged")
+        if named is None:
+            legacy[member] = leaf.idx
+            continue
+        if not isinstance(named, list) or len(named) != leaf.fields.get("leaves"):
+            report.fail(f"{what}: its count and its list of erased leaves disagree")
+            continue
+        for i in named:
+            target = leaves.get(i) if _int(i) else None
+            if target is None or i >= leaf.idx or target.meter != member:
+                report.fail(f"{what}: names leaf {i}, which is not a leaf of {member} before it")
+            else:
+                covered[i] = leaf.idx
+    for leaf in leaves.values():
+        if leaf.opened:
+            continue
+        what = f"leaf {leaf.idx} ({_describe(leaf.kind, leaf.meter, leaf.iv)})"
+        by = covered.get(leaf.idx)
+        if by is None and leaf.meter in legacy and leaf.idx < legacy[leaf.meter]:
+            by = legacy[leaf.meter]
+        if by is None:
+            report.fail(f"{what}: its record and salt are gone, and no erasure leaf of {leaf.meter} names it")
+        elif not leaf.erased:
+            report.fail(f"{what}: erased by leaf {by} but not marked erased")
+        else:
+            report.erased += 1
+    for meter, at, row_leaf in conn.execute("SELECT meter, at, leaf FROM erasures").fetchall():
+        if latest.get(meter) != row_leaf:
+            report.fail(f"erasures row of {meter} points at leaf {row_leaf}, which is not {meter}'s latest erasure leaf"
+                        f" ({latest.get(meter, 'none')}): forged erasure")
+    rows = {m for (m,) in conn.execute("SELECT meter FROM erasures")}
+    for member, idx in latest.items():
+        if member not in rows:
+            report.fail(f"erasure leaf {idx} (of {member}): its erasures row is missing (deleted)")
+
+
+# --- checkpoints: stored, given, witnessed; and the checkpoint leaves
+
+
+def _stored_checkpoints(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey,
+                        report: Report) -> list[Signed]:
+    out: list[Signed] = []
     rows = conn.execute("SELECT size, root, note FROM checkpoints ORDER BY size").fetchall()
     report.checkpoints = len(rows)
     for size, root, signed in rows:
         where = f"checkpoint at size {size}"
+        signed_b, root_b = _blob(signed, f"{where}: note", report), _blob(root, f"{where}: root", report)
+        if signed_b is None:
+            continue
         try:
-            cp = note.open_checkpoint(bytes(signed), origin, key)
+            cp = note.open_checkpoint(signed_b, origin, key)
         except note.NoteError as exc:
             report.fail(f"{where}: signature or format invalid ({exc})")
             continue
-        if cp.size != size or cp.root != bytes(root):
+        if cp.size != size or cp.root != root_b:
             report.fail(f"{where}: stored size/root differ from the signed note")
-        if size > len(hashes):
-            report.fail(f"{where}: signs {size} leaves but the log holds {len(hashes)}: records were removed")
+        out.append(Signed(cp.size, cp.root, f"stored checkpoint at size {cp.size}"))
+    return out
+
+
+def given_checkpoints(notes: Sequence[bytes], origin: str, key: Ed25519PublicKey, report: Report) -> list[Signed]:
+    """Checkpoint notes an auditor obtained earlier (retained topic, export, witness)."""
+    out = []
+    for n, signed in enumerate(notes, 1):
+        try:
+            cp = note.open_checkpoint(signed, origin, key)
+        except note.NoteError as exc:
+            report.fail(f"given checkpoint {n}: signature or format invalid ({exc})")
             continue
-        while frontier.size < size:
-            frontier.append(hashes[frontier.size])
-        if frontier.root() != cp.root:
-            report.fail(f"{where}: root does not match leaves 0..{size - 1}: a record was edited, removed or reordered")
-    last = rows[-1][0] if rows else 0
-    report.unsigned_tail = max(0, len(hashes) - last)
+        out.append(Signed(cp.size, cp.root, f"given checkpoint at size {cp.size}"))
+    report.given = len(out)
+    return out
+
+
+def _witnessed(conn: sqlite3.Connection, report: Report) -> list[Signed]:
+    """What each meter reported as the latest checkpoint it saw (status field ``cp``)."""
+    out = []
+    for meter, body in conn.execute("SELECT meter, body FROM meter_status ORDER BY meter").fetchall():
+        try:
+            doc = json.loads(body)
+            cp = doc.get("cp")
+            if cp is None:
+                continue
+            size, root = cp["size"], base64.b64decode(cp["root"], validate=True)
+            if not _int(size) or size < 0 or len(root) != merkle.HASH_LEN:
+                raise ValueError
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
+            report.fail(f"witness {meter}: its stored status is not what the gateway accepts (edited)")
+            continue
+        out.append(Signed(size, root, f"witness {meter}"))
+    return out
+
+
+def _check_against(points: list[Signed], hashes: list[bytes], leaves: dict[int, Leaf], report: Report) -> None:
+    """Each (size, root) must be a prefix of the log: an RFC 9162 consistency proof from it to the
+    log's full tree. A failing one names the range between the last agreeing point and it."""
+    n = len(hashes)
+    full = merkle.root(hashes)
+    prefix: dict[int, bytes] = {}
+    tree = merkle.Frontier()
+    for size in sorted({p.size for p in points if p.size <= n}):
+        while tree.size < size:
+            tree.append(hashes[tree.size])
+        prefix[size] = tree.root()
+    agree = sorted({p.size for p in points if prefix.get(p.size) == p.root} | {0})
+    proofs: dict[int, list[bytes]] = {}  # one proof per distinct size: many meters saw the same checkpoint
+    for p in sorted(points, key=lambda q: q.size):
+        ok = prefix.get(p.size) == p.root
+        if p.size <= n and not p.source.startswith("stored "):
+            # What an auditor holding only (size, root) checks: RFC 9162 2.1.4.2 against the log's root.
+            proof = proofs.setdefault(p.size, merkle.consistency_proof(p.size, hashes))
+            ok = merkle.verify_consistency(p.size, n, p.root, full, proof)
+        if p.source.startswith("witness "):
+            report.witnesses.append(f"{p.source}: checkpoint at size {p.size} "
+                                    + ("is a prefix of the log" if ok else "is NOT a prefix of the log"))
+        if ok:
+            continue
+        if p.size > n:
+            report.fail(f"{p.source}: signs {p.size} leaves but the log holds {n}: rolled back or truncated")
+            continue
+        last = max(s for s in agree if s < p.size)
+        first = leaves.get(last)
+        named = f"leaf {last} ({_describe(first.kind, first.meter, first.iv)})" if first else f"leaf {last}"
+        report.fail(f"{p.source}: root does not match leaves 0..{p.size - 1}: a record among"
+                    f" leaves {last}..{p.size - 1} was edited, removed or reordered (leaves 0..{last - 1} agree"
+                    f" with a checkpoint); the first that can differ is {named}")
+
+
+def _check_checkpoint_leaves(leaves: dict[int, Leaf], stored: list[Signed], hashes: list[bytes],
+                             report: Report) -> None:
+    sizes = {s.size: s.root for s in stored}
+    marks = sorted(i for i, leaf in leaves.items() if leaf.kind == "checkpoint")
+    first = marks[0] if marks else len(hashes)
+    prev: tuple[int, bytes] | None = None
+    for s in sorted(sizes):
+        if s - 1 < first:  # made before checkpoints were leaves
+            prev = (s, sizes[s])
+    for i in marks:
+        leaf = leaves[i]
+        if i + 1 not in sizes:
+            report.fail(f"leaf {i} (checkpoint) records a checkpoint at size {i + 1}, which is missing (deleted)")
+        f = leaf.fields
+        if f is not None:
+            want = {"size": i + 1} | ({"prev_size": prev[0], "prev_root": base64.b64encode(prev[1]).decode()}
+                                      if prev else {})
+            if {k: f.get(k) for k in ("size", "prev_size", "prev_root") if k in f or k in want} != want:
+                report.fail(f"leaf {i} (checkpoint): does not chain to the checkpoint before it"
+                            f" ({'none' if prev is None else prev[0]}): a checkpoint was removed or inserted")
+        prev = (i + 1, sizes.get(i + 1, merkle.root(hashes[: i + 1])))
+    for s in sorted(sizes):
+        if s - 1 >= first and (s - 1 not in leaves or leaves[s - 1].kind != "checkpoint"):
+            report.fail(f"checkpoint at size {s}: its last leaf is not its checkpoint leaf")
+    report.unsigned_tail = max(0, len(hashes) - max(sizes, default=0))
+
+
+# --- stored rows against their leaves
 
 
 def _row_fields(row: sqlite3.Row, columns: tuple[str, ...]) -> dict[str, Any]:
-    return {c: json.loads(row[c]) if c in JSON_COLUMNS else row[c] for c in columns}
+    out = {}
+    for c in columns:
+        v = row[c]
+        if c in JSON_COLUMNS:
+            try:
+                v = json.loads(v)
+            except (TypeError, ValueError):
+                v = ("unreadable JSON", v)
+        out[c] = v
+    return out
 
 
-def _check_rows(conn: sqlite3.Connection, report: Report) -> None:
-    conn.row_factory = sqlite3.Row
-    try:
-        for table, (kind, columns) in ROW_CHECKS.items():
-            seen: set[int] = set()
-            for row in conn.execute(f"SELECT * FROM {table}"):  # noqa: S608 - fixed names
-                seen.add(row["leaf"])
-                opening = conn.execute("SELECT record FROM openings WHERE idx=?", (row["leaf"],)).fetchone()
-                what = f"{table} row {tuple(row[c] for c in columns[:3])} (leaf {row['leaf']})"
+def _check_rows(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Report) -> None:
+    for table, (kind, columns) in ROW_CHECKS.items():
+        seen: set[object] = set()
+        last: tuple[int, int] | None = None  # (leaf, rowid) of the largest leaf so far in row order
+        for row in conn.execute(f"SELECT rowid AS rid, * FROM {table} ORDER BY rowid"):  # noqa: S608 - fixed names
+            seen.add(row["leaf"])
+            what = f"{table} row {tuple(row[c] for c in columns[:3])} (leaf {row['leaf']})"
+            opening = conn.execute("SELECT record FROM openings WHERE idx=?", (row["leaf"],)).fetchone()
+            if opening is None or not isinstance(opening[0], bytes):
                 if opening is None:
                     report.fail(f"{what}: no ledger record behind it")
-                    continue
-                try:
-                    record = canonical.parse(bytes(opening[0]))
-                except ProtocolError:
-                    continue  # reported by the leaf check
-                if record.get("type") != kind or any(record.get(c) != v for c, v in _row_fields(row, columns).items()):
-                    report.fail(f"{what}: differs from its ledger record (edited)")
-            for (idx,) in conn.execute("SELECT l.idx FROM leaves l JOIN openings o ON o.idx=l.idx WHERE l.kind=?", (kind,)):
-                if idx not in seen:
-                    report.fail(f"leaf {idx} ({kind}): its {table} row is missing (deleted)")
-    finally:
-        conn.row_factory = None
+                continue  # a TEXT record is reported by the leaf check
+            try:
+                record = canonical.parse(opening[0])
+            except ProtocolError:
+                continue  # reported by the leaf check
+            if record.get("type") != kind or any(record.get(c) != v for c, v in _row_fields(row, columns).items()):
+                report.fail(f"{what}: differs from its ledger record (edited)")
+            # Rows and leaves are written together, so row order is log order: an inversion is a
+            # swap or a re-commit, and it names the exact leaves where the roots can only name a range.
+            if _int(row["leaf"]):
+                if last is not None and row["leaf"] < last[0]:
+                    report.fail(f"{table}: leaf {row['leaf']} was stored after leaf {last[0]} but sits before it"
+                                f" in the log: leaves {row['leaf']} and {last[0]} were swapped or re-committed")
+                if last is None or row["leaf"] > last[0]:
+                    last = (row["leaf"], row["rid"])
+        for leaf in leaves.values():
+            if leaf.kind == kind and leaf.opened and leaf.idx not in seen:
+                report.fail(f"leaf {leaf.idx} ({kind}): its {table} row is missing (deleted)")
 
 
-def verify(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey) -> Report:
+def _check_intervals(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Report) -> None:
+    """Each interval's state, mechanism, price and result against its clearing and settlement leaves."""
+    by_iv: dict[int, dict[str, list[Leaf]]] = {}
+    for leaf in leaves.values():
+        if leaf.iv is not None and leaf.kind in ("result", "interval", "settlement", "award"):
+            by_iv.setdefault(leaf.iv, {}).setdefault(leaf.kind, []).append(leaf)
+    rows = {r["iv"]: r for r in conn.execute("SELECT * FROM intervals")}
+    for iv, kinds in sorted(by_iv.items()):
+        if iv not in rows and "result" in kinds:  # the clearing writes both in one transaction
+            report.fail(f"interval {iv}: has {', '.join(sorted(kinds))} leaves but no intervals row (deleted)")
+    for iv, row in sorted(rows.items(), key=lambda kv: str(kv[0])):
+        _check_interval(iv, row, by_iv.get(iv, {}) if _int(iv) else {}, report)
+
+
+def _check_interval(iv: object, row: sqlite3.Row, kinds: dict[str, list[Leaf]], report: Report) -> None:
+    what = f"intervals row {iv}"
+    state, results = row["state"], kinds.get("result", [])
+    summaries, lines = kinds.get("interval", []), kinds.get("settlement", [])
+    if state not in STATES:
+        report.fail(f"{what}: state {state!r} is none of {', '.join(STATES)}")
+        return
+    if state == "open":
+        if results or row["leaf"] is not None or row["price"] is not None or row["result"] is not None:
+            report.fail(f"{what}: open, but it has a clearing (result leaf or price): edited")
+        return
+    if len(results) != 1 or row["leaf"] != results[0].idx:
+        report.fail(f"{what}: {state}, but its leaf {row['leaf']} is not its one result leaf"
+                    f" ({', '.join(str(r.idx) for r in results) or 'none'})")
+        return
+    res = results[0]
+    if res.fields is not None:
+        stored = row["result"].encode("utf-8", "surrogateescape") if isinstance(row["result"], str) else row["result"]
+        if stored != res.record or row["mech"] != res.fields.get("mech") or row["price"] != res.fields.get("price"):
+            report.fail(f"{what}: mech, price or result differ from its result leaf {res.idx} (edited)")
+        for award in kinds.get("award", []):
+            if award.fields is not None and award.fields.get("price") != res.fields.get("price"):
+                report.fail(f"leaf {award.idx} (award of {award.meter} for interval {iv}): price differs from"
+                            f" the clearing's (leaf {res.idx})")
+    first = [s for s in summaries if s.fields is not None and s.fields.get("rev") == 0]
+    if state == "cleared":
+        if summaries or lines:
+            report.fail(f"{what}: cleared, but it has settlement leaves: its state was edited")
+        return
+    if not first and not any(s.fields is None for s in summaries):
+        report.fail(f"{what}: settled, but there is no settlement summary leaf for it (deleted or state edited)")
+        return
+    if first and all(s.fields is not None for s in lines):
+        rev0 = [s.fields for s in lines if s.fields is not None and s.fields.get("rev") == 0]
+        summary = first[0].fields or {}
+        if summary.get("members") != len(rev0) or summary.get("amount") != sum(int(f.get("amount", 0)) for f in rev0):
+            report.fail(f"{what}: its summary leaf {first[0].idx} does not add up to its settlement leaves"
+                        f" ({len(rev0)} lines): a settlement leaf is missing or extra")
+
+
+# --- the whole check
+
+
+def verify(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, given: Sequence[Signed] = (),
+           witnesses: bool = True) -> Report:
+    """The verdict on one database; ``given`` from ``given_checkpoints``."""
     report = Report()
-    hashes = _check_leaves(conn, report)
-    _check_checkpoints(conn, hashes, origin, key, report)
-    _check_rows(conn, report)
+    conn.row_factory, conn.text_factory = sqlite3.Row, _text
+    try:
+        _verify(conn, origin, key, list(given), witnesses, report)
+    except sqlite3.DatabaseError as exc:
+        report.fail(f"database unreadable: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any input gets a verdict; this one says the check stopped
+        report.fail(f"verification stopped on content it cannot read ({type(exc).__name__}: {exc})")
+    finally:
+        conn.row_factory, conn.text_factory = None, str
     return report
+
+
+def _verify(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, given: list[Signed], witnesses: bool,
+            report: Report) -> None:
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    missing = [t for t in TABLES if t not in present]
+    if missing:
+        report.fail(f"tables missing: {', '.join(missing)} (not a gateway database, or tables were dropped)")
+        if {"leaves", "openings", "checkpoints"} & set(missing):
+            return
+    hashes, leaves = _load_leaves(conn, report)
+    stored = _stored_checkpoints(conn, origin, key, report)
+    seen = list(_witnessed(conn, report)) if witnesses and "meter_status" in present else []
+    _check_against(stored + given + seen, hashes, leaves, report)
+    _check_checkpoint_leaves(leaves, stored, hashes, report)
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("erasures", lambda: _check_erasures(conn, leaves, max((s.size for s in stored), default=0), report)),
+        ("rows", lambda: _check_rows(conn, leaves, report)),
+        ("intervals", lambda: _check_intervals(conn, leaves, report)),
+    ]
+    for table, step in steps:
+        if table in present or table == "rows":
+            step()
+
+
+def open_readonly(path: str) -> sqlite3.Connection:
+    """The database as an auditor opens it: read-only, creating nothing (not even the schema)."""
+    from urllib.parse import quote  # noqa: PLC0415
+
+    return sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=30)
 
 
 # --- proofs for third parties
@@ -186,6 +521,8 @@ def check_inclusion(proof: InclusionProof, root: bytes) -> bool:
 
 
 def consistency(conn: sqlite3.Connection, old_size: int, new_size: int) -> list[bytes]:
+    if not 0 <= old_size <= new_size:
+        raise ValueError(f"the old size {old_size} must be between 0 and the new size {new_size}")
     hashes = [merkle.leaf_hash(bytes(r[0])) for r in
               conn.execute("SELECT commitment FROM leaves WHERE idx < ? ORDER BY idx", (new_size,))]
     if len(hashes) != new_size:

@@ -18,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--pubkey", help="the ledger's Ed25519 public key (PEM); default: from the key file")
         p.add_argument("--origin", help="checkpoint origin (default: from --config, else the database)")
 
-    common(sub.add_parser("verify", help="check the whole log; names what failed"))
+    ver = sub.add_parser("verify", help="check the whole log; names what failed")
+    common(ver)
+    ver.add_argument("--checkpoint", action="append", default=[], metavar="NOTE",
+                     help="a signed checkpoint note obtained earlier (retained topic, export-checkpoint, a witness):"
+                          " the log must extend it; repeatable")
     prove = sub.add_parser("prove", help="inclusion proofs of a meter's records in one interval")
     common(prove)
     prove.add_argument("--meter", required=True)
@@ -36,62 +40,109 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     erase.add_argument("--meter", required=True)
 
 
+class UsageError(Exception):
+    """A bad path, key or size: one line, exit code 2."""
+
+
 class _Ctx:
     def __init__(self, args: argparse.Namespace) -> None:
         from gateway import config, db  # noqa: PLC0415
+        from gateway.ledger import verify  # noqa: PLC0415
 
         self.cfg = config.load(args.config) if args.config else None
         path = args.db or (self.cfg.db if self.cfg else "gateway.db")
-        if not Path(path).exists():
-            raise SystemExit(f"tmeter ledger: no database {path}")
-        self.conn = db.connect(path)
+        if not Path(path).is_file():
+            raise UsageError(f"no database {path}" + (" (a directory)" if Path(path).is_dir() else ""))
+        # Only erasure writes; every other command reads, so an auditor's copy is never changed.
+        self.conn = db.connect(path) if args.ledger_command == "erase" else verify.open_readonly(str(path))
         self.key_path = self.cfg.key_path if self.cfg else Path(f"{path}.ledger-key.pem")
         self.args = args
 
-    def origin(self) -> str:
+    def origin(self, notes: list[bytes] = ()) -> str:  # type: ignore[assignment]
         if self.args.origin:
             return str(self.args.origin)
         if self.cfg:
             return self.cfg.origin
-        row = self.conn.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
-        if row is None:
-            raise SystemExit("tmeter ledger: no checkpoint yet and no --origin")
-        return bytes(row[0]).split(b"\n", 1)[0].decode()
+        import sqlite3  # noqa: PLC0415
+
+        try:
+            row = self.conn.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        except sqlite3.DatabaseError:
+            row = None  # verify says what is wrong with the file
+        for signed in ([row[0]] if row else []) + list(notes):
+            first = (signed if isinstance(signed, bytes) else str(signed).encode()).split(b"\n", 1)[0]
+            if first:
+                return first.decode("utf-8", "replace")
+        if self.args.ledger_command == "verify":
+            return ""
+        raise UsageError("no checkpoint yet and no --origin")
 
     def public_key(self) -> Any:
         from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415
 
-        if self.args.pubkey:
-            return serialization.load_pem_public_key(Path(self.args.pubkey).read_bytes())
-        if not self.key_path.exists():
-            raise SystemExit(f"tmeter ledger: no --pubkey and no key file {self.key_path}")
-        return serialization.load_pem_private_key(self.key_path.read_bytes(), None).public_key()
+        path = Path(self.args.pubkey) if self.args.pubkey else self.key_path
+        if not path.is_file():
+            raise UsageError(f"no key file {path}" if self.args.pubkey else f"no --pubkey and no key file {path}")
+        try:
+            data = path.read_bytes()
+            key = (serialization.load_pem_public_key(data) if self.args.pubkey
+                   else serialization.load_pem_private_key(data, None).public_key())
+        except (ValueError, TypeError, OSError) as exc:
+            raise UsageError(f"{path} is not a PEM {'public' if self.args.pubkey else 'private'} key ({exc})") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise UsageError(f"{path} is not an Ed25519 key")
+        return key
 
     def checkpoint(self, size: int | None) -> tuple[int, bytes, bytes]:
         sql = "SELECT size, root, note FROM checkpoints "
         row = self.conn.execute(sql + ("WHERE size=?" if size is not None else "ORDER BY size DESC LIMIT 1"),
                                 (size,) if size is not None else ()).fetchone()
         if row is None:
-            raise SystemExit(f"tmeter ledger: no checkpoint{'' if size is None else f' of size {size}'}")
+            sizes = [r[0] for r in self.conn.execute("SELECT size FROM checkpoints ORDER BY size DESC LIMIT 5")]
+            known = f" (latest sizes: {', '.join(map(str, sizes))})" if sizes else ""
+            raise UsageError(f"no checkpoint{'' if size is None else f' of size {size}'}{known}")
         return row[0], bytes(row[1]), bytes(row[2])
 
 
 def run(args: argparse.Namespace) -> int:
-    ctx = _Ctx(args)
-    return {"verify": _verify, "prove": _prove, "export-checkpoint": _export,
-            "consistency": _consistency, "erase": _erase}[args.ledger_command](ctx)
+    import sqlite3  # noqa: PLC0415
+
+    from gateway.ledger import note  # noqa: PLC0415
+
+    try:
+        ctx = _Ctx(args)
+        return {"verify": _verify, "prove": _prove, "export-checkpoint": _export,
+                "consistency": _consistency, "erase": _erase}[args.ledger_command](ctx)
+    except (UsageError, note.NoteError, sqlite3.DatabaseError) as exc:
+        # verify answers a broken database with a verdict; the other commands need a sound one.
+        print(f"tmeter ledger {args.ledger_command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _verify(ctx: _Ctx) -> int:
     from gateway.ledger import verify  # noqa: PLC0415
 
-    report = verify.verify(ctx.conn, ctx.origin(), ctx.public_key())
-    for problem in report.problems:
+    notes = []
+    for name in ctx.args.checkpoint:
+        try:
+            notes.append(Path(name).read_bytes())
+        except OSError as exc:
+            raise UsageError(f"cannot read checkpoint note {name} ({exc.strerror})") from None
+    origin, key = ctx.origin(notes), ctx.public_key()
+    report = verify.Report()
+    given = verify.given_checkpoints(notes, origin, key, report)
+    result = verify.verify(ctx.conn, origin, key, given)
+    for problem in report.problems + result.problems:
         print(f"FAIL: {problem}")
-    summary = (f"{report.leaves} leaves ({report.erased} erased), {report.checkpoints} checkpoints,"
-               f" {report.unsigned_tail} leaves after the latest checkpoint")
-    print(("ledger OK: " if report.ok else "ledger FAILED: ") + summary)
-    return 0 if report.ok else 1
+    for line in result.witnesses:
+        print(line)
+    summary = (f"{result.leaves} leaves ({result.erased} erased), {result.checkpoints} checkpoints,"
+               f" {result.unsigned_tail} leaves after the latest checkpoint, {len(given)} given checkpoints,"
+               f" {len(result.witnesses)} witnesses")
+    ok = report.ok and result.ok
+    print(("ledger OK: " if ok else "ledger FAILED: ") + summary)
+    return 0 if ok else 1
 
 
 def _prove(ctx: _Ctx) -> int:
@@ -134,9 +185,16 @@ def _consistency(ctx: _Ctx) -> int:
     from gateway.ledger import merkle, note, verify  # noqa: PLC0415
 
     origin, key = ctx.origin(), ctx.public_key()
+    if ctx.args.new is not None and ctx.args.old > ctx.args.new:
+        raise UsageError(f"--old {ctx.args.old} is larger than --new {ctx.args.new}: a log only grows")
     old = note.open_checkpoint(ctx.checkpoint(ctx.args.old)[2], origin, key)
     new = note.open_checkpoint(ctx.checkpoint(ctx.args.new)[2], origin, key)
-    proof = verify.consistency(ctx.conn, old.size, new.size)
+    if old.size > new.size:
+        raise UsageError(f"--old {old.size} is larger than the latest checkpoint {new.size}: a log only grows")
+    try:
+        proof = verify.consistency(ctx.conn, old.size, new.size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     ok = merkle.verify_consistency(old.size, new.size, old.root, new.root, proof)
     print(json.dumps({"old": {"size": old.size, "root": old.root_b64}, "new": {"size": new.size, "root": new.root_b64},
                       "proof": [h.hex() for h in proof], "verified": ok}, indent=1))
@@ -147,6 +205,8 @@ def _erase(ctx: _Ctx) -> int:
     from gateway.ledger import note  # noqa: PLC0415
     from gateway.ledger.tlog import Ledger  # noqa: PLC0415
 
+    if not ctx.key_path.is_file():  # never a new key: its checkpoints would start a second ledger
+        raise UsageError(f"no ledger key {ctx.key_path}: erasing signs a checkpoint with the gateway's key")
     ledger = Ledger(ctx.conn, ctx.origin(), note.load_or_create_signing_key(ctx.key_path))
     n = ledger.erase(ctx.args.meter)
     cp, _ = ledger.checkpoint()
