@@ -7,6 +7,10 @@ settlement lines. Salts and records are kept apart from commitments (table ``ope
 erasing a member removes what identifies them while every root and proof stays valid; the
 random salt stops anyone from confirming a guessed record against a bare commitment.
 
+Each checkpoint is itself a leaf (kind ``checkpoint``, naming the previous checkpoint's size and
+root) and the last leaf of the tree it signs, so the log records its own checkpoints; an
+erasure leaf names the leaves it erased and is signed in the same transaction (docs §9).
+
 All writes go through ``Ledger.transaction()``: the leaves become part of the in-memory tree only
 when the SQLite transaction that stored them commits.
 """

@@ -286,8 +286,9 @@ def _check_against(points: list[Signed], hashes: list[bytes], leaves: dict[int, 
         ok = prefix.get(p.size) == p.root
         if p.size <= n and not p.source.startswith("stored "):
             # What an auditor holding only (size, root) checks: RFC 9162 2.1.4.2 against the log's root.
-            proof = proofs.setdefault(p.size, merkle.consistency_proof(p.size, hashes))
-            ok = merkle.verify_consistency(p.size, n, p.root, full, proof)
+            if p.size not in proofs:
+                proofs[p.size] = merkle.consistency_proof(p.size, hashes)
+            ok = merkle.verify_consistency(p.size, n, p.root, full, proofs[p.size])
         if p.source.startswith("witness "):
             report.witnesses.append(f"{p.source}: checkpoint at size {p.size} "
                                     + ("is a prefix of the log" if ok else "is NOT a prefix of the log"))
@@ -324,7 +325,7 @@ def _check_checkpoint_leaves(leaves: dict[int, Leaf], stored: list[Signed], hash
             if {k: f.get(k) for k in ("size", "prev_size", "prev_root") if k in f or k in want} != want:
                 report.fail(f"leaf {i} (checkpoint): does not chain to the checkpoint before it"
                             f" ({'none' if prev is None else prev[0]}): a checkpoint was removed or inserted")
-        prev = (i + 1, sizes.get(i + 1, merkle.root(hashes[: i + 1])))
+        prev = (i + 1, sizes[i + 1] if i + 1 in sizes else merkle.root(hashes[: i + 1]))
     for s in sorted(sizes):
         if s - 1 >= first and (s - 1 not in leaves or leaves[s - 1].kind != "checkpoint"):
             report.fail(f"checkpoint at size {s}: its last leaf is not its checkpoint leaf")
