@@ -425,12 +425,27 @@ def _check_interval(iv: object, row: sqlite3.Row, kinds: dict[str, list[Leaf]], 
     if not first and not any(s.fields is None for s in summaries):
         report.fail(f"{what}: settled, but there is no settlement summary leaf for it (deleted or state edited)")
         return
-    if first and all(s.fields is not None for s in lines):
-        rev0 = [s.fields for s in lines if s.fields is not None and s.fields.get("rev") == 0]
-        summary = first[0].fields or {}
-        if summary.get("members") != len(rev0) or summary.get("amount") != sum(int(f.get("amount", 0)) for f in rev0):
-            report.fail(f"{what}: its summary leaf {first[0].idx} does not add up to its settlement leaves"
-                        f" ({len(rev0)} lines): a settlement leaf is missing or extra")
+    if all(x.fields is not None for x in summaries + lines):
+        _check_summaries(what, sorted(summaries + lines, key=lambda x: x.idx), report)
+
+
+def _check_summaries(what: str, leaves: list[Leaf], report: Report) -> None:
+    """Each summary leaf sums the settlement leaves written since the interval's previous one:
+    a settlement (revision 0) or an adjustment writes its lines and then its summary, in one
+    transaction (an adjustment's lines may be revision 0 too, for members first seen late)."""
+    pending: list[dict[str, Any]] = []
+    for leaf in leaves:
+        f = leaf.fields or {}
+        if leaf.kind == "settlement":
+            pending.append(f)
+            continue
+        total = sum(x["amount"] for x in pending if _int(x.get("amount")))
+        if f.get("members") != len(pending) or f.get("amount") != total:
+            report.fail(f"{what}: its summary leaf {leaf.idx} (revision {f.get('rev')}) does not add up to the"
+                        f" {len(pending)} settlement leaves before it: a settlement leaf is missing or extra")
+        pending = []
+    if pending:
+        report.fail(f"{what}: {len(pending)} settlement leaves after its last summary leaf")
 
 
 # --- the whole check

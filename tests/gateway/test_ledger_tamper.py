@@ -359,3 +359,19 @@ def test_a_note_signed_by_another_key_is_a_fail_line(live: Copy, tmp_path: Path)
     path = tmp_path / "forged.note"
     path.write_bytes(note.sign_checkpoint(cp, other))
     failed(live.verify("--checkpoint", str(path)), "given checkpoint 1: signature or format invalid")
+
+
+def test_late_readings_for_an_interval_settled_without_members_verify(offline: Offline) -> None:
+    # Adjustments for members first seen late are revision 0 lines under a later summary (found on a demo run).
+    from tests.gateway.conftest import provision
+
+    specs = provision(offline.cfg, 2)
+    iv = int(offline.clock.t) // INTERVAL_S + 1
+    offline.tick((iv - 1) * INTERVAL_S + 1)  # opens iv
+    offline.tick((iv + 1) * INTERVAL_S + 10)  # interval iv cleared and settled with nobody in it
+    offline.send(*(reading(s, "c1", iv, INTERVAL_S, imp_wh=5, exp_wh=1)[:2] for s in specs))
+    offline.tick((iv + 1) * INTERVAL_S + 20)
+    revs = [json.loads(r[0])["rev"] for r in offline.conn.execute(
+        "SELECT o.record FROM leaves l JOIN openings o ON o.idx=l.idx WHERE l.kind='interval' AND l.iv=?", (iv,))]
+    assert revs == [0, 1]
+    passed(run("ledger", "verify", "--db", offline.cfg.db))
