@@ -375,3 +375,31 @@ def test_late_readings_for_an_interval_settled_without_members_verify(offline: O
         "SELECT o.record FROM leaves l JOIN openings o ON o.idx=l.idx WHERE l.kind='interval' AND l.iv=?", (iv,))]
     assert revs == [0, 1]
     passed(run("ledger", "verify", "--db", offline.cfg.db))
+
+
+def test_meters_statuses_witness_a_rollback(offline: Offline, tmp_path: Path) -> None:
+    """The meters' own statuses, stored by the gateway's ingest, catch a rollback of the database."""
+    from protocols import meterlink, topics
+
+    specs = populate(offline)
+    more(offline, specs)
+    sizes = [r[0] for r in offline.conn.execute("SELECT size FROM checkpoints ORDER BY size")]
+    for n, (spec, size) in enumerate(zip(specs, (sizes[-1], sizes[-1], sizes[-3]), strict=True)):
+        root = offline.conn.execute("SELECT root FROM checkpoints WHERE size=?", (size,)).fetchone()[0]
+        cp = {"size": size, "root": base64.b64encode(bytes(root)).decode()}
+        msg = meterlink.status(spec.meter, spec.kid, spec.boot, n, int(offline.clock.t), 1, 1, {}, cp)
+        offline.send((topics.meter_topic("c1", spec.meter, "status"), meterlink.encode(msg, spec.key)))
+    assert offline.conn.execute("SELECT COUNT(*) FROM meter_status").fetchone()[0] == 3
+    out = run("ledger", "verify", "--db", offline.cfg.db)
+    passed(out)
+    assert out.stdout.count("is a prefix of the log") == 3
+    pub = tmp_path / "pub.pem"
+    pub.write_bytes(note.public_pem(offline.ledger.signing_key.public_key()))  # type: ignore[union-attr]
+    copy = Copy(tmp_path / "copy.db", sqlite3.connect(tmp_path / "copy.db", isolation_level=None), pub,
+                offline.cfg.origin, {})
+    offline.conn.backup(copy.conn)
+    copy.drop_from(sizes[-2])
+    out = copy.verify()
+    failed(out, f"witness m000: signs {sizes[-1]} leaves but the log holds {sizes[-2]}",
+           f"witness m001: signs {sizes[-1]} leaves")
+    assert f"witness m002: checkpoint at size {sizes[-3]} is a prefix of the log" in out.stdout
