@@ -347,6 +347,14 @@ def test_bad_arguments_get_one_line_and_exit_2(live: Copy, tmp_path: Path) -> No
         assert out.returncode in (1, 2) and "Traceback" not in out.stderr, (args, out.stderr)
         if out.returncode == 2:
             assert len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
+    live.conn.execute("UPDATE checkpoints SET root = CAST(root AS TEXT)")
+    live.conn.execute("UPDATE leaves SET commitment = CAST(commitment AS TEXT) WHERE idx = 0")
+    (tmp_path / "file").write_text("")
+    for args in (["prove", *base, "--meter", "m000", "--interval", "28333334"],
+                 ["consistency", *base, "--old", str(sizes[0])],
+                 ["export-checkpoint", *base, "--out", str(tmp_path / "file")]):
+        out = run("ledger", *args)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
     out = run("ledger", *cases[0])
     assert out.returncode == 2 and "is larger than" in out.stderr and out.stderr.count("\n") == 1, out.stderr
 

@@ -114,10 +114,19 @@ def run(args: argparse.Namespace) -> int:
         ctx = _Ctx(args)
         return {"verify": _verify, "prove": _prove, "export-checkpoint": _export,
                 "consistency": _consistency, "erase": _erase}[args.ledger_command](ctx)
-    except (UsageError, note.NoteError, sqlite3.DatabaseError) as exc:
+    except (UsageError, note.NoteError, sqlite3.DatabaseError, OSError) as exc:
         # verify answers a broken database with a verdict; the other commands need a sound one.
-        print(f"tmeter ledger {args.ledger_command}: {exc}", file=sys.stderr)
+        print(f"tmeter ledger {args.ledger_command}: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except (TypeError, ValueError) as exc:  # a cell of a type the gateway never writes
+        print(f"tmeter ledger {args.ledger_command}: the database holds what the gateway never writes"
+              f" ({_one_line(exc)}); `tmeter ledger verify` names it", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: Exception) -> str:
+    # SQLite quotes the undecodable cell in its message: escaped, so the answer stays one line.
+    return str(exc).encode("unicode_escape").decode("ascii")[:300]
 
 
 def _verify(ctx: _Ctx) -> int:
