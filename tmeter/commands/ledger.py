@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ class _Ctx:
         self.key_path = self.cfg.key_path if self.cfg else Path(f"{path}.ledger-key.pem")
         self.args = args
 
-    def origin(self, notes: list[bytes] = ()) -> str:  # type: ignore[assignment]
+    def origin(self, notes: Sequence[bytes] = ()) -> str:
         if self.args.origin:
             return str(self.args.origin)
         if self.cfg:
