@@ -1,25 +1,61 @@
 """One clock for the gateway: the run's simulated clock (protocols/simclock.py), which with
-``[clock]`` unset in gateway.toml is the wall clock."""
+``[clock]`` unset in gateway.toml is the wall clock, guarded against wall-clock jumps.
+
+The wall clock is believed while it moves with the monotonic clock (CLOCK_MONOTONIC never
+jumps; NTP only slews it). Once it has moved ``jump_s`` (simulated) seconds more or less than
+the monotonic clock since the last reading, it has jumped: ``now()`` goes on from the last
+believed time on the monotonic clock, ``jump`` says by how much the wall clock differs, and
+the gateway neither clears nor settles on the jumped time. When the wall clock comes back within
+``jump_s`` it is believed again; ``believe_wall()`` accepts it as it is (an operator or the
+meters' own times confirmed it)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 
 from gateway.config import ClockConfig
 from protocols import simclock
 
 
 class Clock(simclock.SimClock):
-    """t = start + (wall - epoch) * speed in seconds of ``time.time()``; unset values default as
-    protocols/simclock.py says (so a speed applies with ``start`` unset too)."""
+    """t = start + (wall - epoch) * speed in seconds of ``wall()`` (``time.time``); unset values
+    default as protocols/simclock.py says (so a speed applies with ``start`` unset too).
+    ``jump_s`` None: no jump detection (the wall clock as it is)."""
 
-    def __init__(self, cfg: ClockConfig | None = None) -> None:
+    def __init__(self, cfg: ClockConfig | None = None, jump_s: float | None = None,
+                 wall: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic) -> None:
         cfg = cfg or ClockConfig()
-        super().__init__(cfg.start, cfg.epoch, cfg.speed, time.time())
+        self._wall, self._mono, self.jump_s = wall, mono, jump_s
+        super().__init__(cfg.start, cfg.epoch, cfg.speed, wall())
+        self._lock = threading.Lock()  # now() is called from the event loop and the database thread
+        self._base = wall() - mono()  # believed wall time = monotonic + base
+        self.jump = 0.0  # simulated seconds the wall clock is ahead (+) or behind (-) the believed time
+        self.jumps = 0  # jumps seen (a counter for the status)
 
     def now(self) -> float:
-        return float(self.at_wall(time.time()))
+        with self._lock:
+            wall, mono = self._wall(), self._mono()
+            drift = (wall - (mono + self._base)) * self.speed
+            if self.jump_s is None or abs(drift) <= self.jump_s:
+                self._base = wall - mono  # follows NTP's slewing and a wall clock come back
+                self.jump = 0.0
+            else:
+                if self.jump == 0.0:
+                    self.jumps += 1
+                self.jump = drift
+            return float(self.at_wall(mono + self._base))
+
+    def wall_now(self) -> float:
+        """The simulated time the wall clock alone says, jumped or not."""
+        return float(self.at_wall(self._wall()))
+
+    def believe_wall(self) -> None:
+        with self._lock:
+            self._base = self._wall() - self._mono()
+            self.jump = 0.0
 
     def real_seconds(self, simulated: float) -> float:
         """How long to sleep for ``simulated`` seconds to pass."""

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import ssl
+import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiomqtt
@@ -59,12 +62,64 @@ STALL_S = 60.0  # no scheduler tick for this long: unhealthy, stop feeding the s
 MAX_IN_FLIGHT = 100  # paho's window for the control plane's (awaited) publishes
 STATUS_COUNTERS = 24
 SHUTDOWN_WAIT_S = 5.0
+STORE_STALL_S = 5.0  # a batch waiting this long for the database (locked, slow disk): unhealthy
+DB_GONE = "database replaced or removed"
+
+
+class StorageError(Exception):
+    """The database cannot be used as configured: one line for the operator (exit 2)."""
+
+
+def check_storage(cfg: GatewayConfig, init: bool) -> None:
+    """Refuse to start a second ledger by accident: a missing database beside an existing ledger
+    key (or beside its -wal file) needs ``--init``; ``--init`` only ever creates a database that
+    does not exist, so it cannot stay in a unit file and hide a lost one. The very first run
+    (neither database nor key) needs no ``--init``: nothing can be lost."""
+    path, key = Path(cfg.db), cfg.key_path
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if path.exists():
+        if init:
+            raise StorageError(f"{path} exists: --init only creates a new database, it never replaces one")
+        if not key.exists() and _has_leaves(path):
+            raise StorageError(f"ledger key {key} is missing for the ledger in {path}: restore it "
+                               "(a new key would start a second ledger under the same origin)")
+        return
+    if (key.exists() or wal.exists()) and not init:
+        raise StorageError(f"{path} is missing but its ledger exists ({key if key.exists() else wal}): restore the "
+                           f"database (a copy saved as {path}.rescued-* if the daemon saw it go), or start a new "
+                           "ledger with --init")
+    for stale in (wal, shm):  # a WAL left by another database file would be replayed into the new one
+        stale.unlink(missing_ok=True)
+
+
+def _has_leaves(path: Path) -> bool:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT 1 FROM leaves LIMIT 1").fetchone() is not None
+    except sqlite3.DatabaseError:
+        return False  # not a ledger (yet): provisioned meters only, or no tables
+    finally:
+        conn.close()
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class DatabaseGone(Exception):
+    """The file at the database's path is no longer the one this process has open."""
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, clear: ClearFn | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, clear: ClearFn | None = None, clock: Clock | None = None,
+                 init: bool = False) -> None:
         self.cfg = cfg
-        self.clock = Clock(cfg.clock)
+        self.init = init  # may create a new database beside an existing ledger key (``run --init``)
+        self.clock = clock or Clock(cfg.clock, jump_s=cfg.settlement.clock_jump_s)
         self.counters: Counter[str] = Counter()
         self.clear = clear or market_clear
         self.control_up = asyncio.Event()  # the aiomqtt connection for awards, results, status
@@ -80,6 +135,12 @@ class Gateway:
         self._ingest_tasks: list[asyncio.Task[None]] = []
         self.status_server: StatusServer | None = None
         self.exporter: Any = None
+        self._db_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
+        self.db_gone = False
+        self.store_error: str | None = None  # why the last batch was not stored; None once one is
+        self._store_since: float | None = None  # monotonic start of the batch in the database thread
+        self.scheduler_errors = 0  # consecutive failed ticks
+        self.scheduler_error: str | None = None
 
     def _dropped(self, meter: str) -> None:
         self.counters["queue_full"] += 1
@@ -89,7 +150,9 @@ class Gateway:
 
     def _open(self) -> None:
         """Runs in the database thread: every sqlite object lives and is used there."""
+        check_storage(self.cfg, self.init)
         self.conn = db.connect(self.cfg.db, self.cfg.synchronous)
+        self._db_id = _file_id(self.cfg.db)
         key = note.load_or_create_signing_key(self.cfg.key_path)
         self.ledger = Ledger(self.conn, self.cfg.origin, key)
         export = None
@@ -106,6 +169,63 @@ class Gateway:
     def _note_checkpoint(self, size: int, root_b64: str) -> None:
         self.latest_checkpoint = {"origin": self.cfg.origin, "size": size, "root": root_b64}
 
+    # --- the database file's identity (database thread)
+
+    def _check_db(self) -> None:
+        """Raise DatabaseGone if the path no longer names the file we have open (``rm``, or a
+        file moved over it): what we would write or ack then is in no file anyone will open."""
+        if self.db_gone:
+            raise DatabaseGone(DB_GONE)
+        if _file_id(self.cfg.db) == self._db_id:
+            return
+        self.db_gone = True
+        self.counters["db_replaced"] += 1
+        rescued = self._rescue()
+        log.error("%s: %s; nothing is stored or acked and nothing settled from now on; %s", DB_GONE,
+                  self.cfg.db, rescued)
+        raise DatabaseGone(DB_GONE)
+
+    def _rescue(self) -> str:
+        """Save the orphaned database (still open here) beside the path, then close it, so SQLite
+        removes its -wal file and no later database at the path replays it."""
+        target = Path(f"{self.cfg.db}.rescued-{int(time.time())}")
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            copy = sqlite3.connect(str(target))
+            try:
+                self.conn.backup(copy)  # reads only: the orphan is not written
+            finally:
+                copy.close()
+        except (OSError, sqlite3.Error) as exc:
+            return (f"could not save it as {target} ({exc}); it stays readable as /proc/{os.getpid()}/fd/* "
+                    "until this process exits")
+        self.conn.close()
+        if not Path(self.cfg.db).exists():
+            # The pumps' readers keep the orphan's -wal alive, so SQLite leaves it: left at the path
+            # it would be replayed into whatever database is put there next.
+            for name in (f"{self.cfg.db}-wal", f"{self.cfg.db}-shm"):
+                Path(name).unlink(missing_ok=True)
+        return f"the open database was saved as {target}: stop the daemon, move it to {self.cfg.db}, start again"
+
+    def _store(self, batch: list[Verified]) -> list[AckOrder]:
+        """Store a batch; acks only if the file at the path is still the one written to, before
+        and after the commit (one stat each)."""
+        self._check_db()
+        acks = self.ingest.store(batch)
+        self._check_db()
+        return acks
+
+    def _tick(self, now: float) -> list[Outgoing]:
+        self._check_db()
+        return self.scheduler.tick(now)
+
+    def _final_checkpoint(self) -> list[Outgoing]:
+        return [] if self.db_gone else self.scheduler.checkpoint()
+
+    def _close_db(self) -> None:
+        if hasattr(self, "conn"):
+            self.conn.close()  # closing twice (after a rescue) is a no-op
+
     # --- status
 
     @property
@@ -113,14 +233,35 @@ class Gateway:
         pumps = (self.uplink, self.downlink)
         return self.control_up.is_set() and all(p is not None and p.up.is_set() for p in pumps)
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(code, reason) of everything that keeps the gateway from doing its job right now."""
+        found: list[tuple[str, str]] = []
+        if self.db_gone:
+            found.append(("storage", f"{DB_GONE}: {self.cfg.db}"))
+        elif self.store_error is not None:
+            found.append(("storage", f"readings cannot be stored: {self.store_error}"))
+        since = self._store_since
+        if since is not None and time.monotonic() - since > STORE_STALL_S:
+            found.append(("storage", f"a batch has waited {time.monotonic() - since:.0f} s for the database "
+                                     "(locked by another process, or the disk is not answering)"))
+        if self.scheduler_error is not None:
+            found.append(("scheduler", f"scheduler failing ({self.scheduler_errors} consecutive errors, last: "
+                                       f"{self.scheduler_error})"))
+        if time.monotonic() - self.last_tick > STALL_S and not self.db_gone:
+            found.append(("stalled", f"no scheduler tick for {time.monotonic() - self.last_tick:.0f} s"))
+        if not self.connected:
+            found.append(("disconnected", "not connected to the broker"))
+        return found
+
     def health(self) -> str:
-        if time.monotonic() - self.last_tick > STALL_S:
-            return "stalled"
-        return "ok" if self.connected else "disconnected"
+        found = self.problems()
+        return found[0][0] if found else "ok"
 
     def snapshot(self) -> dict[str, Any]:
+        found = self.problems()
         return {
-            "health": self.health(), "community": self.cfg.community, "mqtt_connected": self.connected,
+            "health": found[0][0] if found else "ok", "reasons": [r for _, r in found],
+            "community": self.cfg.community, "mqtt_connected": self.connected,
             "interval": self.current_iv, "interval_s": self.cfg.interval_s, "queue": self.queue.qsize(),
             "counters": dict(self.counters), "checkpoint": self.latest_checkpoint,
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -152,13 +293,21 @@ class Gateway:
         """Store and ack batches until the queue is closed and empty (``_stop_ingest``)."""
         while batch := await self.queue.get_batch(self.cfg.ingest.batch):
             self.counters["ingest_batches"] += 1
+            self._store_since = time.monotonic()
             try:
-                acks = await self._db(self.ingest.store, batch)
-            except Exception:  # noqa: BLE001 - e.g. disk full: nothing stored, nothing acked
+                acks = await self._db(self._store, batch)
+            except DatabaseGone:  # nothing acked: the meters keep their records
+                self.counters["store_refused"] += len(batch)
+                continue
+            except Exception as exc:  # noqa: BLE001 - e.g. disk full: nothing stored, nothing acked
                 self.counters["store_failed"] += len(batch)
+                self.store_error = _short(exc)
                 log.exception("could not store a batch of %d; the meters will send it again", len(batch))
                 await asyncio.sleep(1.0)
                 continue
+            finally:
+                self._store_since = None
+            self.store_error = None
             self._send_acks(acks)
 
     def _start_ingest(self) -> None:
@@ -217,12 +366,18 @@ class Gateway:
         while not stop.is_set():
             now = self.clock.now()
             try:
-                out = await self._db(self.scheduler.tick, now)
-            except Exception:  # noqa: BLE001 - retried next tick; the watchdog sees a stall
+                out = await self._db(self._tick, now)
+            except DatabaseGone:
+                await pause(stop, MAX_TICK_S)
+                continue
+            except Exception as exc:  # noqa: BLE001 - retried next tick; the watchdog sees a stall
                 self.counters["scheduler_error"] += 1
+                self.scheduler_errors += 1
+                self.scheduler_error = _short(exc)
                 log.exception("scheduler tick failed; retrying")
                 await pause(stop, MAX_TICK_S)
                 continue
+            self.scheduler_errors, self.scheduler_error = 0, None
             self.last_tick = time.monotonic()
             self.current_iv = messages.interval_index(now, self.cfg.interval_s)
             for o in out:
@@ -230,7 +385,10 @@ class Gateway:
                     cp = canonical.parse(o.payload)
                     self._note_checkpoint(cp["size"], cp["root"])
             await self._send(client, out)
-            nxt = await self._db(self.scheduler.next_event, self.clock.now())
+            try:
+                nxt = await self._db(self.scheduler.next_event, self.clock.now())
+            except Exception:  # noqa: BLE001 - e.g. locked: look again in a second
+                nxt = self.clock.now() + MAX_TICK_S * self.clock.speed
             await pause(stop, min(MAX_TICK_S, self.clock.real_seconds(nxt - self.clock.now())))
 
     async def _status_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
@@ -244,7 +402,7 @@ class Gateway:
         if interval is None:
             return
         while True:
-            if self.health() != "stalled":  # fed only while the scheduler makes progress
+            if all(code != "stalled" for code, _ in self.problems()):  # fed while the scheduler progresses
                 sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)  # cancelled by run() on the way out
 
@@ -289,13 +447,17 @@ class Gateway:
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Clean shutdown: store what is queued, ack it, sign the tree, say we are offline."""
         await self._stop_ingest()
-        await self._send(client, await self._db(self.scheduler.checkpoint))
+        await self._send(client, await self._db(self._final_checkpoint))
         await client.publish(topics.gateway_status_topic(self.cfg.community), self._status_message(0),
                              qos=1, retain=True, timeout=10)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
-        await self._db(self._open)
+        try:
+            await self._db(self._open)
+        except BaseException:
+            self._dbx.shutdown(wait=True)
+            raise
         if self.cfg.status.http_port is not None:
             self.status_server = StatusServer(self.snapshot, self.cfg.status.http_host, self.cfg.status.http_port)
             await self.status_server.start()
@@ -330,16 +492,21 @@ class Gateway:
                 await self.status_server.stop()
             if self.exporter:
                 self.exporter.close()
-            await self._db(self.conn.close)
+            await self._db(self._close_db)
             self._dbx.shutdown(wait=True)
             log.info("gateway stopped")
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 class GatewayThread:
     """A gateway running in a background thread with its own event loop (demo, bench, tests)."""
 
-    def __init__(self, cfg: GatewayConfig, clear: ClearFn | None = None) -> None:
-        self.gateway = Gateway(cfg, clear)
+    def __init__(self, cfg: GatewayConfig, clear: ClearFn | None = None, clock: Clock | None = None,
+                 init: bool = False) -> None:
+        self.gateway = Gateway(cfg, clear, clock, init)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._main, name="tmeter-gateway", daemon=True)

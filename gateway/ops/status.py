@@ -1,7 +1,7 @@
 """The local status endpoint: a tiny HTTP/1.1 server on asyncio streams (stdlib only).
 
-GET /status (or /) returns the gateway's status JSON; GET /health returns {"ok": ...} with 200
-or 503, for a load balancer or a monitoring probe. One request per connection, bounded in
+GET /status (or /) returns the gateway's status JSON; GET /health returns {"ok", "health",
+"reasons"} with 200 or 503 (the reasons say why, in words), for a monitoring probe. One request per connection, bounded in
 size and time, so a stuck or hostile client cannot hold the daemon.
 """
 
@@ -65,5 +65,6 @@ class StatusServer:
             return 200, self.snapshot()
         if path == b"/health":
             snap = self.snapshot()
-            return (200 if snap["health"] == "ok" else 503), {"ok": snap["health"] == "ok", "health": snap["health"]}
+            ok = snap["health"] == "ok"
+            return (200 if ok else 503), {"ok": ok, "health": snap["health"], "reasons": snap.get("reasons", [])}
         return 404, {"error": "not found"}

@@ -11,6 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="run the gateway daemon (SIGTERM stops it cleanly)")
     run.add_argument("--config", required=True, help="gateway.toml")
     run.add_argument("--log-level", default="INFO")
+    run.add_argument("--init", action="store_true",
+                     help="create a new database where none is although a ledger key exists (a new ledger); "
+                          "refused if the database exists")
     mc = sub.add_parser("mosquitto-config", help="write Mosquitto password and ACL files from the registry")
     mc.add_argument("--config", required=True, help="gateway.toml (community, database, gateway MQTT user)")
     mc.add_argument("--out", default=".", help="folder for the files 'passwd' and 'acl'")
@@ -28,7 +31,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
     import signal  # noqa: PLC0415
 
     from gateway import config  # noqa: PLC0415
-    from gateway.daemon import Gateway  # noqa: PLC0415
+    from gateway.daemon import Gateway, StorageError  # noqa: PLC0415
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -43,9 +46,13 @@ def _run_daemon(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)  # `kill -USR2`: every task's stack
-        await Gateway(cfg).run(stop)
+        await Gateway(cfg, init=args.init).run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except StorageError as exc:  # before anything was created or connected
+        print(f"tmeter gateway run: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
