@@ -57,6 +57,14 @@ class Clock(simclock.SimClock):
             self._base = self._wall() - self._mono()
             self.jump = 0.0
 
+    def set_now(self, t: float) -> None:
+        """Believe that it is ``t`` (simulated) now, whatever the wall clock says: the meters'
+        time when they agree the wall clock is wrong; ``jump`` then says how wrong."""
+        with self._lock:
+            mono = self._mono()
+            self._base = self.epoch + (t - self.start) / self.speed - mono
+            self.jump = (self._wall() - (mono + self._base)) * self.speed
+
     def real_seconds(self, simulated: float) -> float:
         """How long to sleep for ``simulated`` seconds to pass."""
         return max(0.0, simulated / self.speed)

@@ -64,6 +64,7 @@ STATUS_COUNTERS = 24
 SHUTDOWN_WAIT_S = 5.0
 STORE_STALL_S = 5.0  # a batch waiting this long for the database (locked, slow disk): unhealthy
 DB_GONE = "database replaced or removed"
+WITNESSES = 2  # meters whose readings' t1 must agree before the clock is believed (fewer if fewer exist)
 
 
 class StorageError(Exception):
@@ -141,6 +142,10 @@ class Gateway:
         self._store_since: float | None = None  # monotonic start of the batch in the database thread
         self.scheduler_errors = 0  # consecutive failed ticks
         self.scheduler_error: str | None = None
+        self.clock_hold: str | None = None  # why nothing is cleared or settled: the time is in doubt
+        self._meters_time = False  # the believed time was taken from the meters, not the wall clock
+        self._witness: dict[str, float] = {}  # meter -> max(t1 - our time at arrival) while in doubt
+        self._witnesses = WITNESSES
 
     def _dropped(self, meter: str) -> None:
         self.counters["queue_full"] += 1
@@ -165,6 +170,82 @@ class Gateway:
         latest = self.ledger.latest_checkpoint()
         if latest:
             self._note_checkpoint(latest[0].size, latest[0].root_b64)
+        self._witnesses = max(1, min(WITNESSES, len(self.scheduler.registry.meters(self.cfg.community))))
+        self.clock_hold = self._clock_against_ledger()
+        if self.clock_hold:
+            self.counters["clock_hold"] += 1
+            log.error("%s", self.clock_hold)
+
+    def _clock_against_ledger(self) -> str | None:
+        """At start: a clock behind what the ledger already did, or far ahead of its last activity
+        (down that long, or jumped: the meters' readings will tell) is not believed yet."""
+        now, jump = self.clock.now(), self.cfg.settlement.clock_jump_s
+        last = self.conn.execute(
+            "SELECT MAX(t) FROM (SELECT MAX(received) t FROM readings UNION ALL SELECT MAX(received) FROM meter_status"
+            " UNION ALL SELECT MAX(settled_at) FROM intervals)").fetchone()[0]
+        cleared = self.conn.execute("SELECT MAX(iv) FROM intervals WHERE state != 'open'").fetchone()[0]
+        if cleared is not None and now < self.scheduler.gate(cleared) - jump:
+            return (f"clock behind the ledger: interval {cleared} was cleared at "
+                    f"{self.scheduler.gate(cleared):.0f}, {self.scheduler.gate(cleared) - now:.0f} s after now; "
+                    "holding the scheduler until the meters confirm the time")
+        if last is not None and now < last - jump:
+            return (f"clock behind the ledger by {last - now:.0f} s; holding the scheduler until the meters "
+                    "confirm the time")
+        if cleared is not None:  # running, it clears an interval at every gate closure
+            last = max(last or 0.0, self.scheduler.gate(cleared) + self.cfg.interval_s)
+        if last is not None and now > last + jump:
+            return (f"clock {now - last:.0f} s ahead of the ledger's last activity (down that long, or the "
+                    "clock jumped); holding the scheduler until the meters confirm the time")
+        return None
+
+    # --- the clock's witnesses: the meters' own (NTP-synchronised) times
+
+    def _witness_readings(self, verified: list[Verified]) -> None:
+        if self.clock_hold is None and self.clock.jump == 0.0:
+            return
+        now = self.clock.now()
+        for v in verified:
+            msg = v[3]
+            if msg.get("type") == "reading" and v[1] == self.cfg.community:
+                meter = msg["meter"]
+                self._witness[meter] = max(self._witness.get(meter, -1e18), msg["t1"] - now)
+
+    def _judge_clock(self) -> None:
+        """Believe the wall clock once the meters agree with it; take the meters' time when they
+        agree with each other against ours (readings are never from the future, and the freshest
+        is at most an interval old); release the scheduler only on a time the meters confirmed
+        and that is not theirs alone."""
+        if self.clock_hold is None and self.clock.jump == 0.0:
+            self._witness.clear()
+            return
+        if len(self._witness) < self._witnesses:
+            return
+        offsets = sorted(self._witness.values())
+        ours = offsets[len(offsets) // 2]  # median: one meter with a wrong clock decides nothing
+        wall = ours - self.clock.jump
+        jump = self.cfg.settlement.clock_jump_s
+        if abs(wall) <= jump:
+            self.clock.believe_wall()
+            self._release("the meters confirm the wall clock")
+        elif abs(ours) <= jump and not self._meters_time:
+            self._release(f"the meters confirm the monotonic clock; the wall clock is {self.clock.jump:+.0f} s off")
+        elif ours > jump or ours < -(self.cfg.interval_s + jump):
+            self.clock.set_now(self.clock.now() + ours)
+            self._meters_time = True
+            self._witness.clear()
+            self.counters["clock_rebased"] += 1
+            self.clock_hold = (f"the meters' time differs from the wall clock by {-self.clock.jump:+.0f} s: "
+                               "taking bids and readings on the meters' time, clearing and settling nothing "
+                               "until the wall clock agrees")
+            log.error("%s", self.clock_hold)
+
+    def _release(self, why: str) -> None:
+        if self.clock_hold is not None:
+            self.counters["clock_confirmed"] += 1
+            log.warning("clock: %s; the scheduler resumes", why)
+        self.clock_hold = None
+        self._meters_time = False
+        self._witness.clear()
 
     def _note_checkpoint(self, size: int, root_b64: str) -> None:
         self.latest_checkpoint = {"origin": self.cfg.origin, "size": size, "root": root_b64}
@@ -244,6 +325,11 @@ class Gateway:
         if since is not None and time.monotonic() - since > STORE_STALL_S:
             found.append(("storage", f"a batch has waited {time.monotonic() - since:.0f} s for the database "
                                      "(locked by another process, or the disk is not answering)"))
+        if self.clock_hold is not None:
+            found.append(("clock", self.clock_hold))
+        elif self.clock.jump != 0.0:
+            found.append(("clock", f"wall clock jumped: {self.clock.jump:+.0f} s off the monotonic clock; "
+                                   "running on the monotonic clock from the last believed time"))
         if self.scheduler_error is not None:
             found.append(("scheduler", f"scheduler failing ({self.scheduler_errors} consecutive errors, last: "
                                        f"{self.scheduler_error})"))
@@ -335,6 +421,7 @@ class Gateway:
         await self.uplink.run()
 
     def _take(self, verified: list[Verified]) -> None:
+        self._witness_readings(verified)
         put = self.queue.put_nowait
         for v in verified:
             put(v)
@@ -364,7 +451,13 @@ class Gateway:
 
     async def _scheduler_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._judge_clock()
             now = self.clock.now()
+            if self.clock_hold is not None:  # nothing cleared or settled on a time in doubt
+                self.last_tick = time.monotonic()
+                self.current_iv = messages.interval_index(now, self.cfg.interval_s)
+                await pause(stop, MAX_TICK_S)
+                continue
             try:
                 out = await self._db(self._tick, now)
             except DatabaseGone:
