@@ -61,6 +61,18 @@ CREATE TABLE IF NOT EXISTS settlements (
 -- InfluxDB outbox: points written in the same transaction as the data they describe, deleted
 -- once the database has them, so an outage buffers on disk and a crash loses nothing.
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
+
+-- Ingest plausibility (gateway/ingest/store.py): authentic readings of intervals before the
+-- meter's provisioning, before the community's first interval or older than the settlement
+-- window are kept aside here (ledgered as kind 'quarantined'), never settled.
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY, meter TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+    iv INTEGER NOT NULL, t0 INTEGER NOT NULL, t1 INTEGER NOT NULL, imp_wh INTEGER NOT NULL,
+    exp_wh INTEGER NOT NULL, flags INTEGER NOT NULL, reason TEXT NOT NULL, leaf INTEGER NOT NULL UNIQUE,
+    received REAL NOT NULL, UNIQUE (meter, boot, seq));
+-- The community's first interval: the one current at the scheduler's (or ingest's) first run.
+CREATE TABLE IF NOT EXISTS community_start (
+    one INTEGER PRIMARY KEY CHECK (one = 1), first_iv INTEGER NOT NULL, at REAL NOT NULL);
 """
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from gateway.interval import settlement
 from gateway.interval.clearing import Bid, ClearFn, Clearing
 from gateway.ingest.codec import Outgoing
+from gateway.ingest.store import first_interval
 from gateway.config import GatewayConfig
 from gateway.ops.influx import Export, enqueue
 from gateway.ledger.tlog import Ledger, encode_record
@@ -71,6 +72,10 @@ class Scheduler:
         out: list[Outgoing] = []
         current = messages.interval_index(now, self.cfg.interval_s)
         with self.ledger.transaction() as conn:
+            # The scheduler is what opens intervals (readings never do, bids only ahead), so no
+            # interval is cleared or settled whose bidding never happened; its first run fixes
+            # the community's first interval (earlier readings are quarantined, ingest/store.py).
+            first_interval(conn, current, now)
             for iv in (current, current + 1):
                 conn.execute("INSERT OR IGNORE INTO intervals(iv, state) VALUES (?, 'open')", (iv,))
         for (iv,) in self.conn.execute("SELECT iv FROM intervals WHERE state='open' ORDER BY iv").fetchall():

@@ -98,6 +98,11 @@ class FakeClock:
     def __init__(self, t: float) -> None:
         self.t = t
         self.speed = 1.0
+        self._start, self._wall0 = t, time.time()  # the clock read t when the test began
+
+    def at_wall(self, wall: float) -> float:
+        """Where wall time ``wall`` (e.g. a meter's provisioning) falls on this clock."""
+        return self._start + (wall - self._wall0)
 
     def now(self) -> float:
         return self.t

@@ -94,6 +94,7 @@ def test_gap_record_after_an_outage_may_span_earlier_intervals(offline: Offline)
     """A meter back from a power cut sends one record from its last boundary to now: it starts
     intervals before its own, carries the partial flag, and is stored; unflagged it is refused."""
     spec = provision(offline.cfg, 1)[0]
+    offline.conn.execute("UPDATE meters SET created = created - 86400")  # provisioned a day ago
     iv = _iv(offline)
     start = iv * INTERVAL_S - 2 * offline.cfg.ingest.time_slack_s  # well beyond the slack
     end = iv * INTERVAL_S + INTERVAL_S // 2

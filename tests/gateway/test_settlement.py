@@ -145,6 +145,7 @@ def test_feeder_meter_must_balance_with_members(offline: Offline) -> None:
     dev = Registry(conn=offline.conn).provision("feeder", "c1", feeder=True)
     feeder = MeterSpec("feeder", dev.kid, dev.key)
     iv = int(offline.clock.t) // INTERVAL_S + 1
+    offline.tick(iv * INTERVAL_S - 30)  # the scheduler opens iv (a reading never opens an interval)
     offline.tick((iv + 1) * INTERVAL_S)
     offline.send(*(reading(s, "c1", iv, INTERVAL_S, imp_wh=500, exp_wh=0)[:2] for s in specs))
     offline.send(reading(feeder, "c1", iv, INTERVAL_S, imp_wh=1020, exp_wh=0)[:2])  # 2 % losses: fine
