@@ -26,14 +26,17 @@ class Clock(simclock.SimClock):
     ``jump_s`` None: no jump detection (the wall clock as it is)."""
 
     def __init__(self, cfg: ClockConfig | None = None, jump_s: float | None = None,
-                 wall: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic) -> None:
+                 wall: Callable[[], float] | None = None, mono: Callable[[], float] | None = None) -> None:
         cfg = cfg or ClockConfig()
-        self._wall, self._mono, self.jump_s = wall, mono, jump_s
-        super().__init__(cfg.start, cfg.epoch, cfg.speed, wall())
+        # Looked up at each call (not bound here), so a patched time.time is what is read.
+        self._wall = wall or (lambda: time.time())
+        self._mono = mono or (lambda: time.monotonic())
+        self.jump_s = jump_s
+        made = self._wall()
+        super().__init__(cfg.start, cfg.epoch, cfg.speed, made)
         self._lock = threading.Lock()  # now() is called from the event loop and the database thread
-        self._base = wall() - mono()  # believed wall time = monotonic + base
+        self._base = made - self._mono()  # believed wall time = monotonic + base
         self.jump = 0.0  # simulated seconds the wall clock is ahead (+) or behind (-) the believed time
-        self.jumps = 0  # jumps seen (a counter for the status)
 
     def now(self) -> float:
         with self._lock:
@@ -42,9 +45,8 @@ class Clock(simclock.SimClock):
             if self.jump_s is None or abs(drift) <= self.jump_s:
                 self._base = wall - mono  # follows NTP's slewing and a wall clock come back
                 self.jump = 0.0
+                return float(self.at_wall(wall))
             else:
-                if self.jump == 0.0:
-                    self.jumps += 1
                 self.jump = drift
             return float(self.at_wall(mono + self._base))
 

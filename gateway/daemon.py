@@ -146,6 +146,7 @@ class Gateway:
         self._meters_time = False  # the believed time was taken from the meters, not the wall clock
         self._witness: dict[str, float] = {}  # meter -> max(t1 - our time at arrival) while in doubt
         self._witnesses = WITNESSES
+        self._jumped = False  # the wall clock was off at the last look (counted once per jump)
 
     def _dropped(self, meter: str) -> None:
         self.counters["queue_full"] += 1
@@ -215,6 +216,12 @@ class Gateway:
         agree with each other against ours (readings are never from the future, and the freshest
         is at most an interval old); release the scheduler only on a time the meters confirmed
         and that is not theirs alone."""
+        jumped = self.clock.now() is not None and self.clock.jump != 0.0
+        if jumped and not self._jumped:
+            self.counters["clock_jump"] += 1
+            log.error("wall clock jumped %+.0f s against the monotonic clock; going on from the last believed "
+                      "time until the meters confirm one of them", self.clock.jump)
+        self._jumped = jumped
         if self.clock_hold is None and self.clock.jump == 0.0:
             self._witness.clear()
             return

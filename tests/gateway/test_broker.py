@@ -196,7 +196,7 @@ def test_status_endpoint_and_retained_status(running, gw_config: GatewayConfig, 
     assert snap["health"] == "ok" and snap["community"] == "c1" and snap["mqtt_connected"]
     assert snap["interval"] == messages.interval_index(time.time(), gw_config.interval_s)
     assert snap["checkpoint"]["size"] >= 1
-    assert status(gw, "/health") == {"health": "ok", "ok": True}
+    assert status(gw, "/health") == {"health": "ok", "ok": True, "reasons": []}
     with pytest.raises(urllib.error.HTTPError):
         status(gw, "/nope")
     got: queue.Queue = queue.Queue()
