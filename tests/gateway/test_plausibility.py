@@ -18,8 +18,6 @@ from sim_hardware.harness.mosquitto import MosquittoBroker
 from tests.gateway.conftest import INTERVAL_S, Offline, make_config, provision
 from tests.gateway.meters import AckCollector, MeterSpec, bid, publisher, reading
 
-TOPIC = "tm/v1/c1/meters/m000/reading"
-
 
 def res(out: list) -> list[str]:  # noqa: ANN001
     return [canonical.parse(o.payload.rsplit(b"\n", 1)[0])["res"] for o in out]
@@ -198,16 +196,16 @@ def test_daemon_refuses_forged_energy_quarantines_1970_and_settles_neither(tmp_p
         while time.time() < (iv + 1) * cfg.interval_s + 0.2:
             time.sleep(0.05)
         t1 = (iv + 1) * cfg.interval_s
-        sent = {
-            "honest": (reading(honest, "c1", iv, cfg.interval_s, imp_wh=5, exp_wh=0), honest),
+        sent = {  # name -> ((topic, payload), (meter, boot, seq))
+            "honest": (reading(honest, "c1", iv, cfg.interval_s, imp_wh=5, exp_wh=0)[:2], (honest.meter, 1, 1)),
             "t0 zero": (raw(forger, 1, iv, 0, t1, 10 ** 9, forger.counter_imp + 10 ** 9, messages.FLAG_PARTIAL),
-                        forger),
-            "1970": (raw(forger, 2, 0, 0, 4, 1, forger.counter_imp + 1, messages.FLAG_TIME_UNSYNCED), forger),
+                        (forger.meter, 1, 1)),
+            "1970": (raw(forger, 2, 0, 0, 4, 1, forger.counter_imp + 1, messages.FLAG_TIME_UNSYNCED),
+                     (forger.meter, 1, 2)),
         }
-        keys = {}
-        for name, (msg, s) in sent.items():
-            pub.publish(msg[0], msg[1], qos=1)
-            keys[name] = msg[2] if len(msg) == 3 else (s.meter, s.boot, 1 if name == "t0 zero" else 2)
+        keys = {name: key for name, (_, key) in sent.items()}
+        for (topic, payload), _ in sent.values():
+            pub.publish(topic, payload, qos=1)
         assert acks.wait_for(set(keys.values()), timeout=30)
         got = {name: acks.acks[k] for name, k in keys.items()}
         assert got == {"honest": "stored", "t0 zero": "span_out_of_range", "1970": "stored"}
