@@ -109,6 +109,7 @@ class _Ctx:
 def run(args: argparse.Namespace) -> int:
     import sqlite3  # noqa: PLC0415
 
+    from gateway.config import ConfigError  # noqa: PLC0415
     from gateway.ledger import note  # noqa: PLC0415
 
     try:
@@ -119,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         # verify answers a broken database with a verdict; the other commands need a sound one.
         print(f"tmeter ledger {args.ledger_command}: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except ConfigError:
+        raise  # the CLI answers a bad config in its one line (tmeter/cli.py)
     except (TypeError, ValueError) as exc:  # a cell of a type the gateway never writes
         print(f"tmeter ledger {args.ledger_command}: the database holds what the gateway never writes"
               f" ({_one_line(exc)}); `tmeter ledger verify` names it", file=sys.stderr)
