@@ -3,15 +3,20 @@ simple deterministic clearing function standing in where the test is not about t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gateway.interval.clearing import Bid, Clearing
 from gateway.config import GatewayConfig, MarketConfig
+from gateway.mosquitto_conf import LISTENER_LINES
 from gateway.registry import Registry
 from protocols import messages
 from sim_hardware.harness.mosquitto import MosquittoBroker
@@ -200,3 +205,50 @@ def write_tls_files(folder: Path) -> tuple[Path, Path, Path]:
     paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()))
     return paths
+
+
+ROOT = Path(__file__).parents[2]
+
+
+def tmeter(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """The CLI as an operator runs it, in a child process."""
+    return subprocess.run([sys.executable, "-m", "tmeter", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def write_toml(path: Path, db: str, user: str = "gateway", password: str = "gw-secret") -> Path:
+    path.write_text(f'community = "c1"\ndb = "{db}"\n[mqtt]\nuser = "{user}"\npassword = "{password}"\n')
+    return path
+
+
+@dataclass
+class Secured:
+    cfg: GatewayConfig
+    broker: MosquittoBroker
+    meters: dict[str, tuple[MeterSpec, str]]
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[Secured]:
+    """A broker running the files `tmeter gateway mosquitto-config` generated, with the lines it
+    prints, a gateway with its own login, and two meters."""
+    cfg = make_config(tmp_path, None)
+    broker = MosquittoBroker(workdir=tmp_path / "mq", allow_anonymous=False)
+    broker.workdir.mkdir()
+    cfg.mqtt.host, cfg.mqtt.port = broker.host, broker.port
+    cfg.mqtt.user, cfg.mqtt.password = "gateway", "gw-secret"
+    reg = Registry(cfg.db)
+    meters = {}
+    for name in ("ma", "mb"):
+        dev = reg.provision(name, "c1", mqtt_port=broker.port)
+        meters[name] = (MeterSpec(name, dev.kid, dev.key), dev.mqtt.password)
+    reg.close()
+    out = tmeter("gateway", "mosquitto-config", "--config", str(write_toml(tmp_path / "gateway.toml", cfg.db)),
+                 "--out", str(tmp_path / "broker"))
+    assert out.returncode == 0, out.stderr
+    assert LISTENER_LINES.strip() in out.stdout  # the operator is told to add it
+    # The harness writes its listener line first: the listener's lines follow it, as required.
+    broker.extra_config = (f"password_file {tmp_path / 'broker' / 'passwd'}\n"
+                           f"acl_file {tmp_path / 'broker' / 'acl'}\n{LISTENER_LINES}")
+    with broker:
+        yield Secured(cfg, broker, meters)

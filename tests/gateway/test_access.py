@@ -14,8 +14,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -23,25 +21,11 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.daemon import GatewayThread
-from gateway.mosquitto_conf import LISTENER_LINES
 from gateway.registry import Registry, gateway_logins
 from protocols import messages, topics
 from sim_hardware.harness.mosquitto import MosquittoBroker
-from tests.gateway.conftest import first_point_clearing, make_config, wait_until
+from tests.gateway.conftest import ROOT, Secured, first_point_clearing, tmeter, wait_until, write_toml
 from tests.gateway.meters import MeterSpec, reading
-
-ROOT = Path(__file__).parents[2]
-
-
-def tmeter(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tmeter", *args], capture_output=True, text=True, timeout=60,
-                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
-def write_toml(path: Path, db: str, user: str = "gateway", password: str = "gw-secret") -> Path:
-    path.write_text(f'community = "c1"\ndb = "{db}"\n[mqtt]\nuser = "{user}"\npassword = "{password}"\n')
-    return path
-
 
 class MeterLink:
     """One meter's MQTT connection as the firmware holds it: its own login, a persistent
@@ -113,39 +97,6 @@ def intrude(broker: MosquittoBroker, user: str, password: str, client_id: str) -
     finally:
         c.disconnect()
         c.loop_stop()
-
-
-@dataclass
-class Secured:
-    cfg: GatewayConfig
-    broker: MosquittoBroker
-    meters: dict[str, tuple[MeterSpec, str]]
-
-
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[Secured]:
-    """A broker running the files `tmeter gateway mosquitto-config` generated, with the lines it
-    prints, a gateway with its own login, and two meters."""
-    cfg = make_config(tmp_path, None)
-    broker = MosquittoBroker(workdir=tmp_path / "mq", allow_anonymous=False)
-    broker.workdir.mkdir()
-    cfg.mqtt.host, cfg.mqtt.port = broker.host, broker.port
-    cfg.mqtt.user, cfg.mqtt.password = "gateway", "gw-secret"
-    reg = Registry(cfg.db)
-    meters = {}
-    for name in ("ma", "mb"):
-        dev = reg.provision(name, "c1", mqtt_port=broker.port)
-        meters[name] = (MeterSpec(name, dev.kid, dev.key), dev.mqtt.password)
-    reg.close()
-    out = tmeter("gateway", "mosquitto-config", "--config", str(write_toml(tmp_path / "gateway.toml", cfg.db)),
-                 "--out", str(tmp_path / "broker"))
-    assert out.returncode == 0, out.stderr
-    assert LISTENER_LINES.strip() in out.stdout  # the operator is told to add it
-    # The harness writes its listener line first: the listener's lines follow it, as required.
-    broker.extra_config = (f"password_file {tmp_path / 'broker' / 'passwd'}\n"
-                           f"acl_file {tmp_path / 'broker' / 'acl'}\n{LISTENER_LINES}")
-    with broker:
-        yield Secured(cfg, broker, meters)
 
 
 def gateway_client_ids(cfg: GatewayConfig) -> list[str]:

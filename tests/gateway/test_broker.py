@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import json
 import queue
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from gateway.config import GatewayConfig
 from gateway.daemon import GatewayThread
-from gateway.mosquitto_conf import LISTENER_LINES
-from gateway.registry import Registry
 from protocols import messages, topics
 from sim_hardware.harness.mosquitto import MosquittoBroker
-from tests.gateway.conftest import backlog, first_point_clearing, make_config, provision, wait_until
+from tests.gateway.conftest import Secured, backlog, first_point_clearing, provision, wait_until
 from tests.gateway.meters import AckCollector, MeterSpec, publisher, reading
 
 pytestmark = pytest.mark.mosquitto
@@ -33,31 +28,6 @@ def status(gw: GatewayThread, path: str = "/status") -> dict:
     port = gw.gateway.status_server.port  # type: ignore[union-attr]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
         return json.loads(r.read())
-
-
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[tuple[GatewayConfig, MosquittoBroker, dict[str, tuple[MeterSpec, str]]]]:
-    """A broker running the files `tmeter gateway mosquitto-config` generated, and its meters."""
-    cfg = make_config(tmp_path, None)
-    broker = MosquittoBroker(workdir=tmp_path / "mq", allow_anonymous=False)
-    broker.workdir.mkdir()
-    cfg.mqtt.host, cfg.mqtt.port = broker.host, broker.port
-    cfg.mqtt.user, cfg.mqtt.password = "gateway", "gw-secret"
-    reg = Registry(cfg.db)
-    meters = {}
-    for name in ("ma", "mb"):
-        dev = reg.provision(name, "c1", mqtt_port=broker.port)
-        meters[name] = (MeterSpec(name, dev.kid, dev.key), dev.mqtt.password)
-    reg.close()
-    toml = tmp_path / "gateway.toml"
-    toml.write_text(f'community = "c1"\ndb = "{cfg.db}"\n[mqtt]\nuser = "gateway"\npassword = "gw-secret"\n')
-    out = subprocess.run([sys.executable, "-m", "tmeter", "gateway", "mosquitto-config", "--config", str(toml),
-                          "--out", str(tmp_path / "broker")], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    broker.extra_config = (f"password_file {tmp_path / 'broker' / 'passwd'}\nacl_file {tmp_path / 'broker' / 'acl'}\n"
-                           f"{LISTENER_LINES}")  # after the harness's listener line, as it must be
-    with broker:
-        yield cfg, broker, meters
 
 
 def _v5_client(broker: MosquittoBroker, user: str, password: str) -> tuple[mqtt.Client, queue.Queue]:
@@ -85,8 +55,8 @@ def _next(events: queue.Queue, kind: str, timeout: float = 10.0):  # noqa: ANN20
     raise AssertionError(f"no {kind}")
 
 
-def test_broker_enforces_the_generated_acl(secured) -> None:  # noqa: ANN001
-    cfg, broker, meters = secured
+def test_broker_enforces_the_generated_acl(secured: Secured) -> None:
+    cfg, broker, meters = secured.cfg, secured.broker, secured.meters
     (a, a_pw), (b, _) = meters["ma"], meters["mb"]
     gw = GatewayThread(cfg, first_point_clearing).start()
     try:

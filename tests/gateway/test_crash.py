@@ -47,10 +47,10 @@ publish_s = 0.5
     return path
 
 
-def start(toml: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+def start(toml: Path, log: Path, *extra: str, **env: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as err:  # the child has its own descriptor: ours is closed at once
         return subprocess.Popen([sys.executable, "-m", "tmeter", "gateway", "run", "--config", str(toml),
-                                 "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                 "--log-level", "WARNING", *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=err, env={**os.environ, **env})
 
 

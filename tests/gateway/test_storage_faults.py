@@ -107,6 +107,17 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait(timeout=30)
 
 
+def serve_until_healthy(toml: Path, port: int, log: Path, *extra: str) -> None:
+    """Run the daemon until /health says 200, then stop it cleanly (exit 0)."""
+    proc = start(toml, log, *extra)
+    try:
+        assert wait_until(lambda: health(port)[0] == 200, 30)
+        assert stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_database_removed_while_running_stops_acks_and_needs_init(tmp_path: Path,
                                                                   mosquitto: MosquittoBroker) -> None:
     cfg = make_config(tmp_path, mosquitto)
@@ -160,24 +171,11 @@ def test_database_removed_while_running_stops_acks_and_needs_init(tmp_path: Path
 def test_init_creates_a_new_ledger_only_when_asked(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
     cfg = make_config(tmp_path, mosquitto)
     toml, port = gateway_toml(cfg, tmp_path / "gateway.toml")
-    proc = start(toml, tmp_path / "log")  # the very first run needs no --init
-    try:
-        assert wait_until(lambda: health(port)[0] == 200, 30)
-        assert stop(proc) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    serve_until_healthy(toml, port, tmp_path / "log")  # the very first run needs no --init
     assert cfg.key_path.exists()
     os.remove(cfg.db)
     assert run_once(toml).returncode == 2
-    proc = subprocess.Popen([sys.executable, "-m", "tmeter", "gateway", "run", "--config", str(toml), "--init"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_until(lambda: health(port)[0] == 200, 30)
-        assert stop(proc) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    serve_until_healthy(toml, port, tmp_path / "log", "--init")
     assert Path(cfg.db).exists()
 
 
