@@ -46,13 +46,8 @@ class Clock(simclock.SimClock):
                 self._base = wall - mono  # follows NTP's slewing and a wall clock come back
                 self.jump = 0.0
                 return float(self.at_wall(wall))
-            else:
-                self.jump = drift
+            self.jump = drift
             return float(self.at_wall(mono + self._base))
-
-    def wall_now(self) -> float:
-        """The simulated time the wall clock alone says, jumped or not."""
-        return float(self.at_wall(self._wall()))
 
     def believe_wall(self) -> None:
         with self._lock:

@@ -94,7 +94,7 @@ def check_storage(cfg: GatewayConfig, init: bool) -> None:
 
 
 def _has_leaves(path: Path) -> bool:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = db.connect_readonly(path)
     try:
         return conn.execute("SELECT 1 FROM leaves LIMIT 1").fetchone() is not None
     except sqlite3.DatabaseError:
@@ -216,7 +216,8 @@ class Gateway:
         agree with each other against ours (readings are never from the future, and the freshest
         is at most an interval old); release the scheduler only on a time the meters confirmed
         and that is not theirs alone."""
-        jumped = self.clock.now() is not None and self.clock.jump != 0.0
+        self.clock.now()  # brings clock.jump up to date
+        jumped = self.clock.jump != 0.0
         if jumped and not self._jumped:
             self.counters["clock_jump"] += 1
             log.error("wall clock jumped %+.0f s against the monotonic clock; going on from the last believed "

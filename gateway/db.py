@@ -10,6 +10,7 @@ import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meters (
@@ -88,6 +89,12 @@ def connect(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
     return conn
+
+
+def connect_readonly(path: str | Path) -> sqlite3.Connection:
+    """The database as an auditor (or a start-up check) opens it: read-only, creating nothing,
+    not even the schema. The path is quoted: it goes into a URI, where "?" and "#" mean more."""
+    return sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)
 
 
 def _private(path: Path) -> None:

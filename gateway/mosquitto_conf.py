@@ -80,10 +80,6 @@ class BrokerFiles:
         return (f"allow_anonymous false\npassword_file {self.password_file}\n"
                 f"acl_file {self.acl_file}\nper_listener_settings false\nmax_queued_messages 100000\n")
 
-    def listener_config(self, listener: str) -> str:
-        """One listener with everything it needs, e.g. ``listener("1883")`` (tests, a plain set-up)."""
-        return f"{self.config_lines()}listener {listener}\n{LISTENER_LINES}"
-
 
 def write(registry: Registry, community: str, gateway_user: str, gateway_password: str, out_dir: str | Path) -> BrokerFiles:
     out = Path(out_dir)

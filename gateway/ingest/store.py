@@ -59,7 +59,10 @@ def first_interval(conn: sqlite3.Connection, current: int, now: float) -> int:
     """The community's first interval: recorded by the first caller (the scheduler's first
     tick, or a reading before it) as the interval current then, or an earlier one already bid
     on (a database from before the table existed); never changed afterwards."""
-    conn.execute("INSERT OR IGNORE INTO community_start(one, first_iv, at)"
+    row = conn.execute("SELECT first_iv FROM community_start").fetchone()
+    if row is not None:  # the scheduler asks at every tick: the bids are scanned only once
+        return int(row[0])
+    conn.execute("INSERT INTO community_start(one, first_iv, at)"
                  " VALUES (1, MIN(?, COALESCE((SELECT MIN(iv) FROM bids), ?)), ?)", (current, current, now))
     return int(conn.execute("SELECT first_iv FROM community_start").fetchone()[0])
 

@@ -490,13 +490,6 @@ def _verify(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, given:
             step()
 
 
-def open_readonly(path: str) -> sqlite3.Connection:
-    """The database as an auditor opens it: read-only, creating nothing (not even the schema)."""
-    from urllib.parse import quote  # noqa: PLC0415
-
-    return sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=30)
-
-
 # --- proofs for third parties
 
 

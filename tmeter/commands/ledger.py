@@ -55,7 +55,7 @@ class _Ctx:
         if not Path(path).is_file():
             raise UsageError(f"no database {path}" + (" (a directory)" if Path(path).is_dir() else ""))
         # Only erasure writes; every other command reads, so an auditor's copy is never changed.
-        self.conn = db.connect(path) if args.ledger_command == "erase" else verify.open_readonly(str(path))
+        self.conn = db.connect(path) if args.ledger_command == "erase" else db.connect_readonly(path)
         self.key_path = self.cfg.key_path if self.cfg else Path(f"{path}.ledger-key.pem")
         self.args = args
 
