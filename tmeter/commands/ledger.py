@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tmeter.commands.dbfile import UsageError, one_line, open_database
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
@@ -41,21 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     erase.add_argument("--meter", required=True)
 
 
-class UsageError(Exception):
-    """A bad path, key or size: one line, exit code 2."""
-
-
 class _Ctx:
     def __init__(self, args: argparse.Namespace) -> None:
-        from gateway import config, db  # noqa: PLC0415
+        from gateway import config  # noqa: PLC0415
         from gateway.ledger import verify  # noqa: PLC0415
 
         self.cfg = config.load(args.config) if args.config else None
         path = args.db or (self.cfg.db if self.cfg else "gateway.db")
-        if not Path(path).is_file():
-            raise UsageError(f"no database {path}" + (" (a directory)" if Path(path).is_dir() else ""))
         # Only erasure writes; every other command reads, so an auditor's copy is never changed.
-        self.conn = db.connect(path) if args.ledger_command == "erase" else db.connect_readonly(path)
+        self.conn = open_database(path, writable=args.ledger_command == "erase")
         self.key_path = self.cfg.key_path if self.cfg else Path(f"{path}.ledger-key.pem")
         self.args = args
 
@@ -118,19 +114,14 @@ def run(args: argparse.Namespace) -> int:
                 "consistency": _consistency, "erase": _erase}[args.ledger_command](ctx)
     except (UsageError, note.NoteError, sqlite3.DatabaseError, OSError) as exc:
         # verify answers a broken database with a verdict; the other commands need a sound one.
-        print(f"tmeter ledger {args.ledger_command}: {_one_line(exc)}", file=sys.stderr)
+        print(f"tmeter ledger {args.ledger_command}: {one_line(exc)}", file=sys.stderr)
         return 2
     except ConfigError:
         raise  # the CLI answers a bad config in its one line (tmeter/cli.py)
     except (TypeError, ValueError) as exc:  # a cell of a type the gateway never writes
         print(f"tmeter ledger {args.ledger_command}: the database holds what the gateway never writes"
-              f" ({_one_line(exc)}); `tmeter ledger verify` names it", file=sys.stderr)
+              f" ({one_line(exc)}); `tmeter ledger verify` names it", file=sys.stderr)
         return 2
-
-
-def _one_line(exc: Exception) -> str:
-    # SQLite quotes the undecodable cell in its message: escaped, so the answer stays one line.
-    return str(exc).encode("unicode_escape").decode("ascii")[:300]
 
 
 def _verify(ctx: _Ctx) -> int:
