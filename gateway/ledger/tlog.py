@@ -159,7 +159,7 @@ class Ledger:
                                                (meter,))]
             conn.executemany("DELETE FROM openings WHERE idx=?", [(i,) for i in idxs])
             conn.execute("UPDATE leaves SET erased=1 WHERE meter=?", (meter,))
-            for table in ("readings", "bids", "awards", "settlements", "meter_status"):
+            for table in ("readings", "bids", "awards", "settlements", "meter_status", "quarantine"):
                 conn.execute(f"DELETE FROM {table} WHERE meter=?", (meter,))  # noqa: S608 - fixed names
             record = encode_record("erasure", {"member": meter, "leaves": len(idxs), "idxs": idxs})
             leaf = self.append("erasure", None, None, record)

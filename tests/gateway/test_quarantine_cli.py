@@ -100,3 +100,11 @@ def test_mistakes_are_one_line_exit_2_and_change_nothing(offline: Offline, quara
         assert out.returncode == 2 and out.stdout == "", (args, out)
         assert len(out.stderr.splitlines()) == 1 and expected in out.stderr, (args, out.stderr)
     assert not missing.parent.exists()  # read-only: nothing created
+
+
+def test_erasing_a_member_erases_its_quarantined_readings_too(offline: Offline, quarantined: Path) -> None:
+    out = tmeter("ledger", "erase", "--config", str(quarantined), "--meter", "m000")
+    assert out.returncode == 0, out.stderr
+    assert [r["meter"] for r in listing(quarantined)] == ["m001"]  # the other member's stays
+    verified = tmeter("ledger", "verify", "--config", str(quarantined))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
