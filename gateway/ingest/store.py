@@ -156,7 +156,7 @@ class Ingest:
             elif kind == "bid":
                 self._bid(meter, msg, body, counts)
             elif kind == "status":
-                self._status(meter, body)
+                self._status(meter, msg, body)
                 counts["status"] += 1
             else:  # gateway-to-meter kinds are never subscribed to; someone published one at us
                 raise Rejected("topic_mismatch", ack=False)
@@ -373,10 +373,26 @@ class Ingest:
         self.conn.execute("INSERT OR IGNORE INTO intervals(iv, state) VALUES (?, 'open')", (iv,))
         counts["bid"] += 1
 
-    def _status(self, meter: str, body: bytes) -> None:
+    def _status(self, meter: str, msg: dict[str, Any], body: bytes) -> None:
+        """Keep each meter's newest status: its ``cp`` is the meter's witness of the ledger
+        (gateway/ledger/verify.py). The last will is composed at CONNECT (MQTT 3.1.1 §3.1.2.5), so
+        when the broker delivers it (the meter dropped off) its counters and ``cp`` are as old as
+        that connection: it must not replace a later status of the same boot."""
+        row = self.conn.execute("SELECT body FROM meter_status WHERE meter=?", (meter,)).fetchone()
+        if row is not None and _older_status(msg, row[0]):
+            raise Rejected("status_older", ack=False)
         self.conn.execute("INSERT OR REPLACE INTO meter_status(meter, body, received) VALUES (?,?,?)",
                           (meter, body.decode(), self.clock.now()))
 
     def _export(self, kind: str, fields: dict[str, Any]) -> None:
         enqueue(self.conn, self.export, kind, fields)
 
+
+def _older_status(msg: dict[str, Any], stored: str) -> bool:
+    """Same boot, smaller status number than the stored one (a new boot starts again at 1).
+    An unreadable stored status is replaced."""
+    try:
+        kept = json.loads(stored)
+        return bool(msg["boot"] == kept["boot"] and msg["n"] < kept["n"])
+    except (ValueError, TypeError, KeyError):
+        return False

@@ -4,10 +4,11 @@ range checks, key rotation; and the fair queue's per-meter bound and round robin
 from __future__ import annotations
 
 import asyncio
+import base64
 
 from gateway.ingest.fairqueue import FairQueue
 from gateway.registry import Registry
-from protocols import canonical, messages
+from protocols import canonical, messages, topics
 from tests.gateway.conftest import INTERVAL_S, Offline, provision
 from tests.gateway.meters import MeterSpec, reading
 
@@ -165,3 +166,27 @@ def test_fair_queue_bounds_each_meter_and_serves_round_robin() -> None:
         assert len(rest) == 9 and q.qsize() == 0
 
     asyncio.run(main())
+
+
+def _status(spec: MeterSpec, boot: int, n: int, online: int, size: int) -> tuple[str, bytes]:
+    cp = {"size": size, "root": base64.b64encode(bytes([size]) * 32).decode()} if size else None
+    msg = messages.status(spec.meter, spec.kid, boot, n, 0, online, 1, {}, cp)
+    return topics.meter_topic("c1", spec.meter, "status"), messages.encode(msg, spec.key)
+
+
+def _stored_status(off: Offline, meter: str) -> dict:
+    return canonical.parse(off.conn.execute("SELECT body FROM meter_status WHERE meter=?", (meter,)).fetchone()[0].encode())
+
+
+def test_a_last_will_never_replaces_a_newer_status(offline: Offline) -> None:
+    """The will is composed at CONNECT (MQTT 3.1.1 §3.1.2.5), so its witnessed checkpoint and
+    counters are as old as the connection: delivered after the meter's later statuses (it dropped
+    off), it must not wipe the checkpoint they witnessed. A new boot's status is always taken."""
+    spec = provision(offline.cfg, 1)[0]
+    will = _status(spec, 1, 1, 0, 0)
+    offline.send(_status(spec, 1, 2, 1, 39), _status(spec, 1, 3, 1, 123))
+    offline.send(will)
+    assert (_stored_status(offline, spec.meter)["n"], _stored_status(offline, spec.meter)["cp"]["size"]) == (3, 123)
+    assert offline.counters["status_older"] == 1 and offline.counters["status"] == 2
+    offline.send(_status(spec, 2, 1, 1, 130))  # rebooted: its n starts again
+    assert (_stored_status(offline, spec.meter)["boot"], _stored_status(offline, spec.meter)["cp"]["size"]) == (2, 130)
