@@ -25,8 +25,8 @@ log = logging.getLogger("tmeter.gateway.ingest")
 
 KEY_CACHE_S = 10.0  # retired keys stop working within this long in a running daemon
 
-# A message whose tag verified under its meter's key and whose body is a valid message of the
-# kind its topic names: (topic, community, meter, message, body bytes the tag covers).
+# A message on a meter uplink topic (reading, bid, status) whose tag verified under its meter's
+# key and whose body is a valid message of the kind its topic names: (topic, community, meter, message, body bytes the tag covers).
 Verified = tuple[str, str, str, dict[str, Any], bytes]
 
 # What the store decided to tell a meter about one of its readings: (meter, kid, boot, seq, res).
@@ -95,6 +95,10 @@ class MeterDecoder:
 
     def __call__(self, topic: str, payload: bytes) -> Verified | None:
         try:
+            if topics.parse(topic)[1] not in topics.METER_UP:
+                # Only what meters publish: a broker that delivers anything else to the uplink
+                # (amqtt sent the gateway's own checkpoint) or a client publishing acks at us.
+                raise ProtocolError("topic_mismatch", "not a topic meters publish on")
             community, meter, msg, body = messages.decode(topic, payload, self.keys)
         except ProtocolError as exc:
             self.counts[exc.code] += 1

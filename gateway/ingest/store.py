@@ -158,7 +158,7 @@ class Ingest:
             elif kind == "status":
                 self._status(meter, msg, body)
                 counts["status"] += 1
-            else:  # gateway-to-meter kinds are never subscribed to; someone published one at us
+            else:  # MeterDecoder passes only meter uplink kinds; anything else is a caller's bug
                 raise Rejected("topic_mismatch", ack=False)
         except Rejected as rej:
             counts[rej.code] += 1

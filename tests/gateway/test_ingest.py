@@ -135,6 +135,19 @@ def test_wrong_community_and_gateway_kinds_are_rejected(offline: Offline) -> Non
     assert offline.counters["wrong_community"] == 1 and offline.counters["topic_mismatch"] == 1
 
 
+def test_the_gateways_own_messages_on_the_uplink_are_refused_and_the_batch_is_kept(offline: Offline) -> None:
+    # amqtt delivered the gateway's retained checkpoint to the uplink subscription: it has no
+    # key id, and the whole batch around it failed (every meter resent, none was acked).
+    spec = provision(offline.cfg, 1)[0]
+    checkpoint = messages.encode(messages.checkpoint("gw", 3, "00" * 32, "sig"))
+    gateway_status = messages.encode(messages.gateway_status(1, 1, _iv(offline), {}))
+    out = offline.send((topics.checkpoint_topic("c1"), checkpoint), reading(spec, "c1", _iv(offline), INTERVAL_S)[:2],
+                       (topics.gateway_status_topic("c1"), gateway_status))
+    assert res(out) == ["stored"]
+    assert offline.counters["topic_mismatch"] == 2
+    assert offline.conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 1
+
+
 def test_an_internal_error_leaves_nothing_behind(offline: Offline, monkeypatch) -> None:  # noqa: ANN001
     spec = provision(offline.cfg, 1)[0]
 
