@@ -17,11 +17,7 @@ from dataclasses import dataclass
 
 from gateway.config import MarketConfig, SettlementConfig
 from protocols import messages
-
-
-def money(wh: int, price: int) -> int:
-    """Wh x micro-currency/kWh -> micro-currency, rounded half up (deterministic on every host)."""
-    return (2 * wh * price + 1000) // 2000
+from protocols.money import amount as money
 
 
 @dataclass(frozen=True)
