@@ -61,8 +61,10 @@ class BillingMeter(MeterAccumulator):
 
     @classmethod
     def like(cls, meter: MeterAccumulator) -> BillingMeter:
-        imp, exp = meter.energy_wh(meter.t0)
-        return cls(meter.n, meter.t0, imp / 1000.0, exp / 1000.0, demand_period_min=0)
+        """A billing meter at ``meter``'s counters, copied bit for bit (no kWh round trip)."""
+        out = cls(meter.n, meter.t0, demand_period_min=0)
+        out.acc[IMP], out.acc[EXP] = meter.acc[IMP], meter.acc[EXP]
+        return out
 
     def set_flows(self, t: float, p: list[float], q: list[float], v: list[float],
                   frequency: float) -> None:
@@ -79,11 +81,11 @@ def build_alone(index: int, seed: int, source: str, kind: str, t0: int,
     h.meter = BillingMeter.like(h.meter)
     hood = Neighbourhood([h], None, FaultSchedule(), t0)
     if battery:
-        hood.change_household(h, t0, _self_consumption)
+        hood.change_household(h, t0, set_self_consumption)
     return hood, h
 
 
-def _self_consumption(h: Household) -> None:
+def set_self_consumption(h: Household) -> None:
     h.battery.mode = MODE_SELF_CONSUMPTION
 
 
@@ -111,6 +113,8 @@ def household_alone(index: int, seed: int, source: str, kind: str, t0: int, t1: 
                     interval_s: int, import_price: int, export_price: int) -> list[AloneInterval]:
     """The bill, interval by interval, of household ``index`` alone over [t0, t1)."""
     check_args(t0, t1, interval_s, import_price, export_price)
+    if not _is_int(index) or index < 0:
+        raise ValueError(f"a household index is an integer >= 0, not {index!r}")
     hood, h = build_alone(index, seed, source, kind, t0)
     return read_intervals(hood, h, t0, t1, interval_s, import_price, export_price)
 

@@ -17,12 +17,15 @@ from sim_hardware.harness.buses import Buses
 from sim_hardware.harness.provisioning import FEEDER, provision
 from sim_hardware.harness.scenario import DEFAULT_START, Scenario
 from sim_hardware.simulator.alone import (
+    set_self_consumption,
     AloneInterval,
     build_alone,
     community_alone,
     household_alone,
     read_intervals,
 )
+from sim_hardware.simulator.faults import FaultSchedule
+from sim_hardware.simulator.household import Neighbourhood, build_household
 from tests.sim.conftest import HeldClock
 
 T0 = DEFAULT_START  # 2026-06-10 00:00 UTC: a June day, PV to store and evening load to cover
@@ -100,6 +103,17 @@ def test_conversion_losses(index: int, seed: int, kind: str) -> None:
     assert lost == pytest.approx(expected, abs=0.01)
 
 
+@pytest.mark.parametrize("index,kind", [(5, "sdm630"), (4, "sdm120")])
+def test_billing_meter_bills_as_the_full_meter(index: int, kind: str) -> None:
+    """The light meter household_alone uses gives the bill the community's meter model gives."""
+    h = build_household(index, 3, "synthetic", kind, T0)
+    hood = Neighbourhood([h], None, FaultSchedule(), T0)
+    hood.change_household(h, T0, set_self_consumption)
+    full = read_intervals(hood, h, T0, T0 + DAY, IV, IMP, EXP)
+    assert full == household_alone(index, 3, "synthetic", kind, T0, T0 + DAY, IV, IMP, EXP)
+    assert sum(r.imp_wh + r.exp_wh for r in full) > 1000
+
+
 def test_deterministic_and_chained() -> None:
     a = household_alone(3, 5, "synthetic", "sdm630", T0, T0 + DAY, IV, IMP, EXP)
     b = household_alone(3, 5, "synthetic", "sdm630", T0, T0 + DAY, IV, IMP, EXP)
@@ -173,6 +187,11 @@ def test_hostile_arguments(args: tuple[int, ...], message: str) -> None:
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match=message):
         community_alone(2, 0, "synthetic", ["sdm630"] * 2, *args)
+
+
+def test_household_index_must_be_a_household() -> None:
+    with pytest.raises(ValueError, match="index"):
+        household_alone(-1, 0, "synthetic", "sdm630", T0, T0 + IV, IV, IMP, EXP)
 
 
 def test_community_alone_needs_one_kind_per_household() -> None:
