@@ -56,7 +56,7 @@ def check_args(t0: int, t1: int, interval_s: int, import_price: int, export_pric
 class BillingMeter(MeterAccumulator):
     """The household's meter, counting only what a bill needs: active import and export of the
     phases' vector sum, exactly as MeterAccumulator does (same settle, same closed form). The
-    reactive, apparent, per-phase and neutral counters cost 80 % of a day's CPU and no bill
+    reactive, apparent, per-phase and neutral counters cost over half a day's CPU and no bill
     reads them; its demand registers are off (no events for them)."""
 
     @classmethod
