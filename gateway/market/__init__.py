@@ -23,9 +23,11 @@ Signatures:
   innovation, `consensus`; the result then carries ``.convergence``).
 - ``parse_bid_file(data: dict) -> BidFile`` with ``.community``, ``.bids``, ``.book``, ``.p2p``:
   the JSON of ``tmeter clear`` (`bidfile`).
-- ``Bid.curve(meter, points)``, ``Bid.quadratic(meter, a, b, q_min, q_max)``,
+- ``Bid.curve(meter, points, cost_at_q_min=None)``, ``Bid.quadratic(meter, a, b, q_min, q_max,
+  d=0.0)`` (cost exactly a q^2/2 + b q + d; how a curve's cost is defined: `bids`),
   ``Bid.fixed(meter, q)``; ``BidBook.from_bids(bids)`` and, for many meters at once,
-  ``BidBook.from_points(meters, q, p)`` / ``BidBook.from_quadratic(meters, a, b, q_min, q_max)``.
+  ``BidBook.from_points(meters, q, p, cost_at_q_min=None)`` /
+  ``BidBook.from_quadratic(meters, a, b, q_min, q_max, d=0.0)``.
 - ``CommunityTerms(import_price, export_price, import_capacity=None, export_capacity=None,
   allocation="none" | "equal" | "proportional")``; a None price = no such side of the grid.
 - Errors: ``MarketInputError`` (bad community or p2p parameters), its subclass ``BidError``

@@ -2,12 +2,17 @@
 
     {"community": {"import_price": 0.30, "export_price": 0.08,
                    "import_capacity": null, "export_capacity": null, "allocation": "none"},
-     "bids": [{"meter": "m1", "quadratic": {"a": 4.0, "b": 0.13, "q_min": -2.0, "q_max": 0.0}},
-              {"meter": "m2", "curve": [[-1.0, 0.05], [0.0, 0.05], [0.0, 0.10], [3.0, 0.20]]}],
+     "bids": [{"meter": "m1", "quadratic": {"a": 4.0, "b": 0.13, "q_min": -2.0, "q_max": 0.0,
+                                            "d": 0.0}},
+              {"meter": "m2", "curve": [[-1.0, 0.05], [0.0, 0.05], [0.0, 0.10], [3.0, 0.20]],
+               "cost_at_q_min": null}],
      "p2p": {"k": 10, "positions": {"m1": [0, 0]}, "preferences": {"m1": 0.01}}}
 
-Energy in kWh per interval, prices per kWh, floats. Keys not listed here are ignored (the
-format may grow). Every error names what is wrong and, for a bid, its index and meter.
+Energy in kWh per interval, prices per kWh, floats. A quadratic bid costs a q^2/2 + b q + d
+on [q_min, q_max] (``d`` optional, default 0); a curve bid costs the integral of its price
+from 0, or from q_min plus ``cost_at_q_min`` when given (optional; see `bids`). Keys not
+listed here are ignored (the format may grow). Every error names what is wrong and, for a
+bid, its index and meter.
 """
 
 from __future__ import annotations
@@ -68,12 +73,24 @@ def _bid(index: int, raw: Any) -> Bid:
     if len(kinds) != 1:
         raise BidError(meter, "a bid needs exactly one of 'curve' or 'quadratic'", index)
     try:
-        return _curve(meter, raw["curve"]) if kinds == ["curve"] else _quadratic(meter, raw["quadratic"])
+        if kinds == ["curve"]:
+            return _curve(meter, raw["curve"], _optional_number(meter, raw, "cost_at_q_min"))
+        return _quadratic(meter, raw["quadratic"])
     except BidError as exc:
         raise BidError(meter, exc.reason, index) from None
 
 
-def _curve(meter: str, raw: Any) -> Bid:
+def _optional_number(meter: str, raw: Mapping, key: str) -> float | None:
+    """``raw[key]`` as a float; absent or null gives None."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise BidError(meter, f"{key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def _curve(meter: str, raw: Any, cost_at_q_min: float | None = None) -> Bid:
     if not isinstance(raw, list) or not raw:
         raise BidError(meter, "'curve' must be a non-empty list of [q, price] points")
     points = []
@@ -81,18 +98,21 @@ def _curve(meter: str, raw: Any) -> Bid:
         if not (isinstance(point, list) and len(point) == 2 and all(_is_number(v) for v in point)):
             raise BidError(meter, f"curve point {j} must be [q, price] with two numbers, got {point!r}")
         points.append((float(point[0]), float(point[1])))
-    return Bid.curve(meter, points)
+    return Bid.curve(meter, points, cost_at_q_min)
 
 
 def _quadratic(meter: str, raw: Any) -> Bid:
     if not isinstance(raw, Mapping):
-        raise BidError(meter, "'quadratic' must be an object with a, b, q_min, q_max")
+        raise BidError(meter, "'quadratic' must be an object with a, b, q_min, q_max (and d)")
     values = {}
     for key in ("a", "b", "q_min", "q_max"):
         if not _is_number(raw.get(key)):
             raise BidError(meter, f"quadratic {key!r} must be a number, got {raw.get(key)!r}")
         values[key] = float(raw[key])
-    return Bid.quadratic(meter, **values)
+    d = raw.get("d", 0.0)
+    if not _is_number(d):  # null is not a number here: d has a default, so omit it instead
+        raise BidError(meter, f"quadratic 'd' must be a number, got {d!r}")
+    return Bid.quadratic(meter, **values, d=float(d))
 
 
 def _p2p(raw: Any) -> P2PParams | None:

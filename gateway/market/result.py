@@ -38,7 +38,8 @@ class Convergence:
 class ClearingResult:
     """One interval's clearing. Arrays are in ``meters`` order; the dict views are built on use.
 
-    objective      sum of member costs C_n(q_n) + grid bill (+ preference terms for p2p)
+    objective      sum of member costs C_n(q_n) (as `bids` defines them) + grid bill
+                   (+ preference terms for p2p)
     community_cost sum of member costs + grid bill = sum of ``member_costs`` (no preferences)
     bau_cost       sum of members' costs alone with the grid; None if undefined (islanded)
     """

@@ -76,7 +76,15 @@ def supply(bid: Bid, price: float) -> tuple[float, float]:
 
 
 def cost(bid: Bid, q: float) -> float:
-    """C(q) = integral of the curve from 0 to q, extended flat, by summing trapezoids."""
+    """C(q): the bid's C(q_min) plus the integral from q_min to q, or with no C(q_min) given,
+    the integral from 0 to q (the curve extended flat), by summing trapezoids."""
+    if bid.cost_at_q_min is None:
+        return integral_from_zero(bid, q)
+    return bid.cost_at_q_min + integral_from_zero(bid, q) - integral_from_zero(bid, bid.q_min)
+
+
+def integral_from_zero(bid: Bid, q: float) -> float:
+    """Integral of the curve from 0 to q, extended flat, by summing trapezoids."""
     pts = list(bid.points)
     knots = sorted({0.0, q, *(p[0] for p in pts)})
     lo, hi = min(0.0, q), max(0.0, q)
