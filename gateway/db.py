@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS awards (
 CREATE TABLE IF NOT EXISTS settlements (
     iv INTEGER NOT NULL, meter TEXT NOT NULL, rev INTEGER NOT NULL, award_wh INTEGER NOT NULL,
     metered_wh INTEGER, award_amount INTEGER NOT NULL, deviation_amount INTEGER NOT NULL,
-    amount INTEGER NOT NULL, leaf INTEGER NOT NULL UNIQUE, PRIMARY KEY (iv, meter, rev));
+    amount INTEGER NOT NULL, leaf INTEGER NOT NULL UNIQUE, share_amount INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (iv, meter, rev));
 
 -- InfluxDB outbox: points written in the same transaction as the data they describe, deleted
 -- once the database has them, so an outage buffers on disk and a crash loses nothing.
@@ -88,7 +89,19 @@ def connect(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
+    _add_columns(conn)
     return conn
+
+
+# Columns a table gained after it first shipped: a database made by an older version gets them
+# (with their default, which is what that version meant) when it is next opened for writing.
+ADDED_COLUMNS = (("settlements", "share_amount", "INTEGER NOT NULL DEFAULT 0"),)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    for table, column, definition in ADDED_COLUMNS:
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:  # noqa: S608 - fixed names
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 def connect_readonly(path: str | Path) -> sqlite3.Connection:

@@ -182,23 +182,42 @@ class Scheduler:
         # (feeders too) has an exact record of this interval.
         expected = set(self.registry.meters(self.cfg.community)) | feeders
         complete = all(m in metered and metered[m][2] for m in expected)
+        grid = self._grid_energy(metered, expected - feeders, feeders)
+        if grid is not None:
+            lines = settlement.share_grid_bill(lines, *grid, self.cfg.market)
         members_gross = sum(metered[m][0] + metered[m][1] for m in members if m in metered)
         bal = settlement.balance(sum(f[0] - f[1] for f in fed) if fed else None, sum(f[0] + f[1] for f in fed),
                                  members_import, self.cfg.settlement, complete, members_gross,
                                  records=len(fed) + sum(1 for m in members if m in metered))
         return lines, bal
 
+    @staticmethod
+    def _grid_energy(metered: dict[str, tuple[int, int, bool]], members: set[str],
+                     feeders: set[str]) -> tuple[int, int] | None:
+        """(import, export) Wh at the connection point, once every member's reading is in (the
+        grid bill covers them all): the feeder meters' where there are any, else the members'
+        summed net position. None while some member's (or every feeder's) reading is missing."""
+        if not members <= metered.keys() or (feeders and not feeders & metered.keys()):
+            return None
+        if feeders:
+            return (sum(metered[f][0] for f in feeders if f in metered),
+                    sum(metered[f][1] for f in feeders if f in metered))
+        net_import = sum(metered[m][0] - metered[m][1] for m in members)
+        return max(net_import, 0), max(-net_import, 0)
+
     def _write_line(self, iv: int, rev: int, line: settlement.Line) -> None:
         fields = {"iv": iv, "meter": line.meter, "rev": rev, "award_wh": line.award_wh,
                   "metered_wh": line.metered_wh, "award_amount": line.award_amount,
-                  "deviation_amount": line.deviation_amount, "amount": line.amount}
+                  "deviation_amount": line.deviation_amount, "share_amount": line.share_amount,
+                  "amount": line.amount}
         if line.metered_wh is None:
             fields.pop("metered_wh")  # canonical JSON has no null; absent means "no reading yet"
         leaf = self.ledger.append("settlement", line.meter, iv, encode_record("settlement", fields))
         self.conn.execute(
-            "INSERT INTO settlements(iv, meter, rev, award_wh, metered_wh, award_amount, deviation_amount, amount, leaf)"
-            " VALUES (?,?,?,?,?,?,?,?,?)", (iv, line.meter, rev, line.award_wh, line.metered_wh, line.award_amount,
-                                            line.deviation_amount, line.amount, leaf))
+            "INSERT INTO settlements(iv, meter, rev, award_wh, metered_wh, award_amount, deviation_amount,"
+            " share_amount, amount, leaf) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (iv, line.meter, rev, line.award_wh, line.metered_wh, line.award_amount, line.deviation_amount,
+             line.share_amount, line.amount, leaf))
         self._export("settlement", dict(fields, ts=iv * self.cfg.interval_s))
 
     def _record_balance(self, iv: int, bal: settlement.Balance, mark: int) -> None:
@@ -260,9 +279,9 @@ class Scheduler:
 
     def _lines(self, iv: int, meter: str) -> list[settlement.Line]:
         rows = self.conn.execute(
-            "SELECT award_wh, metered_wh, award_amount, deviation_amount FROM settlements WHERE iv=? AND meter=?"
-            " ORDER BY rev", (iv, meter)).fetchall()
-        return [settlement.Line(meter, a, m, aa, da) for a, m, aa, da in rows]
+            "SELECT award_wh, metered_wh, award_amount, deviation_amount, share_amount FROM settlements"
+            " WHERE iv=? AND meter=? ORDER BY rev", (iv, meter)).fetchall()
+        return [settlement.Line(meter, *row) for row in rows]
 
     def _revisions(self, iv: int) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM leaves WHERE kind='interval' AND iv=?", (iv,)).fetchone()[0]

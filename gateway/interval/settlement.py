@@ -6,6 +6,14 @@ import) than awarded is bought at the feed-in price, less at the retail import p
 member's line is revision 0; a reading that arrives after settlement adds a revision carrying
 only the difference, so nothing is ever rewritten and nothing is settled twice.
 
+The members' lines are a bill: they add up, to the micro-unit, to what the community pays the
+grid at its connection point (the feeder meter's energy, or the members' summed net position
+without one) at the import and feed-in prices. What the award and deviation amounts leave over
+(the community's deviations net out at the connection point, prices between the grid's, rounding)
+is each member's ``share_amount``, split by the community's allocation rule with largest
+remainders (protocols/money.py). Shares wait until every member's reading of the interval is in,
+since the grid bill covers the energy of all of them; a late reading settles them as a revision.
+
 With a feeder meter at the connection point, the members' summed net import must equal the
 feeder's within the loss tolerance; intervals that do not balance are flagged.
 """
@@ -13,11 +21,12 @@ feeder's within the loss tolerance; intervals that do not balance are flagged.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.config import MarketConfig, SettlementConfig
 from protocols import messages
 from protocols.money import amount as money
+from protocols.money import split
 
 
 @dataclass(frozen=True)
@@ -38,10 +47,11 @@ class Line:
     metered_wh: int | None  # net export from readings; None while no reading arrived
     award_amount: int
     deviation_amount: int
+    share_amount: int = 0  # the member's part of what the grid bill leaves over (see above)
 
     @property
     def amount(self) -> int:
-        return self.award_amount + self.deviation_amount
+        return self.award_amount + self.deviation_amount + self.share_amount
 
 
 def settle_member(meter: str, award: Award | None, metered_wh: int | None, market: MarketConfig) -> Line:
@@ -53,14 +63,41 @@ def settle_member(meter: str, award: Award | None, metered_wh: int | None, marke
     return Line(meter, award.q_wh, metered_wh, award.amount(), money(deviation, price))
 
 
+def grid_amount(import_wh: int, export_wh: int, market: MarketConfig) -> int:
+    """What the community is paid (+) or pays (-) at its connection point for one interval."""
+    return money(export_wh, market.export_price) - money(import_wh, market.import_price)
+
+
+def share_weights(lines: list[Line], rule: str) -> list[int]:
+    """Integer weights of each member's share under the allocation rule: ``equal`` one each,
+    ``proportional`` its metered net energy; otherwise (``none``, marginal pricing) its
+    deviation, since what is left over then comes from deviations the connection point nets out
+    (one member's extra import met by another's extra export is bought at the import price and
+    sold at the feed-in price by the members, but never crosses the connection point)."""
+    if rule == "equal":
+        return [1] * len(lines)
+    if rule == "proportional":
+        return [abs(x.metered_wh or 0) for x in lines]
+    return [abs((x.metered_wh or 0) - x.award_wh) for x in lines]
+
+
+def share_grid_bill(lines: list[Line], import_wh: int, export_wh: int, market: MarketConfig) -> list[Line]:
+    """The lines with their shares, so that they add up to the community's grid amount."""
+    left = grid_amount(import_wh, export_wh, market) - sum(x.award_amount + x.deviation_amount for x in lines)
+    parts = split(left, share_weights(lines, market.allocation))
+    return [replace(x, share_amount=part) for x, part in zip(lines, parts)]
+
+
 def adjustment(previous: Iterable[Line], target: Line) -> Line | None:
     """The revision that brings the sum of ``previous`` lines to ``target``, or None."""
     prev = list(previous)
     award_amount = target.award_amount - sum(p.award_amount for p in prev)
     deviation_amount = target.deviation_amount - sum(p.deviation_amount for p in prev)
-    if award_amount == 0 and deviation_amount == 0 and prev and prev[-1].metered_wh == target.metered_wh:
+    share_amount = target.share_amount - sum(p.share_amount for p in prev)
+    if (award_amount == 0 and deviation_amount == 0 and share_amount == 0 and prev
+            and prev[-1].metered_wh == target.metered_wh):
         return None
-    return Line(target.meter, target.award_wh, target.metered_wh, award_amount, deviation_amount)
+    return Line(target.meter, target.award_wh, target.metered_wh, award_amount, deviation_amount, share_amount)
 
 
 @dataclass(frozen=True)

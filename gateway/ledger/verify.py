@@ -35,8 +35,10 @@ ROW_CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "bids": ("bid", ("meter", "iv", "boot", "n", "curve")),
     "awards": ("award", ("iv", "meter", "q_wh", "price", "trades")),
     "settlements": ("settlement", ("iv", "meter", "rev", "award_wh", "metered_wh", "award_amount",
-                                   "deviation_amount", "amount")),
+                                   "deviation_amount", "share_amount", "amount")),
 }
+# Record fields added after the first version, with the value their absence meant before.
+ADDED_FIELDS = {"share_amount": 0}
 JSON_COLUMNS = ("curve", "trades")
 STATES = ("open", "cleared", "settled")
 
@@ -364,7 +366,8 @@ def _check_rows(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Repor
                 record = canonical.parse(opening[0])
             except ProtocolError:
                 continue  # reported by the leaf check
-            if record.get("type") != kind or any(record.get(c) != v for c, v in _row_fields(row, columns).items()):
+            if record.get("type") != kind or any(record.get(c, ADDED_FIELDS.get(c)) != v
+                                                 for c, v in _row_fields(row, columns).items()):
                 report.fail(f"{what}: differs from its ledger record (edited)")
             # Rows and leaves are written together, so row order is log order: an inversion is a
             # swap or a re-commit, and it names the exact leaves where the roots can only name a range.

@@ -47,7 +47,7 @@ def line_builder(community: str):  # noqa: ANN201 - returns the export callable 
             p = Point("award").tag("meter", f["meter"]).field("q_wh", f["q_wh"]).time(f["ts"], WritePrecision.S)
         elif kind == "settlement":
             p = Point("settlement").tag("meter", f["meter"]).tag("rev", str(f["rev"]))
-            for name in ("award_wh", "award_amount", "deviation_amount", "amount"):
+            for name in ("award_wh", "award_amount", "deviation_amount", "share_amount", "amount"):
                 p = p.field(name, f[name])
             p = p.time(f["ts"], WritePrecision.S)
         else:

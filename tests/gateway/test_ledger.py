@@ -184,3 +184,23 @@ def test_checkpoint_message_carries_the_signed_note(filled: Offline) -> None:
     signed = base64.b64decode(msg["note"])
     cp = note.open_checkpoint(signed, filled.cfg.origin, filled.ledger.signing_key.public_key())  # type: ignore[union-attr]
     assert cp.size == msg["size"] == filled.ledger.size
+
+
+def test_a_ledger_from_before_bill_shares_opens_migrated_and_verifies(offline: Offline, monkeypatch) -> None:  # noqa: ANN001
+    # What the previous version wrote: no share of the grid bill, in the row or in the record.
+    from gateway import db
+    from gateway.interval import scheduler, settlement
+
+    monkeypatch.setattr(settlement, "share_grid_bill", lambda lines, *args: lines)
+    real_encode = scheduler.encode_record
+    monkeypatch.setattr(scheduler, "encode_record", lambda kind, fields: real_encode(
+        kind, {k: v for k, v in fields.items() if k != "share_amount"}))
+    populate(offline)
+    offline.conn.execute("ALTER TABLE settlements DROP COLUMN share_amount")
+    assert report(offline).problems  # the row check wants the column: this is what migration fixes
+    migrated = db.connect(offline.cfg.db)
+    assert "share_amount" in {r[1] for r in migrated.execute("PRAGMA table_info(settlements)")}
+    assert migrated.execute("SELECT COUNT(*) FROM settlements WHERE share_amount != 0").fetchone()[0] == 0
+    migrated.close()
+    verdict = report(offline)
+    assert verdict.ok, verdict.problems

@@ -62,13 +62,32 @@ def _lines(off: Offline) -> dict[tuple[int, str, int], int]:
             off.conn.execute("SELECT iv, meter, rev, amount FROM settlements")}
 
 
+def assert_bills_add_up(off: Offline) -> None:
+    """Every settled interval's lines, all revisions, add up to what the community pays at its
+    connection point: the members' net metered energy at the grid's prices."""
+    rows = off.conn.execute("SELECT iv, SUM(amount) FROM settlements GROUP BY iv").fetchall()
+    assert rows
+    for iv, total in rows:
+        imp, exp = off.conn.execute("SELECT SUM(imp_wh), SUM(exp_wh) FROM readings WHERE iv=?", (iv,)).fetchone()
+        net = imp - exp
+        assert total == settlement.grid_amount(max(net, 0), max(-net, 0), off.cfg.market), iv
+
+
+def _own(off: Offline) -> dict[tuple[int, str, int], int]:
+    """Each line's own amount: its award and deviation, without its share of the grid bill."""
+    return {(iv, m, rev): a + d for iv, m, rev, a, d in
+            off.conn.execute("SELECT iv, meter, rev, award_amount, deviation_amount FROM settlements")}
+
+
 def test_scheduler_clears_publishes_awards_and_settles(offline: Offline) -> None:
     populate(offline)
-    lines = _lines(offline)
+    lines = {(iv, m, rev): (award + deviation, share) for iv, m, rev, award, deviation, share in offline.conn.execute(
+        "SELECT iv, meter, rev, award_amount, deviation_amount, share_amount FROM settlements")}
     ivs = sorted({k[0] for k in lines})
     assert len(ivs) == 3
-    assert lines[(ivs[0], "m000", 0)] == 7500
-    assert lines[(ivs[0], "m002", 0)] == 4000
+    assert lines[(ivs[0], "m000", 0)][0] == 7500
+    assert lines[(ivs[0], "m002", 0)][0] == 4000
+    assert_bills_add_up(offline)
     states = dict(offline.conn.execute("SELECT iv, state FROM intervals"))
     assert all(states[iv] == "settled" for iv in ivs)
 
@@ -103,16 +122,18 @@ def test_late_reading_is_settled_as_an_adjustment_once(offline: Offline) -> None
     assert b'"res":"stored"' in acks[0].payload
     offline.tick()
     offline.tick()
-    lines = _lines(offline)
+    lines = _own(offline)
     assert lines[(iv, "m009", 0)] == -30_000  # no award: 100 Wh bought at the import price
     assert (iv, "m009", 1) not in lines
+    assert_bills_add_up(offline)  # the other members' shares were revised with it
     # A second late reading of an already settled member adds revision 1 with the difference only.
     offline.send(reading(spec, "c1", iv, INTERVAL_S, imp_wh=10, exp_wh=0)[:2])
     offline.tick()
     offline.tick()
-    lines = _lines(offline)
+    lines = _own(offline)
     assert lines[(iv, "m009", 1)] == -3000
     assert (iv, "m009", 2) not in lines
+    assert_bills_add_up(offline)
 
 
 def test_an_interval_is_never_settled_twice(offline: Offline) -> None:
@@ -193,3 +214,54 @@ def test_scheduler_clears_with_the_market_engine(tmp_path) -> None:  # noqa: ANN
     result = [o for o in out if o.topic.endswith("/result")][0]
     _, _, msg, _ = messages.decode(result.topic, result.payload)
     assert msg["bids"] == 3 and msg["grid_import_wh"] == 0 and msg["price"] == price
+
+
+lines_strategy = st.lists(st.tuples(st.integers(-5000, 5000), st.integers(-5000, 5000) | st.none()),
+                          min_size=1, max_size=12)
+
+
+@given(lines_strategy, st.sampled_from(["none", "equal", "proportional"]), st.integers(0, 20_000), st.booleans())
+def test_bills_add_up_to_the_grid_bill_under_every_rule(members: list[tuple[int, int | None]], rule: str,
+                                                         grid_wh: int, importing: bool) -> None:
+    market = MarketConfig(import_price=300_000, export_price=50_000, allocation=rule)
+    lines = [settlement.settle_member(f"m{i}", settlement.Award(q, 120_000), metered, market)
+             for i, (q, metered) in enumerate(members)]
+    imp, exp = (grid_wh, 0) if importing else (0, grid_wh)
+    billed = settlement.share_grid_bill(lines, imp, exp, market)
+    # Independently: each side of the grid bill in exact fractions, rounded half up, then the
+    # rule's quotas of what the members' own amounts leave over.
+    from fractions import Fraction
+
+    def half_up(x: Fraction) -> int:
+        return (x + Fraction(1, 2)).__floor__()
+
+    grid = half_up(Fraction(exp * 50_000, 1000)) - half_up(Fraction(imp * 300_000, 1000))
+    assert sum(x.amount for x in billed) == grid
+    left = sum(x.amount for x in billed) - sum(x.award_amount + x.deviation_amount for x in lines)
+    weight = {"equal": lambda x: 1, "proportional": lambda x: abs(x.metered_wh or 0),
+              "none": lambda x: abs((x.metered_wh or 0) - x.award_wh)}[rule]
+    weights = [weight(x) for x in lines]
+    total = sum(weights) or len(weights)
+    for x, w in zip(billed, weights if any(weights) else [1] * len(weights)):
+        assert abs(x.share_amount - Fraction(left * w, total)) < 1
+    # Shares never touch what the member's own award and deviation cost.
+    assert [(x.award_amount, x.deviation_amount) for x in billed] == [(x.award_amount, x.deviation_amount) for x in lines]
+
+
+def test_with_a_feeder_the_bill_is_the_feeders_and_waits_for_every_member(offline: Offline) -> None:
+    specs = _provision(offline, 2)
+    dev = Registry(conn=offline.conn).provision("feeder", "c1", feeder=True)
+    feeder = MeterSpec("feeder", dev.kid, dev.key)
+    iv = int(offline.clock.t) // INTERVAL_S + 1
+    offline.tick(iv * INTERVAL_S - 30)
+    offline.tick((iv + 1) * INTERVAL_S)
+    offline.send(reading(specs[0], "c1", iv, INTERVAL_S, imp_wh=500, exp_wh=0)[:2])
+    offline.send(reading(feeder, "c1", iv, INTERVAL_S, imp_wh=1020, exp_wh=0)[:2])  # losses are the community's
+    offline.tick((iv + 3) * INTERVAL_S)
+    shares = dict(offline.conn.execute("SELECT meter, share_amount FROM settlements WHERE iv=?", (iv,)))
+    assert shares == {"m000": 0}  # m001's reading is missing: nothing to share yet
+    offline.send(reading(specs[1], "c1", iv, INTERVAL_S, imp_wh=500, exp_wh=0)[:2])
+    offline.tick()
+    offline.tick()
+    total = offline.conn.execute("SELECT SUM(amount) FROM settlements WHERE iv=?", (iv,)).fetchone()[0]
+    assert total == settlement.grid_amount(1020, 0, offline.cfg.market) == -306_000
