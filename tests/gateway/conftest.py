@@ -3,11 +3,8 @@ simple deterministic clearing function standing in where the test is not about t
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +17,7 @@ from gateway.mosquitto_conf import LISTENER_LINES
 from gateway.registry import Registry
 from protocols import messages
 from sim_hardware.harness.mosquitto import MosquittoBroker
+from sim_hardware.harness.redteam import tmeter, wait_until  # noqa: F401 - the suite imports them from here
 from tests.gateway.meters import AckCollector, MeterSpec, publisher, reading
 
 
@@ -28,15 +26,6 @@ def first_point_clearing(iv: int, bids: list[Bid], market: MarketConfig) -> Clea
     exercise awards, publication and settlement without depending on gateway.market."""
     price = (market.import_price + market.export_price) // 2
     return Clearing(market.mechanism, price, {b.meter: b.curve[0][0] for b in bids})
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def make_config(tmp_path: Path, broker: MosquittoBroker | None, **overrides: object) -> GatewayConfig:
@@ -208,12 +197,6 @@ def write_tls_files(folder: Path) -> tuple[Path, Path, Path]:
 
 
 ROOT = Path(__file__).parents[2]
-
-
-def tmeter(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """The CLI as an operator runs it, in a child process."""
-    return subprocess.run([sys.executable, "-m", "tmeter", *args], capture_output=True, text=True, timeout=60,
-                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def write_toml(path: Path, db: str, user: str = "gateway", password: str = "gw-secret") -> Path:

@@ -6,104 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.config import GatewayConfig
 from gateway.daemon import GatewayThread
 from gateway.registry import Registry, gateway_logins
-from protocols import messages, topics
-from sim_hardware.harness.mosquitto import MosquittoBroker
+from sim_hardware.harness.forged_meter import MeterLink, MeterSpec, gateway_client_ids, intrude
 from tests.gateway.conftest import ROOT, Secured, first_point_clearing, tmeter, wait_until, write_toml
-from tests.gateway.meters import MeterSpec, reading
-
-class MeterLink:
-    """One meter's MQTT connection as the firmware holds it: its own login, a persistent
-    session, its ack topic subscribed; records its acks and every time the broker dropped it."""
-
-    def __init__(self, broker: MosquittoBroker, spec: MeterSpec, password: str, client_id: str | None = None,
-                 clean: bool = False) -> None:
-        self.spec = spec
-        self.acks: dict[tuple[str, int, int], str] = {}
-        self.drops = 0
-        self.connected = threading.Event()
-        self.subscribed = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or spec.meter, clean_session=clean)
-        self.c.username_pw_set(spec.meter, password)
-        self.c.on_connect = self._on_connect
-        self.c.on_disconnect = self._on_disconnect
-        self.c.on_subscribe = lambda *a: self.subscribed.set()
-        self.c.on_message = self._on_message
-        self.c.connect(broker.host, broker.port, keepalive=30)
-        self.c.loop_start()
-        assert self.connected.wait(10), f"{spec.meter} did not connect"
-
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object) -> None:
-        if not rc.is_failure:  # type: ignore[attr-defined]
-            self.connected.set()
-
-    def _on_disconnect(self, *args: object) -> None:
-        self.drops += 1
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        _, _, body, _ = messages.decode(msg.topic, msg.payload, lambda m, k: self.spec.key)
-        self.acks[(body["meter"], body["boot"], body["seq"])] = body["res"]
-
-    def subscribe_acks(self) -> None:
-        self.c.subscribe(topics.meter_topic("c1", self.spec.meter, "ack"), 1)
-        assert self.subscribed.wait(10)
-
-    def send(self, cfg: GatewayConfig, n: int) -> set[tuple[str, int, int]]:
-        """``n`` readings, each confirmed by the broker (PUBACK)."""
-        iv = messages.interval_index(time.time(), cfg.interval_s)
-        sent, keys = [], set()
-        for _ in range(n):
-            topic, payload, key = reading(self.spec, "c1", iv, cfg.interval_s)
-            sent.append(self.c.publish(topic, payload, qos=1))
-            keys.add(key)
-        for info in sent:
-            info.wait_for_publish(10)
-        return keys
-
-    def close(self) -> None:
-        self.c.on_disconnect = None
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
-def intrude(broker: MosquittoBroker, user: str, password: str, client_id: str) -> int:
-    """Connect with ``user``'s credentials under ``client_id`` and a clean session (what wipes
-    a session held under that id), then leave; returns the CONNACK reason code."""
-    got: queue.Queue[int] = queue.Queue()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    c.username_pw_set(user, password)
-    c.on_connect = lambda cl, u, f, rc, p: got.put(rc.value)
-    c.connect(broker.host, broker.port)
-    c.loop_start()
-    try:
-        rc = got.get(timeout=10)
-        time.sleep(0.3)  # long enough for the broker to act on the takeover
-        return rc
-    finally:
-        c.disconnect()
-        c.loop_stop()
-
-
-def gateway_client_ids(cfg: GatewayConfig) -> list[str]:
-    """Every client id the gateway's connections use or used: its logins and `<client_id>[-pump]`."""
-    ids = {*gateway_logins(cfg.mqtt.user or ""), cfg.mqtt.client_id}
-    ids |= {f"{cfg.mqtt.client_id}-{pump}" for pump in ("up", "down")}
-    return sorted(ids)
 
 
 def test_a_meter_cannot_wipe_the_gateways_queued_readings(secured: Secured) -> None:

@@ -5,45 +5,26 @@ nothing acked, back to 200 by itself)."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.config import GatewayConfig
 from protocols import messages
 from sim_hardware.harness.mosquitto import MosquittoBroker
+from sim_hardware.harness.redteam import health, start, status, stop
 from sim_hardware.netutil import free_port
 from tests.gateway.conftest import make_config, provision, wait_until
 from tests.gateway.meters import AckCollector, Fleet, publisher
-from tests.gateway.test_crash import start, write_toml
+from tests.gateway.test_crash import write_toml
 
 pytestmark = pytest.mark.mosquitto
 ROOT = Path(__file__).parents[2]
-
-
-def health(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-    except (urllib.error.URLError, ConnectionError):
-        return 0, {}
-
-
-def status(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
-        return json.loads(r.read())
 
 
 def gateway_toml(cfg: GatewayConfig, path: Path) -> tuple[Path, int]:
@@ -100,11 +81,6 @@ def stored(db: str | Path) -> set[tuple[str, int, int]]:
 def run_once(toml: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tmeter", "gateway", "run", "--config", str(toml), *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=30)
 
 
 def serve_until_healthy(toml: Path, port: int, log: Path, *extra: str) -> None:
