@@ -25,6 +25,7 @@ from gateway.ops.influx import Export, enqueue
 from gateway.ledger.tlog import Ledger, encode_record
 from gateway.registry import Registry
 from protocols import messages, topics
+from protocols.errors import ProtocolError
 
 log = logging.getLogger("tmeter.gateway.scheduler")
 
@@ -41,6 +42,7 @@ class Scheduler:
         self.registry = Registry(conn=conn)
         self._last_closed_iv: int | None = None
         self._adjust_seen = 0  # readings.id up to which late readings were looked for
+        self._cut: list[tuple[str, int, int]] = []  # (meter, trades left out, trades) of this clearing's messages
 
     # --- times, in (possibly simulated) unix seconds
 
@@ -126,8 +128,10 @@ class Scheduler:
             body = messages.encode(public)
             leaf = self.ledger.append("result", None, iv, body)  # the public result message is the record
             conn.execute("UPDATE intervals SET result=?, leaf=? WHERE iv=?", (body.decode(), leaf, iv))
+            self._cut = []
             for meter, q_wh in sorted(result.awards.items()):
                 out.extend(self._award(iv, meter, q_wh, result, now))
+            self._log_cut(iv)
             self._export("price", {"iv": iv, "price": result.price, "mech": result.mech,
                                    "ts": iv * self.cfg.interval_s})
         out.append(Outgoing(topics.result_topic(self.cfg.community, iv), body))
@@ -136,7 +140,9 @@ class Scheduler:
         return out
 
     def _award(self, iv: int, meter: str, q_wh: int, result: Clearing, now: float) -> list[Outgoing]:
-        trades = [list(t) for t in result.trades.get(meter, [])][: messages.MAX_TRADES]
+        # The ledgered record and the awards row carry every trade: settlement (Award.amount)
+        # prices each one, and an auditor sees them all. Only the message to the meter is bounded.
+        trades = [list(t) for t in result.trades.get(meter, [])]
         record = encode_record("award", {"iv": iv, "meter": meter, "q_wh": q_wh, "price": result.price,
                                          "trades": trades})
         leaf = self.ledger.append("award", meter, iv, record)
@@ -146,8 +152,21 @@ class Scheduler:
         key = self.registry.current_key(meter)
         if key is None:
             return []
-        msg = messages.award(meter, key[0], iv, int(now), result.mech, q_wh, result.price, trades)
-        return [Outgoing(topics.meter_topic(self.cfg.community, meter, "award"), messages.encode(msg, key[1]))]
+        body = award_message(meter, key, iv, int(now), result.mech, q_wh, result.price, trades)
+        cut = len(trades) - body[1]
+        if cut:
+            self.counters["award_trades_cut"] += cut
+            self._cut.append((meter, cut, len(trades)))
+        return [Outgoing(topics.meter_topic(self.cfg.community, meter, "award"), body[0])]
+
+    def _log_cut(self, iv: int) -> None:
+        if not self._cut:
+            return
+        cut = sum(c for _, c, _ in self._cut)
+        worst = max(self._cut, key=lambda x: (x[1], x[0]))
+        log.warning("interval %d: %d award messages carry only their largest trades (%d trades left out, at most"
+                    " %d per message; e.g. %s: %d of %d); every trade is in the ledgered awards",
+                    iv, len(self._cut), cut, messages.MAX_TRADES, worst[0], worst[2] - worst[1], worst[2])
 
     # --- settlement
 
@@ -288,3 +307,19 @@ class Scheduler:
 
     def _export(self, kind: str, fields: dict[str, Any]) -> None:
         enqueue(self.conn, self.export, kind, fields)
+
+
+def award_message(meter: str, key: tuple[int, bytes], iv: int, ts: int, mech: str, q_wh: int, price: int,
+                  trades: list[list[Any]]) -> tuple[bytes, int]:
+    """The signed award for the meter and how many trades it carries: the net q_wh and price
+    always (what the firmware acts on), and as many of the largest trades as the meter link
+    allows (protocols.meterlink: MAX_TRADES, the firmware's heap, and MAX_PAYLOAD)."""
+    ranked = sorted(trades, key=lambda t: (-abs(t[1]), t[0]))
+    n = min(len(ranked), messages.MAX_TRADES)
+    while True:
+        try:
+            return messages.encode(messages.award(meter, key[0], iv, ts, mech, q_wh, price, ranked[:n]), key[1]), n
+        except ProtocolError as exc:
+            if exc.code != "too_large" or n == 0:
+                raise
+            n -= 1
