@@ -36,6 +36,7 @@ COMMANDS: list[Group] = [
     Group("provision", "tmeter.commands.provision", "create a meter's key and device config"),
     Group("clear", "tmeter.commands.clear", "clear one market interval from a JSON bid file"),
     Group("ledger", "tmeter.commands.ledger", "verify the ledger, prove inclusion, export checkpoints"),
+    Group("bills", "tmeter.commands.bills", "each member's bill over a period, in the community and alone"),
     Group("study", "tmeter.commands.study", "compare market designs on simulated households",
           ("plots",)),
     Group("bench", "tmeter.commands.bench", "run a bench scenario (simulator, firmware, gateway)",

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from gateway.bills import MICRO, currency as money  # noqa: F401 - the report and bench format with these
 from sim_hardware.harness.observer import CommunityObserver
-
-MICRO = 1_000_000
-
-
-def money(micro: int) -> str:
-    return f"{micro / MICRO:,.2f}"
 
 
 def price(micro_per_kwh: int | None) -> str:
