@@ -29,7 +29,11 @@ Signatures:
   ``BidBook.from_points(meters, q, p, cost_at_q_min=None)`` /
   ``BidBook.from_quadratic(meters, a, b, q_min, q_max, d=0.0)``.
 - ``CommunityTerms(import_price, export_price, import_capacity=None, export_capacity=None,
-  allocation="none" | "equal" | "proportional")``; a None price = no such side of the grid.
+  allocation="marginal" | "equal" | "proportional")`` ("none" = "marginal"); a None price = no
+  such side of the grid. Under ``equal`` / ``proportional`` each member carries its share of
+  the grid bill in its own problem and the dispatch is that equilibrium (`allocation`); the
+  mechanism ``p2p`` ignores the rule. A billing period's cooperative allocation that leaves no
+  member worse off than alone: `cooperative`.
 - Errors: ``MarketInputError`` (bad community or p2p parameters), its subclass ``BidError``
   (``.meter``, ``.reason``, ``.index``: one bid is invalid) and ``InfeasibleMarket`` (nothing
   balances: e.g. an islanded community short of supply).
@@ -47,7 +51,7 @@ from collections.abc import Iterable
 
 from .bidfile import BidFile, parse_bid_file
 from .bids import GRID, Bid, BidBook
-from .terms import ALLOCATIONS, CommunityTerms
+from .terms import ALLOCATIONS, RULES, CommunityTerms
 from .errors import BidError, InfeasibleMarket, MarketInputError
 from .network import P2PParams
 from .result import ClearingResult, Convergence, Trade
@@ -56,7 +60,7 @@ MECHANISMS = ("uniform", "p2p")
 SOLVERS = ("exact", "distributed")
 
 __all__ = [
-    "ALLOCATIONS", "GRID", "MECHANISMS", "SOLVERS", "Bid", "BidBook", "BidError", "BidFile",
+    "ALLOCATIONS", "GRID", "RULES", "MECHANISMS", "SOLVERS", "Bid", "BidBook", "BidError", "BidFile",
     "ClearingResult", "CommunityTerms", "Convergence", "InfeasibleMarket", "MarketInputError",
     "P2PParams", "Trade", "clear", "parse_bid_file",
 ]
@@ -77,9 +81,9 @@ def clear(
         raise MarketInputError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     if mechanism == "uniform":
         if solver == "exact":
-            from .uniform import clear_uniform
+            from .allocation import clear_allocated
 
-            return clear_uniform(book, community)
+            return clear_allocated(book, community)
         from .admm import admm_uniform
 
         return admm_uniform(book, community)

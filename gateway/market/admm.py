@@ -14,6 +14,11 @@ x with mc_i(x) + rho (x - v) = 0, found exactly on its own curve by the breakpoi
 residual |sum_i x_i| (the imbalance) and the dual residual rho |(x - xbar) - (x_prev -
 xbar_prev)| both below eps_abs sqrt(n) + eps_rel * scale; rho adapts by residual balancing
 (§3.4.1), u rescaled with it. It converges to the exact solution of `uniform.clear_uniform`.
+
+Under a sharing rule (``equal``, ``proportional``) member i carries its share s_i of the grid
+bill in its own problem, and its x-update becomes argmin C_i(x) + (rho s_i / 2)(x - v_i)^2:
+the exchange ADMM on the potential sum_i C_i / s_i + G of `allocation` (Moret & Pinson's
+"modified x-updates"). The grid agent keeps s = 1. It converges to `allocation.clear_allocated`.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ import numpy as np
 import numpy.typing as npt
 
 from .bids import BidBook
+from .costshare import shares
 from .terms import CommunityTerms
 from .result import ClearingResult, Convergence
 from .rootfind import grouped_interval, pick_price
-from .uniform import check_feasible, clear_uniform, uniform_result
+from .uniform import check_feasible, uniform_result
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -53,15 +59,21 @@ def admm_uniform(book: BidBook, community: CommunityTerms, stop: Stopping = Stop
     n = len(ext)
     rho = stop.rho or initial_rho(ext)
     if n == 0:  # nobody to negotiate with: the exact engine's answer, after no rounds
-        return _with(clear_uniform(book, community), Convergence(0, True, 0.0, 0.0, rho))
+        from .allocation import clear_allocated
+
+        return _with(clear_allocated(book, community), Convergence(0, True, 0.0, 0.0, rho))
+    weight = np.ones(n)  # each agent's share of the grid bill in its own problem (grid: 1)
+    share = shares(book, community)
+    if share is not None:
+        weight[: len(book)] = share
     x = np.clip(0.0, ext.q_min, ext.q_max)
     u = -initial_price(ext) / rho * np.ones(1)
     tol = 1e-13 * (1.0 + np.abs(ext.q_min) + np.bincount(ramps.owner, ramps.dq, n))
     it, r, s = 0, math.inf, math.inf
     for it in range(1, stop.max_iter + 1):
         v = x - x.mean() - u
-        lo, hi = grouped_interval(ramps, n, ext.q_min - v, np.full(n, 1.0 / rho), tol)
-        x_new = v - pick_price(lo, hi, 0.0) / rho  # x = v - pi / rho with pi in dC(x)
+        lo, hi = grouped_interval(ramps, n, ext.q_min - v, 1.0 / (rho * weight), tol)
+        x_new = v - pick_price(lo, hi, 0.0) / (rho * weight)  # x = v - pi / (rho s) with pi in dC(x)
         u = u + x_new.mean()
         r = abs(float(x_new.sum()))
         s = rho * float(np.linalg.norm((x_new - x_new.mean()) - (x - x.mean())))

@@ -7,13 +7,18 @@ Settlement of mechanism 1 (uniform price lambda), per member n with award q_n:
   m_n = q_n * V / S for sellers, q_n * V / D for buyers, where S and D are the energy sold and
   bought by members and V = min(S, D). The rest, r_n = q_n - m_n, is what went to the grid.
 - The grid bill G = import_price * import - export_price * export is paid by members:
-  ``none``         each member pays for its own residual r_n at the grid's prices (so with an
-                   unconstrained grid every award costs exactly lambda: pure marginal pricing);
-  ``equal``        G / N each (Moret & Pinson's egalitarian sharing of the collective's grid
-                   costs);
-  ``proportional`` G in proportion to each member's energy |q_n|.
+  ``marginal``     (alias ``none``) each member pays for its own residual r_n at the grid's
+                   prices, so with an unconstrained grid every award costs exactly lambda: pure
+                   marginal pricing of the welfare-optimal dispatch.
+  ``equal``        s_n = 1/N of G each and nothing else: Moret & Pinson's egalitarian sharing
+                   of the collective's grid costs. Energy passed between members carries no
+                   price of its own; it is what makes G smaller.
+  ``proportional`` s_n of G in proportion to each member's grid use alone, |q_n^BAU| + 1 Wh
+                   (see `shares`).
+  Under ``equal`` and ``proportional`` the member's share enters its own problem, so the
+  dispatch is the equilibrium of `allocation`, not the welfare optimum.
 
-The payments add up to G under every rule (sum m_n = 0), so the members' costs
+The payments add up to G under every rule (sum m_n = 0, sum s_n = 1), so the members' costs
 C_n(q_n) + payment_n add up to the community's cost: the rules move money between members,
 never to or from the community. Which members gain from the collective depends on the rule.
 
@@ -45,21 +50,43 @@ def matched_energy(q: FloatArray) -> FloatArray:
     return np.where(q > 0, q * sell_share, q * buy_share)
 
 
+# A member that would not touch the grid alone still carries 1 Wh of weight: its share, and so
+# the grid price it sees in its own problem, stays positive, and its ties at price 0 (a PV
+# block bid at 0) break as at any positive price instead of depending on the others.
+SHARE_FLOOR_KWH = 1e-3
+
+
+def shares(book: BidBook, community: CommunityTerms) -> FloatArray | None:
+    """s_n, each member's share of the grid bill (they add up to 1); None under ``marginal``.
+
+    ``proportional`` is read as proportional to the energy each member would exchange with the
+    grid alone (its BAU award), a quantity fixed by its bid before the clearing. Shares in
+    proportion to the awards themselves (|q_n| / sum |q|) would make each member's cost
+    C_n(q_n) + G(Q) |q_n| / sum |q| non-convex in its own decision, with no unique equilibrium
+    and no convex program to compute it; with shares fixed by the bids the game is a weighted
+    potential game (`allocation`) and its equilibrium a convex program.
+    """
+    rule, n = community.rule, len(book)
+    if rule == "marginal" or n == 0:
+        return None
+    if rule == "proportional":
+        bau = business_as_usual(book, community)
+        if bau is not None:
+            weight = np.abs(bau[0]) + SHARE_FLOOR_KWH
+            return weight / weight.sum()
+    return np.full(n, 1.0 / n)  # equal, or proportional in an islanded community (G = 0)
+
+
 def grid_shares(
-    q: FloatArray, residual: FloatArray, community: CommunityTerms, bill: float, rule: str
+    q: FloatArray, residual: FloatArray, community: CommunityTerms, bill: float,
+    share: FloatArray | None,
 ) -> FloatArray:
-    """Each member's part of the grid bill under ``rule``; the parts add up to ``bill``."""
-    n = len(q)
-    if n == 0:
-        return np.zeros(0)
-    if rule == "none":
+    """Each member's part of the grid bill; the parts add up to ``bill``."""
+    if share is None:  # marginal: its own residual at the grid's prices
         imp = community.import_price or 0.0
         exp = community.export_price or 0.0
         return imp * np.maximum(-residual, 0) - exp * np.maximum(residual, 0)
-    energy = np.abs(q)
-    if rule == "proportional" and energy.sum() > 0:
-        return bill * energy / energy.sum()
-    return np.full(n, bill / n)
+    return bill * share
 
 
 def payments(
@@ -68,13 +95,16 @@ def payments(
     community: CommunityTerms,
     grid_import: float,
     grid_export: float,
-    rule: str,
+    share: FloatArray | None,
 ) -> FloatArray:
-    """Money each member pays (negative: receives) for its award under the allocation rule."""
+    """Money each member pays (negative: receives): under ``marginal`` (``share`` None) matched
+    energy at ``price`` and the residual at the grid's prices; otherwise its share of G."""
+    bill = community.grid_bill(grid_import, grid_export)
+    if share is not None:
+        return bill * share
     matched = matched_energy(q)
     internal = -(price or 0.0) * matched
-    bill = community.grid_bill(grid_import, grid_export)
-    return internal + grid_shares(q, q - matched, community, bill, rule)
+    return internal + grid_shares(q, q - matched, community, bill, None)
 
 
 def business_as_usual(book: BidBook, community: CommunityTerms) -> tuple[FloatArray, FloatArray] | None:

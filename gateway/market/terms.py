@@ -25,7 +25,14 @@ import numpy as np
 from .bids import GRID, BidBook
 from .errors import MarketInputError
 
-ALLOCATIONS = ("none", "equal", "proportional")
+# How the grid bill is shared, and so what each member's own problem contains (`allocation`):
+# "marginal" the welfare optimum priced at the community's marginal price; "equal" and
+# "proportional" the equilibrium with each member carrying its share of the grid bill.
+# "none" is the old name of "marginal", still accepted because deployed gateway.toml files and
+# bid files say it.
+RULES = ("marginal", "equal", "proportional")
+ALLOCATIONS = RULES + ("none",)
+ALIASES = {"none": "marginal"}
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class CommunityTerms:
     export_price: float | None = None
     import_capacity: float | None = None
     export_capacity: float | None = None
-    allocation: str = "none"
+    allocation: str = "marginal"
 
     def __post_init__(self) -> None:
         for name in ("import_price", "export_price", "import_capacity", "export_capacity"):
@@ -59,6 +66,11 @@ class CommunityTerms:
                 f"community: allocation must be one of {', '.join(ALLOCATIONS)}, "
                 f"got {self.allocation!r}"
             )
+
+    @property
+    def rule(self) -> str:
+        """The allocation rule under its canonical name ("none" is "marginal")."""
+        return ALIASES.get(self.allocation, self.allocation)
 
     @property
     def islanded(self) -> bool:

@@ -35,7 +35,7 @@ from .errors import InfeasibleMarket
 from .ramps import Ramps
 from .result import ClearingResult
 from .rootfind import market_interval, pick_price
-from .costshare import business_as_usual, payments
+from .costshare import business_as_usual, payments, shares
 
 FloatArray = npt.NDArray[np.float64]
 REL_TOL = 1e-10  # quantities below REL_TOL * (market size) count as zero: far above rounding
@@ -141,7 +141,8 @@ def uniform_result(
     grid_export = max(0.0, -net) if community.export_price is not None else 0.0  # never -0.0
     own = book.cost(q)
     community_cost = float(own.sum()) + community.grid_bill(grid_import, grid_export)
-    pay = payments(q, price, community, grid_import, grid_export, community.allocation)
+    share = shares(book, community)
+    pay = payments(q, price, community, grid_import, grid_export, share)
     bau = business_as_usual(book, community)
     return ClearingResult(
         mechanism="uniform",
@@ -160,6 +161,8 @@ def uniform_result(
         allocation=community.allocation,
         congestion_import=_excess(price, community.import_price, 1.0),
         congestion_export=_excess(price, community.export_price, -1.0),
+        member_price=None if share is None or price is None else share * price,
+        extra={} if share is None else {"shares": dict(zip(book.meters, share.tolist()))},
     )
 
 

@@ -95,10 +95,10 @@ def test_allocation_rules_share_the_import_bill_as_documented() -> None:
     by_rule = {r: clear(bids, dataclasses.replace(GRID, allocation=r)).payments for r in ("none", "equal", "proportional")}
     # none: marginal pricing, every kWh at the import price
     assert by_rule["none"] == pytest.approx({"pv": -0.6, "home": 0.9, "flat": 0.3})
-    # equal: matched energy at 0.30, the 0.60 import bill split three ways
-    assert by_rule["equal"]["pv"] == pytest.approx(-0.6 + 0.2)
-    # proportional to |q|: pv 2, home 3, flat 1 of 6 kWh
-    assert by_rule["proportional"]["home"] == pytest.approx(0.30 * 3 * 2 / 4 + 0.6 * 3 / 6)
+    # equal: the 0.60 import bill split three ways, and nothing else (allocation.py)
+    assert by_rule["equal"] == pytest.approx({"pv": 0.2, "home": 0.2, "flat": 0.2})
+    # proportional to grid use alone, |q_BAU| + 1 Wh: pv 2, home 3, flat 1 kWh
+    assert by_rule["proportional"]["home"] == pytest.approx(0.6 * 3.001 / 6.003)
 
 
 # --- edge cases ---------------------------------------------------------------------------
