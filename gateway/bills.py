@@ -137,15 +137,27 @@ def write_alone(path: Path, bills: dict[str, Iterable[object]]) -> None:
                 out.writerow([meter, x.iv, x.imp_wh, x.exp_wh, x.amount])  # type: ignore[attr-defined]
 
 
+def _period(first_iv: int | None, last_iv: int | None) -> tuple[int, int]:
+    if first_iv is not None and last_iv is not None and first_iv > last_iv:
+        raise BillError(f"the period is empty: --from {first_iv} is after --to {last_iv}")
+    return first_iv if first_iv is not None else 0, last_iv if last_iv is not None else 2 ** 62
+
+
+def settled_amounts(conn: sqlite3.Connection, first_iv: int | None = None,
+                    last_iv: int | None = None) -> list[tuple[str, int, int]]:
+    """(member, interval, amount paid to it over every revision) per settled interval in
+    [first_iv, last_iv], by interval then member."""
+    return conn.execute(
+        "SELECT s.meter, s.iv, SUM(s.amount) FROM settlements s JOIN intervals i ON i.iv = s.iv"
+        " WHERE i.state = 'settled' AND s.iv BETWEEN ? AND ? GROUP BY s.iv, s.meter ORDER BY s.iv, s.meter",
+        _period(first_iv, last_iv)).fetchall()
+
+
 def member_bills(conn: sqlite3.Connection, alone: Alternative, first_iv: int | None = None,
                  last_iv: int | None = None) -> list[MemberBill]:
     """One bill per member over the settled intervals in [first_iv, last_iv]."""
-    if first_iv is not None and last_iv is not None and first_iv > last_iv:
-        raise BillError(f"the period is empty: --from {first_iv} is after --to {last_iv}")
-    lo, hi = first_iv if first_iv is not None else 0, last_iv if last_iv is not None else 2 ** 62
-    lines = conn.execute(
-        "SELECT s.meter, s.iv, SUM(s.amount) FROM settlements s JOIN intervals i ON i.iv = s.iv"
-        " WHERE i.state = 'settled' AND s.iv BETWEEN ? AND ? GROUP BY s.meter, s.iv", (lo, hi)).fetchall()
+    lo, hi = _period(first_iv, last_iv)
+    lines = settled_amounts(conn, lo, hi)
     metered = {(m, iv): (imp, exp) for m, iv, imp, exp in conn.execute(
         "SELECT meter, iv, SUM(imp_wh), SUM(exp_wh) FROM readings WHERE iv BETWEEN ? AND ? GROUP BY meter, iv",
         (lo, hi))}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from protocols import messages, topics
+from gateway.bills import MemberBill
 from sim_hardware.harness.dashboard import live_table
 from sim_hardware.harness.observer import CommunityObserver
 from sim_hardware.harness.report import write_report
@@ -54,10 +55,17 @@ def test_report_and_table_render(tmp_path: Path) -> None:
     obs = observer()
     for iv in range(20, 30):
         feed_interval(obs, iv, 100_000 * iv, 110_000 * iv)
-    path = write_report(obs, 900, tmp_path, ["a note"])
+    bills = [MemberBill("m1", 20, 29, 10, 5000, 1000, 1_230_000, 1_500_000, "household alone (simulated)"),
+             MemberBill("m2", 20, 29, 10, 0, 4000, -200_000, -250_000, "household alone (simulated)")]
+    path = write_report(obs, 900, tmp_path, ["a note"], bills, [(iv, 100, 150) for iv in range(20, 30)])
     text = path.read_text()
     assert text.count("data:image/png;base64,") == 3
-    assert "a note" in text
+    assert "a note" in text and "welfare objective" in text
+    assert "<td>1.23</td><td>1.50</td><td>0.27</td>" in text  # m1 paid 1.23, alone 1.50, saved 0.27
+    assert "<td>all</td><td>5.00</td><td>5.00</td><td>1.03</td><td>1.25</td><td>0.22</td>" in text
     for name in ("prices", "net_positions", "savings"):
         assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG")
-    assert live_table(obs, 900).row_count == 10
+    table = live_table(obs, 900, bills)
+    assert table.row_count == 10
+    assert "saved 0.22" in str(table.caption) and "1 of 2 households better off" in str(table.caption)
+    assert "welfare objective" in str(table.caption)

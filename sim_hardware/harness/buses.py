@@ -14,6 +14,11 @@ from sim_hardware.simulator.clock import SimClock
 from sim_hardware.simulator.server import SimConfig, Simulator, SimulatorThread
 
 
+def sim_config(sc: Scenario) -> SimConfig:
+    """The simulated community of a scenario: its households, their meters, the feeder."""
+    return SimConfig(meters=sc.meters, seed=sc.seed, profile=sc.profile, transport="rtu-tcp", feeder=True)
+
+
 class Buses:
     """The simulator with the lines to its meters; ``pty_dir`` holds the emulated boards' ptys."""
 
@@ -24,8 +29,7 @@ class Buses:
 
     def start(self) -> Simulator:
         sc = self.scenario
-        config = SimConfig(meters=sc.meters, seed=sc.seed, profile=sc.profile, transport="rtu-tcp",
-                           feeder=True)
+        config = sim_config(sc)
         if sc.boards:
             # Each household's bus on the serial port its board is wired to; the feeder stays
             # on RTU over TCP with a local meter process.

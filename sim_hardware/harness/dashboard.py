@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from gateway.bills import MICRO, currency as money  # noqa: F401 - the report and bench format with these
+from gateway.bills import MICRO, MemberBill, currency as money
 from sim_hardware.harness.observer import CommunityObserver
 
 
@@ -12,17 +12,28 @@ def price(micro_per_kwh: int | None) -> str:
     return "-" if micro_per_kwh is None else f"{micro_per_kwh / MICRO:.4f}"
 
 
-def live_table(obs: CommunityObserver, interval_s: int, rows: int = 12) -> Table:
-    community, bau = obs.totals()
+def money_caption(bills: list[MemberBill]) -> str:
+    """The members' money so far, in the community and alone (gateway/bills.py)."""
+    community, alone = sum(b.community for b in bills), sum(b.alone for b in bills)
+    better = sum(b.saving > 0 for b in bills)
+    return (f"settled so far: members paid {money(community)} in the community, {money(alone)} alone "
+            f"(saved {money(alone - community)}; {better} of {len(bills)} households better off)")
+
+
+def live_table(obs: CommunityObserver, interval_s: int, bills: list[MemberBill] | None = None,
+               rows: int = 12) -> Table:
+    welfare, welfare_alone = obs.totals()
     online = sum(obs.online.values())
+    caption = [f"welfare objective so far: community {money(welfare)} vs each alone on its bid {money(welfare_alone)}"]
+    if bills:
+        caption.insert(0, money_caption(bills))
     table = Table(
         title=f"community {obs.community}: {online}/{len(obs.online)} meters online, "
               f"ledger {obs.ledger_size} records, {obs.readings} readings",
-        caption=f"so far: community {money(community)} vs BAU {money(bau)} "
-                f"(saved {money(bau - community)})",
+        caption="\n".join(caption),
     )
     for name in ("interval", "time (UTC)", "price /kWh", "traded kWh", "grid in kWh",
-                 "grid out kWh", "community cost", "BAU cost", "bids"):
+                 "grid out kWh", "welfare obj.", "obj. alone", "bids"):
         table.add_column(name, justify="right")
     for view in obs.cleared()[-rows:]:
         t = view.iv * interval_s

@@ -34,13 +34,11 @@ class IntervalView:
     traded_wh: int = 0
     grid_import_wh: int = 0
     grid_export_wh: int = 0
+    # The result's welfare objective (grid bill plus the costs and values the bids declare),
+    # of the community and of every member alone on its bid: model quantities, not money.
     community_cost: int = 0
     bau_cost: int = 0
     net_wh: dict[str, int] = field(default_factory=dict)  # metered net export per meter
-
-    @property
-    def savings(self) -> int:
-        return self.bau_cost - self.community_cost
 
 
 @dataclass
@@ -91,7 +89,7 @@ class CommunityObserver:
         return [v for _iv, v in sorted(self.intervals.items()) if v.price is not None]
 
     def totals(self) -> tuple[int, int]:
-        """(community cost, BAU cost) summed over cleared intervals, micro-currency."""
+        """(community, members alone) welfare objective summed over cleared intervals, micro-currency."""
         rows = self.cleared()
         return sum(v.community_cost for v in rows), sum(v.bau_cost for v in rows)
 

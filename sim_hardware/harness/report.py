@@ -1,4 +1,5 @@
-"""An HTML report of a simulated run: prices, each household's net position, savings."""
+"""An HTML report of a simulated run: prices, each household's net position, its bill in the
+community and alone, the members' saving in money."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import io
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sim_hardware.harness.dashboard import MICRO, money
+from gateway.bills import MICRO, MemberBill
+from sim_hardware.harness.dashboard import money
 from sim_hardware.harness.observer import CommunityObserver
 
 
@@ -18,8 +20,9 @@ def _figure_png(fig: object) -> bytes:
     return buf.getvalue()
 
 
-def plots(obs: CommunityObserver, interval_s: int, feeders: tuple[str, ...] = ("feeder",)) -> dict[str, bytes]:
-    """PNG bytes per plot name."""
+def plots(obs: CommunityObserver, interval_s: int, feeders: tuple[str, ...] = ("feeder",),
+          by_interval: list[tuple[int, int, int]] | None = None) -> dict[str, bytes]:
+    """PNG bytes per plot name; ``by_interval``: (interval, members' bill, bill alone) as settled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,33 +55,52 @@ def plots(obs: CommunityObserver, interval_s: int, feeders: tuple[str, ...] = ("
     out["net_positions"] = _figure_png(fig)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 3))
-    cumulative, total = [], 0
-    for v in rows:
-        total += v.savings
-        cumulative.append(total / MICRO)
-    ax.plot(times, cumulative)
-    time_axis(ax, "currency", "Cumulative savings against BAU")
-    out["savings"] = _figure_png(fig)
-    plt.close(fig)
+    if by_interval:
+        fig, ax = plt.subplots(figsize=(8, 3))
+        days = [datetime.fromtimestamp(iv * interval_s, timezone.utc) for iv, _, _ in by_interval]
+        cumulative, total = [], 0
+        for _, community, alone in by_interval:
+            total += alone - community
+            cumulative.append(total / MICRO)
+        ax.plot(days, cumulative)
+        time_axis(ax, "currency", "Members' cumulative saving against each household alone (money)")
+        out["savings"] = _figure_png(fig)
+        plt.close(fig)
     return out
 
 
-def write_report(obs: CommunityObserver, interval_s: int, out_dir: Path, notes: list[str]) -> Path:
+def _bills_table(bills: list[MemberBill]) -> list[str]:
+    head = ("household", "in kWh", "out kWh", "bill in the community", "bill alone", "saving")
+    rows = [(b.member, f"{b.energy_in_wh / 1000:.2f}", f"{b.energy_out_wh / 1000:.2f}", money(b.community),
+             money(b.alone), money(b.saving)) for b in bills]
+    rows.append(("all", f"{sum(b.energy_in_wh for b in bills) / 1000:.2f}",
+                 f"{sum(b.energy_out_wh for b in bills) / 1000:.2f}", money(sum(b.community for b in bills)),
+                 money(sum(b.alone for b in bills)), money(sum(b.saving for b in bills))))
+    basis = html.escape(bills[0].basis) if bills else ""
+    return ([f"<h2>Bills (+ the household pays; alone: {basis})</h2><table><tr>"]
+            + [f"<th>{h}</th>" for h in head] + ["</tr>"]
+            + ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+            + ["</table>"])
+
+
+def write_report(obs: CommunityObserver, interval_s: int, out_dir: Path, notes: list[str],
+                 bills: list[MemberBill] | None = None, by_interval: list[tuple[int, int, int]] | None = None) -> Path:
     """Write report.html (plots inline, also saved as PNG files) and return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = plots(obs, interval_s)
-    community, bau = obs.totals()
+    images = plots(obs, interval_s, by_interval=by_interval)
+    welfare, welfare_alone = obs.totals()
     parts = [
         "<!doctype html><meta charset='utf-8'><title>tmeter demo report</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "td,th{padding:.2em .8em;text-align:right}</style>",
         f"<h1>Community {html.escape(obs.community)}</h1>",
         "<table><tr><th>cleared intervals</th><th>readings</th><th>ledger records</th>"
-        "<th>community cost</th><th>BAU cost</th><th>savings</th></tr>",
+        "<th>welfare objective</th><th>welfare objective, each alone on its bid</th></tr>",
         f"<tr><td>{len(obs.cleared())}</td><td>{obs.readings}</td><td>{obs.ledger_size}</td>"
-        f"<td>{money(community)}</td><td>{money(bau)}</td><td>{money(bau - community)}</td></tr></table>",
+        f"<td>{money(welfare)}</td><td>{money(welfare_alone)}</td></tr></table>",
     ]
+    if bills:
+        parts += _bills_table(bills)
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     for name, png in images.items():
         (out_dir / f"{name}.png").write_bytes(png)

@@ -3,6 +3,7 @@ output paths, a short run that must pass its invariants; bad scenario files are 
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,15 @@ def test_demo_short_run_with_relative_output(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "report.html").exists()
     verify = tmeter(tmp_path, "ledger", "verify", "--db", "run/gateway.db")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # Money: one bill per household, against the same household alone; the operator's command
+    # gives the same bills from the database and the alone file the demo wrote.
+    with (tmp_path / "run" / "bills.csv").open() as f:
+        bills = list(csv.DictReader(f))
+    assert [b["member"] for b in bills] == ["hh000", "hh001", "hh002"]
+    assert all(int(b["intervals"]) >= 4 and b["alone_basis"].startswith("household alone") for b in bills)
+    again = tmeter(tmp_path, "bills", "--db", "run/gateway.db", "--alone", "run/alone.csv", "--csv", "again.csv")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "run" / "bills.csv").read_text()
 
 
 def test_demo_refuses_an_earlier_run_folder(tmp_path: Path) -> None:

@@ -40,8 +40,8 @@ class IntervalPrinter:
             self.console.print(  # type: ignore[attr-defined]
                 f"iv {view.iv} {time.strftime('%H:%M', time.gmtime(t))} price {price(view.price)} "
                 f"traded {view.traded_wh / 1000:.2f} kWh grid +{view.grid_import_wh / 1000:.2f}"
-                f"/-{view.grid_export_wh / 1000:.2f} kWh cost {money(view.community_cost)} "
-                f"BAU {money(view.bau_cost)} bids {view.bids}")
+                f"/-{view.grid_export_wh / 1000:.2f} kWh welfare objective {money(view.community_cost)} "
+                f"(alone on bids {money(view.bau_cost)}) bids {view.bids}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,8 +3,9 @@
 An embedded MQTT broker (amqtt; or Mosquitto / an existing broker with --broker), simulated
 households with PV, loads and batteries behind Modbus meters, one real firmware instance per
 household under the MicroPython unix port, and the gateway with its SQLite ledger, for one
-accelerated day. A live table while it runs; at the end the invariants, `tmeter ledger verify`
-and an HTML report with plots.
+accelerated day. A live table while it runs; at the end the invariants, `tmeter ledger verify`,
+each household's bill in the community against the same household alone with its own battery
+(bills.csv, alone.csv), and an HTML report with plots.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
+    from sim_hardware.harness.bills import DemoBills
     from sim_hardware.harness.community import log_to_file, run_scenario
-    from sim_hardware.harness.dashboard import live_table, money
+    from sim_hardware.harness.dashboard import live_table, money, money_caption
     from sim_hardware.harness.report import write_report
     from sim_hardware.harness.scenario import Scenario, ScenarioError
+    from tmeter.commands.bills import print_bills
 
     console = Console()
     speed = args.speed or 86400 / (DEFAULT_MINUTES * 60)
@@ -54,26 +57,35 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"tmeter demo: {scenario.meters} households, {scenario.hours:g} simulated hours at "
                   f"{speed:g}x (about {scenario.hours * 3600 / speed / 60:.1f} min), "
                   f"{scenario.mechanism} market, firmware on {scenario.runtime}, output in {out}")
+    bills = DemoBills(scenario)  # each household alone on the same day: the money baseline
     log_to_file(out / "logs" / "host.log")
     try:
         with Live(console=console, refresh_per_second=2, transient=False) as live:
             result = run_scenario(
                 scenario, out, args.broker,
-                on_tick=lambda c: live.update(live_table(c.observer, scenario.interval_s)) if c.observer else None)
+                on_tick=lambda c: live.update(live_table(c.observer, scenario.interval_s, bills.live(c.db_path)))
+                if c.observer else None)
     except (FileExistsError, ValueError, RuntimeError) as e:
         console.print(f"[red]tmeter demo: {e}[/]")
         return 1
     obs = result.community.observer
     assert obs is not None
-    community_cost, bau = obs.totals()
+    db = result.community.db_path
+    member_bills = bills.write(db, out)
     console.print(result.report.table())
+    print_bills(member_bills)
+    welfare, welfare_alone = obs.totals()
     notes = [f"{scenario.meters} households, {len(obs.cleared())} intervals cleared "
-             f"({scenario.mechanism}), real time {result.real_s:.0f} s."]
+             f"({scenario.mechanism}), real time {result.real_s:.0f} s.", money_caption(member_bills)]
     notes += [f"{c.name}: {'ok' if c.ok else 'FAILED'} ({c.detail})" for c in result.report.checks]
-    report = write_report(obs, scenario.interval_s, out, notes)
+    report = write_report(obs, scenario.interval_s, out, notes, member_bills, bills.by_interval(db))
+    saved = sum(b.saving for b in member_bills)
     console.print(
-        f"community cost {money(community_cost)} against {money(bau)} business as usual: "
-        f"[bold]saved {money(bau - community_cost)}[/] over {len(obs.cleared())} intervals")
+        f"[bold]the households paid {money(sum(b.community for b in member_bills))} in the community against "
+        f"{money(sum(b.alone for b in member_bills))} each alone with its own battery: saved {money(saved)}[/] "
+        f"over {len(bills.by_interval(db))} settled intervals (bills: {out / 'bills.csv'})")
+    console.print(f"welfare objective (grid bill plus the costs and values the bids declare): community "
+                  f"{money(welfare)}, each alone on its bid {money(welfare_alone)}")
     console.print(f"report: {report.resolve()}")
-    console.print(f"check it yourself: tmeter ledger verify --db {(out / 'gateway.db')}")
+    console.print(f"check it yourself: tmeter ledger verify --db {db}; tmeter bills --db {db} --alone {out / 'alone.csv'}")
     return 0 if result.report.ok and result.drained else 1
