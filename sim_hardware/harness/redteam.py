@@ -207,8 +207,10 @@ class Deployment:
     def send(self, meter: str, message: tuple[str, bytes]) -> None:
         self.links[meter].publish(*message)
 
-    def send_honest(self, meter: str, iv: int, imp_wh: int = 100, exp_wh: int = 20, t1: int | None = None) -> Key:
-        """The meter's next true reading of ``iv`` (t1: when it closed it, default the interval's end)."""
+    def honest_reading(self, meter: str, iv: int, imp_wh: int = 100, exp_wh: int = 20,
+                       t1: int | None = None) -> tuple[tuple[str, bytes], Key]:
+        """The meter's next true reading of ``iv`` (t1: when it closed it, default the interval's
+        end), counted in what it honestly metered."""
         spec = self.spec(meter)
         topic, payload, key = reading(spec, "c1", iv, self.interval_s, imp_wh, exp_wh)
         if t1 is not None:
@@ -216,7 +218,11 @@ class Deployment:
                                    imp_wh, exp_wh, spec.counter_imp, spec.counter_exp, 0)
             payload = messages.encode(msg, spec.key)
         self.honest[(meter, iv)] = self.honest.get((meter, iv), 0) + exp_wh - imp_wh
-        self.send(meter, (topic, payload))
+        return (topic, payload), key
+
+    def send_honest(self, meter: str, iv: int, imp_wh: int = 100, exp_wh: int = 20, t1: int | None = None) -> Key:
+        message, key = self.honest_reading(meter, iv, imp_wh, exp_wh, t1)
+        self.send(meter, message)
         return key
 
     def ack(self, key: Key, timeout: float = 15) -> str | None:
@@ -418,13 +424,11 @@ def database_locked(d: Deployment) -> Row:
         try:
             other.execute("BEGIN EXCLUSIVE")
             iv = d.real_iv()
-            spec = d.spec("honest")
             sent = []
             for _ in range(3):
-                topic, payload, key = reading(spec, "c1", iv, d.interval_s)
-                d.honest[("honest", iv)] = d.honest.get(("honest", iv), 0) + 80
-                sent.append((key, (topic, payload)))
-                d.send("honest", (topic, payload))
+                message, key = d.honest_reading("honest", iv)
+                sent.append((key, message))
+                d.send("honest", message)
             went_503 = wait_until(lambda: d.health()[0] == 503, 20)
             why = d.health()[1].get("health")
             during = [k for k, _ in sent if k in d.links["honest"].acks]
@@ -506,9 +510,9 @@ def ledger_rollback(d: Deployment) -> Row:
         os.remove(d.db)
         _move_db(grown, d.db)
         d.start_gateway()
-        r.counters = moved(first, before_stop)  # the restart below starts them at 0
+        r.counters = moved(first, before_stop)  # the restarted gateway's start at 0
         fails = [ln for ln in out.stdout.splitlines() if ln.startswith("FAIL")]
-        r.outcome = f"copy at {size} leaves, later note {later}: verify exit {out.returncode}; {fails[0] if fails else out.stdout[-120:]}"
+        r.outcome = f"copy at checkpoint {size}, later note {later}: verify exit {out.returncode}; {fails[0] if fails else out.stdout[-120:]}"
         r.passed = exported.returncode == 0 and later > size and out.returncode == 1 and "rolled back" in out.stdout
     return r
 
@@ -550,12 +554,10 @@ def database_removed(d: Deployment) -> Row:
              " restart refused (exit 2) until --init") as r:
         first = d.counters()
         os.remove(d.db)
-        iv = d.real_iv()
-        spec = d.spec("honest")
-        topic, payload, key = reading(spec, "c1", iv, d.interval_s)
+        message, key = d.honest_reading("honest", d.real_iv())
         went_503 = False
         for _ in range(8):  # the meter resends what was not acked
-            d.send("honest", (topic, payload))
+            d.send("honest", message)
             went_503 = went_503 or d.health()[0] == 503
             time.sleep(0.5)
         why = d.health()[1].get("health")
