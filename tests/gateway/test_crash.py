@@ -69,10 +69,21 @@ class StatusWatch:
 
 
 def expected_amounts(conn, market: MarketConfig) -> dict[tuple[int, str], int]:  # noqa: ANN001
-    """One settlement of what was metered in every settled interval (no awards: no bids sent)."""
+    """One settlement of what was metered in every settled interval (no awards: no bids sent),
+    the grid bill shared once every member's reading is in (no feeder here)."""
     rows = conn.execute("SELECT r.iv, r.meter, SUM(r.exp_wh - r.imp_wh) FROM readings r JOIN intervals i"
                         " ON i.iv = r.iv WHERE i.state='settled' GROUP BY r.iv, r.meter").fetchall()
-    return {(iv, m): settlement.settle_member(m, None, net, market).amount for iv, m, net in rows}
+    members = {m for (m,) in conn.execute("SELECT meter FROM meters WHERE feeder=0")}
+    by_iv: dict[int, list[settlement.Line]] = {}
+    for iv, m, net in rows:
+        by_iv.setdefault(iv, []).append(settlement.settle_member(m, None, net, market))
+    out = {}
+    for iv, lines in by_iv.items():
+        if {x.meter for x in lines} >= members:
+            net_import = -sum(x.metered_wh or 0 for x in lines)
+            lines = settlement.share_grid_bill(lines, max(net_import, 0), max(-net_import, 0), market)
+        out.update({(iv, x.meter): x.amount for x in lines})
+    return out
 
 
 def test_sigkill_at_random_points_loses_nothing_and_settles_once(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
@@ -126,9 +137,14 @@ def test_sigkill_at_random_points_loses_nothing_and_settles_once(tmp_path: Path,
     from gateway import db
 
     conn = db.connect(cfg.db)
-    stored = set(conn.execute("SELECT meter, boot, seq FROM readings").fetchall())
+    # Readings of intervals before the gateway's first scheduler run (its first lives may all
+    # be killed sooner on a loaded machine) are kept aside, not lost: quarantine counts as stored.
+    stored = set(conn.execute("SELECT meter, boot, seq FROM readings UNION ALL SELECT meter, boot, seq"
+                              " FROM quarantine").fetchall())
     assert acked_ever <= stored
-    assert len(stored) == produced == conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+    rows = conn.execute("SELECT (SELECT COUNT(*) FROM readings) + (SELECT COUNT(*) FROM quarantine)").fetchone()[0]
+    assert len(stored) == produced == rows
+    assert {r for (r,) in conn.execute("SELECT DISTINCT reason FROM quarantine")} <= {"before_first_interval"}
     sums = dict(((iv, m), a) for iv, m, a in conn.execute("SELECT iv, meter, SUM(amount) FROM settlements GROUP BY iv, meter"))
     assert sums and sums == expected_amounts(conn, cfg.market)
     for iv, m, revs in conn.execute("SELECT iv, meter, GROUP_CONCAT(rev) FROM settlements GROUP BY iv, meter"):
