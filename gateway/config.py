@@ -119,6 +119,23 @@ class MqttConfig(_Section):
     keepalive_s: Annotated[int, Field(ge=1, le=65535, description="an integer 1..65535")] = 30
 
 
+class P2PConfig(_Section):
+    """The peer-to-peer market (mechanism "p2p", gateway/market/p2p.py) as the daemon runs it:
+    the trading graph of each member's k nearest peers by provisioned position
+    (``tmeter provision --position``), distances gamma_nm from the positions, each member's
+    preference c_n from its provisioning (``--preference``). A member provisioned without a
+    position trades with the grid only (counted ``p2p_unplaced`` and logged at each clearing)."""
+
+    k: Annotated[int, Field(ge=1, le=1000, description=(
+        "an integer 1..1000: each member trades with its k nearest peers by provisioned position"
+        " (k >= members - 1: every pair)"))] = 10
+    # The grid is a peer of every member (gateway/market/network.py); at distance 0 buying or
+    # selling at the tariff carries no preference premium, so a member's c_n weighs distant
+    # peers against the grid: the two-villages effect of Sorin, Bobo & Pinson (2019).
+    grid_distance_km: Annotated[float, Field(ge=0, le=1000, description=(
+        "a number 0..1000: the grid's distance from every member, km, in the preference term"))] = 0.0
+
+
 class MarketConfig(_Section):
     mechanism: Annotated[Literal[MECHANISMS], Field(  # type: ignore[valid-type]
         description=_choices(MECHANISMS))] = "uniform"
@@ -128,6 +145,7 @@ class MarketConfig(_Section):
     allocation: Annotated[Literal[ALLOCATIONS], Field(  # type: ignore[valid-type]
         description=_choices(ALLOCATIONS))] = "proportional"
     capacity_wh: Annotated[int, Field(ge=0, description="an integer >= 0 (Wh per interval)")] | None = None
+    p2p: P2PConfig = Field(default_factory=P2PConfig)
 
     @model_validator(mode="after")
     def _no_arbitrage(self) -> MarketConfig:

@@ -13,9 +13,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 SCHEMA = """
+-- x_km, y_km: the meter's position (NULL: none provisioned); preference: its c_n for the
+-- peer-to-peer market, micro-currency per kWh per km (gateway/market/p2p.py).
 CREATE TABLE IF NOT EXISTS meters (
     meter TEXT PRIMARY KEY, community TEXT NOT NULL, created INTEGER NOT NULL,
-    mqtt_hash TEXT NOT NULL, feeder INTEGER NOT NULL DEFAULT 0);
+    mqtt_hash TEXT NOT NULL, feeder INTEGER NOT NULL DEFAULT 0,
+    x_km REAL, y_km REAL, preference INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS meter_keys (
     meter TEXT NOT NULL REFERENCES meters(meter), kid INTEGER NOT NULL, key BLOB NOT NULL,
     created INTEGER NOT NULL, retired INTEGER, PRIMARY KEY (meter, kid));
@@ -95,7 +98,9 @@ def connect(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
 
 # Columns a table gained after it first shipped: a database made by an older version gets them
 # (with their default, which is what that version meant) when it is next opened for writing.
-ADDED_COLUMNS = (("settlements", "share_amount", "INTEGER NOT NULL DEFAULT 0"),)
+ADDED_COLUMNS = (("settlements", "share_amount", "INTEGER NOT NULL DEFAULT 0"),
+                 ("meters", "x_km", "REAL"), ("meters", "y_km", "REAL"),
+                 ("meters", "preference", "INTEGER NOT NULL DEFAULT 0"))
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:

@@ -27,11 +27,14 @@ import copy
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -77,6 +80,74 @@ def gateway_logins(user: str) -> tuple[str, ...]:
 
 class RegistryError(ValueError):
     pass
+
+
+# --- A meter's place in the peer-to-peer market: position (km) and preference c_n.
+
+MAX_POSITION_KM = 1000.0  # a community is local; beyond this a coordinate is a mistake
+MAX_PREFERENCE = 1_000_000  # micro-currency per kWh per km: 1 currency per kWh for every km
+MICRO = 1_000_000
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a meter is for the peer-to-peer market (gateway/market/p2p.py): ``position``
+    (x, y) in km, None if none was provisioned, and ``preference`` c_n in micro-currency per
+    kWh per km, the premium it attaches to trading one kWh one km away."""
+
+    position: tuple[float, float] | None = None
+    preference: int = 0
+
+
+def check_position(position: object) -> tuple[float, float]:
+    """(x, y) in km, two finite numbers within MAX_POSITION_KM; RegistryError otherwise."""
+    if not (isinstance(position, (tuple, list)) and len(position) == 2):
+        raise RegistryError(f"a position is two numbers x,y in km, got {position!r}")
+    for v in position:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise RegistryError(f"a position is two finite numbers x,y in km, got {position!r}")
+        if abs(v) > MAX_POSITION_KM:
+            raise RegistryError(f"a position coordinate is within -{MAX_POSITION_KM:g}..{MAX_POSITION_KM:g} km,"
+                                f" got {v!r}")
+    return float(position[0]), float(position[1])
+
+
+def check_preference(preference: object) -> int:
+    """c_n in micro-currency per kWh per km, an integer 0..MAX_PREFERENCE; RegistryError otherwise."""
+    if isinstance(preference, bool) or not isinstance(preference, int):
+        raise RegistryError(f"a preference is an integer of micro-currency per kWh per km, got {preference!r}")
+    if not 0 <= preference <= MAX_PREFERENCE:
+        raise RegistryError(f"a preference is 0..{MAX_PREFERENCE / MICRO:g} currency per kWh per km, got"
+                            f" {preference / MICRO:g}")
+    return preference
+
+
+def parse_position(text: str) -> tuple[float, float]:
+    """``"1.2,0.4"`` (km) as the CLI takes it."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        values = (float(parts[0]), float(parts[1]))
+    except ValueError:
+        raise RegistryError(f"--position takes x,y in km (e.g. 1.2,0.4), got {text!r}") from None
+    return check_position(values)
+
+
+def parse_preference(text: str) -> int:
+    """A decimal number of currency per kWh per km (``"0.02"``) as micro-currency, exactly."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise RegistryError(f"--preference takes currency per kWh per km (e.g. 0.02), got {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise RegistryError(f"--preference is a finite number >= 0 (currency per kWh per km), got {text!r}")
+    micro = value * MICRO
+    if micro != micro.to_integral_value():
+        raise RegistryError(f"--preference has at most 6 decimals (micro-currency), got {text!r}")
+    if micro > MAX_PREFERENCE:
+        raise RegistryError(f"--preference is at most {MAX_PREFERENCE / MICRO:g} currency per kWh per km, got {text!r}")
+    return int(micro)
 
 
 class DeviceConfig:
@@ -184,6 +255,8 @@ class Registry:
         interval_s: int = DEFAULT_INTERVAL_S,
         gate_closure_s: int | None = None,
         feeder: bool | None = None,
+        position: tuple[float, float] | None = None,
+        preference: int | None = None,
         rotate: bool = False,
         new_password: bool = False,
         retire_old: bool = False,
@@ -199,9 +272,14 @@ class Registry:
         what the meter was (a new meter: not the feeder). The broker settings and
         ``gate_closure_s`` left None take the schema's defaults (protocols/devconfig.py);
         ``device`` overrides other keys of the schema as DeviceConfig takes them:
-        ``modbus={"battery_unit": 2}``, ``clock={...}``, ``wifi=``, ``prefs=``, ``ntp_host=``..."""
+        ``modbus={"battery_unit": 2}``, ``clock={...}``, ``wifi=``, ``prefs=``, ``ntp_host=``...
+        ``position`` (x, y km) and ``preference`` (micro-currency per kWh per km) place the
+        meter in the peer-to-peer market (``Place``); left None, a rotation keeps them and a new
+        meter has no position and preference 0."""
         if not topics.valid_id(meter) or not topics.valid_id(community):
             raise RegistryError("meter and community ids are 1-32 of [A-Za-z0-9_-]")
+        position = None if position is None else check_position(position)
+        preference = None if preference is None else check_preference(preference)
         if meter in reserved:
             raise RegistryError(f"meter id {meter!r} is one of the gateway's MQTT logins")
         key = key if key is not None else secrets.token_bytes(KEY_LEN)
@@ -218,6 +296,10 @@ class Registry:
                           (meter, community, now, mosquitto_hash(password), int(bool(feeder))))
             else:
                 password = self._rotation(c, meter, community, row, rotate, new_password, password, feeder)
+            if position is not None:
+                c.execute("UPDATE meters SET x_km=?, y_km=? WHERE meter=?", (*position, meter))
+            if preference is not None:
+                c.execute("UPDATE meters SET preference=? WHERE meter=?", (preference, meter))
             kid = c.execute("SELECT COALESCE(MAX(kid), 0) + 1 FROM meter_keys WHERE meter=?", (meter,)).fetchone()[0]
             if kid > MAX_KID:
                 raise RegistryError("key ids exhausted")
@@ -284,6 +366,20 @@ class Registry:
         if community is not None:
             sql, args = sql + " WHERE community=?", (community,)
         return [r[0] for r in self.conn.execute(sql + " ORDER BY meter", args)]
+
+    def places(self, community: str | None = None) -> dict[str, Place]:
+        """Every meter's place in the peer-to-peer market."""
+        sql, args = "SELECT meter, x_km, y_km, preference FROM meters", ()
+        if community is not None:
+            sql, args = sql + " WHERE community=?", (community,)
+        return {m: Place(None if x is None or y is None else (x, y), pref)
+                for m, x, y, pref in self.conn.execute(sql + " ORDER BY meter", args)}
+
+    def place(self, meter: str) -> Place | None:
+        row = self.conn.execute("SELECT x_km, y_km, preference FROM meters WHERE meter=?", (meter,)).fetchone()
+        if row is None:
+            return None
+        return Place(None if row[0] is None or row[1] is None else (row[0], row[1]), row[2])
 
     def feeders(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT meter FROM meters WHERE feeder=1")}

@@ -1,9 +1,14 @@
 """The bridge between the scheduler and the clearing engines of ``gateway.market``.
 
 The wire speaks integers (Wh, micro-currency per kWh); the engines speak floats (kWh,
-currency per kWh). Bids are converted on the way in; on the way out prices are rounded to
+currency per kWh). For the peer-to-peer market each bid carries its meter's provisioned place
+(gateway/registry.py: position in km, preference c_n in micro-currency per kWh per km) and the
+clearing runs on the k-nearest graph of ``[market.p2p] k``; a meter without a position has no
+peers and trades with the grid only (``Clearing.unplaced`` names them). Bids are converted on the way in; on the way out prices are rounded to
 integers and awards back to whole Wh with the largest-remainder method, so rounded awards sum
-to the rounded total and the same inputs give the same integers on every run.
+to the rounded total and the same inputs give the same integers on every run. With trades (p2p)
+each trade is rounded to whole Wh and a member's award is the sum of its trades, so every Wh
+awarded is priced by a trade.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ MICRO = 1_000_000
 class Bid:
     meter: str
     curve: list[tuple[int, int]]  # (q_wh, price micro/kWh), q > 0 sells
+    position: tuple[float, float] | None = None  # km, as provisioned (p2p); None: none provisioned
+    preference: int = 0  # c_n, micro-currency per kWh per km (p2p)
 
 
 @dataclass
@@ -32,6 +39,7 @@ class Clearing:
     trades: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     community_cost: int = 0  # micro-currency
     bau_cost: int = 0
+    unplaced: tuple[str, ...] = ()  # p2p: bidders without a position, cleared with the grid only
 
     @property
     def traded_wh(self) -> int:
@@ -80,21 +88,48 @@ def engine_clearing(engine: Any, bids: list[Bid], market: MarketConfig) -> Clear
     community = CommunityTerms(import_price=market.import_price / MICRO, export_price=market.export_price / MICRO,
                           import_capacity=capacity, export_capacity=capacity, allocation=market.allocation)
     engine_bids = [EngineBid.curve(b.meter, [(q / 1000, p / MICRO) for q, p in b.curve]) for b in bids]
-    result = _clear(engine, engine_bids, community, market.mechanism)
-    trades: dict[str, list[tuple[str, int, int]]] = {}
-    for t in result.trades:
-        q, price = round(t.quantity * 1000), to_price(t.price)
-        trades.setdefault(t.seller, []).append((t.buyer, q, price))
-        trades.setdefault(t.buyer, []).append((t.seller, -q, price))
+    p2p = p2p_params(bids, market) if market.mechanism == "p2p" else None
+    result = _clear(engine, engine_bids, community, market.mechanism, p2p)
+    trades = trade_lists(result.trades)
+    awards = round_awards(result.awards)
+    if trades:
+        # A member's award is the sum of its trades in whole Wh, so settlement (which prices
+        # each trade, and the rest at the clearing price: none in p2p) leaves no Wh unpriced.
+        awards = {m: sum(q for _, q, _ in trades.get(m, ())) for m in awards}
     price = result.price if result.price is not None else 0.0
     bau = result.bau_cost if result.bau_cost is not None else 0.0
-    return Clearing(market.mechanism, to_price(price), round_awards(result.awards), trades,
-                    round(result.community_cost * MICRO), round(bau * MICRO))
+    unplaced = tuple(b.meter for b in bids if b.position is None) if p2p is not None else ()
+    return Clearing(market.mechanism, to_price(price), awards, trades,
+                    round(result.community_cost * MICRO), round(bau * MICRO), unplaced)
 
 
-def _clear(engine: Any, bids: list[Any], community: Any, mechanism: str) -> Any:
+def trade_lists(engine_trades: Any) -> dict[str, list[tuple[str, int, int]]]:
+    """Each side's (peer, Wh, price) list, + sold; trades that round to 0 Wh are none."""
+    trades: dict[str, list[tuple[str, int, int]]] = {}
+    for t in engine_trades:
+        q, price = round(t.quantity * 1000), to_price(t.price)
+        if q == 0:
+            continue
+        trades.setdefault(t.seller, []).append((t.buyer, q, price))
+        trades.setdefault(t.buyer, []).append((t.seller, -q, price))
+    return trades
+
+
+def p2p_params(bids: list[Bid], market: MarketConfig) -> Any:
+    """The engine's P2PParams from the bidders' provisioned places: gamma_nm is the Euclidean
+    distance in km, c_n in currency per kWh per km, each member's k nearest peers."""
+    from gateway.market.network import P2PParams  # noqa: PLC0415
+
+    return P2PParams(k=market.p2p.k, positions={b.meter: b.position for b in bids if b.position is not None},
+                     preferences={b.meter: b.preference / MICRO for b in bids if b.preference},
+                     grid_distance=market.p2p.grid_distance_km, unplaced="grid")
+
+
+def _clear(engine: Any, bids: list[Any], community: Any, mechanism: str, p2p: Any = None) -> Any:
     # The engine's one entry point; until it is exported, the uniform engine directly.
     if hasattr(engine, "clear"):
+        if p2p is not None:
+            return engine.clear(bids, community, mechanism=mechanism, p2p=p2p)
         return engine.clear(bids, community, mechanism=mechanism)
     if mechanism != "uniform":
         raise RuntimeError(f"gateway.market has no {mechanism!r} engine yet")

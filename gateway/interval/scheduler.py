@@ -23,7 +23,7 @@ from gateway.ingest.store import first_interval
 from gateway.config import GatewayConfig
 from gateway.ops.influx import Export, enqueue
 from gateway.ledger.tlog import Ledger, encode_record
-from gateway.registry import Registry
+from gateway.registry import Place, Registry
 from protocols import messages, topics
 from protocols.errors import ProtocolError
 
@@ -107,7 +107,9 @@ class Scheduler:
             "SELECT meter, curve FROM bids b WHERE iv=? AND NOT EXISTS (SELECT 1 FROM bids c WHERE"
             " c.meter=b.meter AND c.iv=b.iv AND (c.boot, c.n) > (b.boot, b.n)) ORDER BY meter", (iv,)).fetchall()
         feeders = self._feeders()
-        return [Bid(m, [(int(q), int(p)) for q, p in json.loads(c)]) for m, c in rows if m not in feeders]
+        places = self.registry.places(self.cfg.community) if self.cfg.market.mechanism == "p2p" else {}
+        return [Bid(m, [(int(q), int(p)) for q, p in json.loads(c)], *_place(places.get(m)))
+                for m, c in rows if m not in feeders]
 
     def clear_interval(self, iv: int, now: float) -> list[Outgoing]:
         bids = self._bids(iv)
@@ -117,6 +119,10 @@ class Scheduler:
             log.exception("clearing interval %d failed; awarding nothing", iv)
             self.counters["clearing_failed"] += 1
             result = Clearing(self.cfg.market.mechanism, 0, {})
+        if result.unplaced:
+            self.counters["p2p_unplaced"] += len(result.unplaced)
+            log.warning("interval %d: %d bidders have no provisioned position and trade with the grid only: %s",
+                        iv, len(result.unplaced), ", ".join(result.unplaced[:10]))
         out: list[Outgoing] = []
         with self.ledger.transaction() as conn:
             if conn.execute("UPDATE intervals SET state='cleared', mech=?, price=? WHERE iv=? AND state='open'",
@@ -323,3 +329,7 @@ def award_message(meter: str, key: tuple[int, bytes], iv: int, ts: int, mech: st
             if exc.code != "too_large" or n == 0:
                 raise
             n -= 1
+
+
+def _place(place: Place | None) -> tuple[tuple[float, float] | None, int]:
+    return (None, 0) if place is None else (place.position, place.preference)

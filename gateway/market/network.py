@@ -21,15 +21,23 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 
+UNPLACED = ("error", "grid")
+
+
 @dataclass(frozen=True)
 class P2PParams:
     """k nearest peers (None: every pair), positions (x, y) and preferences c_n per meter,
-    the grid's distance from every member (None: as far as the farthest trading pair)."""
+    the grid's distance from every member (None: as far as the farthest trading pair).
+    ``unplaced``: what a member missing from ``positions`` (when positions are given, or a
+    k-nearest graph needs them) does: ``"error"`` (BidError), or ``"grid"``: it has no peers
+    and trades with the grid only (the daemon's choice for meters provisioned without a
+    position: they stay in the market at the tariff instead of failing everyone's clearing)."""
 
     k: int | None = None
     positions: Mapping[str, Sequence[float]] | None = None
     preferences: Mapping[str, float] | None = None
     grid_distance: float | None = None
+    unplaced: str = "error"
 
     def __post_init__(self) -> None:
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
@@ -42,6 +50,8 @@ class P2PParams:
                 raise BidError(meter, f"p2p: preference must be a finite number >= 0, got {pref!r}")
         if self.grid_distance is not None and not (_number(self.grid_distance) and self.grid_distance >= 0):
             raise MarketInputError("p2p: grid_distance must be a finite number >= 0 or null")
+        if self.unplaced not in UNPLACED:
+            raise MarketInputError(f"p2p: unplaced must be one of {', '.join(UNPLACED)}, got {self.unplaced!r}")
 
 
 def _number(value: object) -> bool:
@@ -81,8 +91,7 @@ class Network:
 def build_network(book: BidBook, community: CommunityTerms, params: P2PParams) -> Network:
     nodes, import_node, export_node = _with_grid_nodes(book, community)
     n = len(book)
-    pos = _positions(book, params)
-    i, j, dist = member_pairs(pos, params.k)
+    i, j, dist = _pairs(book, params)
     grid_gamma = params.grid_distance
     if grid_gamma is None:
         grid_gamma = float(dist.max()) if len(dist) else 0.0
@@ -116,17 +125,29 @@ def _with_grid_nodes(book: BidBook, community: CommunityTerms) -> tuple[BidBook,
     return nodes, import_node, export_node
 
 
-def _positions(book: BidBook, params: P2PParams) -> FloatArray:
+def _pairs(book: BidBook, params: P2PParams) -> tuple[IntArray, IntArray, FloatArray]:
+    """The member pairs that may trade, with their distances, among the placed members."""
+    placed, pos = _positions(book, params)
+    i, j, dist = member_pairs(pos, params.k)
+    return placed[i], placed[j], dist
+
+
+def _positions(book: BidBook, params: P2PParams) -> tuple[IntArray, FloatArray]:
+    """Rows of the members on the graph, and their positions."""
+    rows = np.arange(len(book), dtype=np.int64)
     if params.positions is None:
+        if params.unplaced == "grid":
+            return rows[:0], np.zeros((0, 2))
         if params.k is not None and len(book) > params.k + 1:
             raise MarketInputError("p2p: a k-nearest trading graph needs positions for the members")
-        return np.zeros((len(book), 2))
-    pos = np.empty((len(book), 2))
-    for row, meter in enumerate(book.meters):
-        if meter not in params.positions:
-            raise BidError(meter, "p2p: no position for this meter (positions are given for others)", row)
-        pos[row] = params.positions[meter]
-    return pos
+        return rows, np.zeros((len(book), 2))
+    missing = [row for row, meter in enumerate(book.meters) if meter not in params.positions]
+    if missing and params.unplaced == "error":
+        meter = book.meters[missing[0]]
+        raise BidError(meter, "p2p: no position for this meter (positions are given for others)", missing[0])
+    placed = np.setdiff1d(rows, np.asarray(missing, dtype=np.int64))
+    pos = np.array([params.positions[book.meters[row]] for row in placed], dtype=float).reshape(-1, 2)
+    return placed, pos
 
 
 def _edge_bounds(nodes: BidBook, tail: IntArray, head: IntArray) -> tuple[FloatArray, FloatArray]:

@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--gate-closure", type=int, help="seconds before interval start")
     p.add_argument("--feeder", action="store_true", default=None,
                    help="this is the feeder meter at the connection point (a rotation keeps what the meter was)")
+    p.add_argument("--position", metavar="X,Y",
+                   help="the meter's position in km (e.g. 1.2,0.4): the peer-to-peer market's distances come"
+                        " from it; without one the meter trades with the grid only under p2p"
+                        " (a rotation keeps the stored one)")
+    p.add_argument("--preference", metavar="C",
+                   help="its preference c_n >= 0 for the peer-to-peer market: currency per kWh per km it"
+                        " pays to trade far away (default 0; a rotation keeps the stored one)")
     p.add_argument("--rotate", action="store_true",
                    help="the meter exists: give it a new key id and key; the old key stays valid until the meter"
                         " is seen with the new one")
@@ -83,13 +90,20 @@ def device_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from gateway import config  # noqa: PLC0415
-    from gateway.registry import Registry, RegistryError, gateway_logins, read_password  # noqa: PLC0415
+    from gateway.registry import (  # noqa: PLC0415
+        Registry, RegistryError, gateway_logins, parse_position, parse_preference, read_password)
 
     cfg = config.load(args.config) if args.config else config.GatewayConfig()
     db_path = args.db or (cfg.db if args.config else "gateway.db")
     out = args.out or f"{args.meter}.json"
     if (args.new_password or args.retire_old) and not args.rotate:
         print("tmeter provision: --new-password and --retire-old go with --rotate", file=sys.stderr)
+        return 2
+    try:
+        position = None if args.position is None else parse_position(args.position)
+        preference = None if args.preference is None else parse_preference(args.preference)
+    except RegistryError as exc:
+        print(f"tmeter provision: {exc}", file=sys.stderr)
         return 2
     registry = Registry(db_path)
     try:
@@ -101,10 +115,12 @@ def run(args: argparse.Namespace) -> int:
             tls=args.tls or cfg.mqtt.tls, ca=args.ca, keepalive_s=args.keepalive,
             interval_s=args.interval or cfg.interval_s,
             gate_closure_s=args.gate_closure if args.gate_closure is not None else cfg.gate_closure_s,
-            feeder=args.feeder, rotate=args.rotate, new_password=args.new_password, retire_old=args.retire_old,
+            feeder=args.feeder, position=position, preference=preference, rotate=args.rotate,
+            new_password=args.new_password, retire_old=args.retire_old,
             reserved=gateway_logins(cfg.mqtt.user) if cfg.mqtt.user else (), password=password,
             **device_settings(args),
         )
+        place = registry.place(args.meter)
     except RegistryError as exc:
         print(f"tmeter provision: {exc}", file=sys.stderr)
         return 2
@@ -115,5 +131,14 @@ def run(args: argparse.Namespace) -> int:
         after = "same MQTT login; the older key works until the meter uses this one"
     else:
         after = "regenerate the broker files: tmeter gateway mosquitto-config"
-    print(f"{args.meter}: key id {device.kid} in {db_path}; device config {path} ({after})")
+    print(f"{args.meter}: key id {device.kid} in {db_path}; device config {path} ({after}); {_placed(place)}")
+    if place is not None and place.position is None and cfg.market.mechanism == "p2p" and not args.feeder:
+        print(f"tmeter provision: {args.meter} has no position: under p2p it trades with the grid only"
+              " (give --position X,Y)", file=sys.stderr)
     return 0
+
+
+def _placed(place: Any) -> str:
+    """The meter's place in the p2p market as stored (gateway.registry.Place)."""
+    where = "no position" if place.position is None else f"position {place.position[0]:g},{place.position[1]:g} km"
+    return f"{where}, preference {place.preference / 1_000_000:g} per kWh per km"
