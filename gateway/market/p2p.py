@@ -19,6 +19,21 @@ paper describes for buyers. At the optimum a trade n -> m clears at a price lamb
 
 so the buyer pays less for energy from far away, exactly by its stated preference.
 
+Against the paper and the DTU code. (1) Sorin, Bobo & Pinson (2019), eq. (4): the term is
+c_nm P_nm on the signed trade, positive for a sale; literally a seller is charged and a buyer
+credited, and for c_nm = c_mn the two halves of one trade cancel. We charge both sides a cost
+on |P_nm| instead, the premium each agent attaches to trading with each peer. (2) The
+DTU code by F. Moret, checked: fmoret/P2PApp (MainApp/Prosumer.py, the prosumer market app)
+charges each agent sum pref_nm t_pos with t_pos >= |t_nm|, both sides, each its own premium:
+our reading exactly. fmoret/p2p_general (Prosumer.py) sets pref as the linear coefficient of the
+signed trade (Gurobi ``obj=pref``: the paper's literal sign, a cost only where the agent sells,
+a credit where it buys), and then replaces the objective with ``setObjective``, which drops that
+coefficient. Issue 18 describes the DTU course code as charging the seller side only, i.e.
+c_n max(P_nm, 0); no stored version does exactly that (A-Eltved/peer-2-peer-markets, the DTU CEE
+summer school 2018, has no preference term). Under that form a member that only buys states no
+preference and cannot favour its neighbours; ours charges whoever states c_n, and gives the same
+dispatch as the seller-side form when the members with c_n > 0 only sell.
+
 Sign constraints (the paper's producers only sell, consumers only buy): a member whose bid
 cannot import (q_min >= 0) never receives, one that cannot export (q_max <= 0) never sends;
 prosumers may trade both ways. Trades are the variables of the graph's edges, so reciprocity
@@ -30,6 +45,11 @@ node that only buys, at the export price, up to the export capacity. Two nodes r
 so that energy passed through the grid is bought at the import price and sold at the export
 price, never netted for free between members who are not connected. Grid trades are settled at
 the tariff; a binding capacity shows as congestion (the node's price minus the tariff).
+
+In the daemon (gateway/interval/clearing.py) positions and c_n come from provisioning
+(`tmeter provision --position --preference`), k and the grid's distance from ``[market.p2p]``
+(grid at distance 0 there: trading at the tariff carries no premium, so c_n weighs distant peers
+against the grid).
 
 The exact solution is a convex QP (piecewise quadratic member costs, linear trade costs), solved
 by `qp.solve_box_qp` in the space of segment fills and edge flows.
