@@ -20,6 +20,7 @@ from gateway.interval import settlement
 from gateway.config import GatewayConfig, MarketConfig
 from protocols import messages, topics
 from sim_hardware.harness.mosquitto import MosquittoBroker
+from sim_hardware.harness.redteam import start
 from tests.gateway.conftest import make_config, provision
 from tests.gateway.meters import AckCollector, Fleet, publisher
 
@@ -45,13 +46,6 @@ http_port = 0
 publish_s = 0.5
 """)
     return path
-
-
-def start(toml: Path, log: Path, *extra: str, **env: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as err:  # the child has its own descriptor: ours is closed at once
-        return subprocess.Popen([sys.executable, "-m", "tmeter", "gateway", "run", "--config", str(toml),
-                                 "--log-level", "WARNING", *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=err, env={**os.environ, **env})
 
 
 class StatusWatch:
