@@ -1,12 +1,19 @@
 """The meters of a community run: each household's meter and the feeder meter registered in
 the gateway's registry, with a device config in a folder of its own (tuned for an accelerated
 run, its MQTT link through a fault proxy where the scenario disrupts it), and, afterwards,
-what each one still holds queued on its flash."""
+what each one still holds queued on its flash.
+
+Households get a place for the peer-to-peer market (gateway/registry.py Place): positions on a
+street grid HOUSE_SPACING_KM apart, in one village or, with ``villages=2``, in two villages
+``village_km`` apart (the two-villages example of Sorin, Bobo & Pinson 2019), each with the
+preference c_n ``preference`` (micro-currency per kWh per km). The feeder meter has no place:
+it is not a member."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,9 @@ from sim_hardware.simulator.server import Simulator
 from tmeter.fwtools.build import write_plan
 
 FEEDER = "feeder"  # meter id of the community's connection point
+HOUSE_SPACING_KM = 0.05  # households 50 m apart on a square street grid
+VILLAGE_KM = 3.0  # centre to centre, with two villages
+PREFERENCE = 20_000  # c_n, micro-currency per kWh per km: 0.02 per kWh for each km
 STATUS_S = 5  # real seconds between status messages (meters and gateway)
 REAL_TIME = {"start": None, "epoch": None, "speed": 1}  # a board's clock: NTP, not simulated
 
@@ -44,10 +54,33 @@ class Meter:
         return self.folder / "config.json"
 
 
+def household_positions(n: int, villages: int = 1, village_km: float = VILLAGE_KM) -> list[tuple[float, float]]:
+    """Positions (km) of n households: square street grids, one per village, the villages'
+    origins ``village_km`` apart on the x axis; household i is in village i * villages // n."""
+    if villages not in (1, 2) or not village_km >= 0:
+        raise ValueError("villages is 1 or 2, village_km a distance >= 0")
+    out = []
+    for v in range(villages):
+        members = [i for i in range(n) if i * villages // n == v]
+        side = max(1, math.ceil(math.sqrt(len(members))))
+        for j, _ in enumerate(members):
+            out.append((round(v * village_km + HOUSE_SPACING_KM * (j % side), 6),
+                        round(HOUSE_SPACING_KM * (j // side), 6)))
+    return out
+
+
 def provision(scenario: Scenario, sim: Simulator, buses: Buses, broker: Broker, clock: SimClock,
-              db_path: Path, meters_dir: Path) -> tuple[list[Meter], Keys]:
+              db_path: Path, meters_dir: Path, villages: int | None = None,
+              village_km: float | None = None, preference: int | None = None) -> tuple[list[Meter], Keys]:
     """Register every household's meter and the feeder meter in the registry at ``db_path``
-    and write each one's device config and register plan into ``meters_dir/<meter id>``."""
+    and write each one's device config and register plan into ``meters_dir/<meter id>``.
+    Places (see the module docstring): ``villages``, ``village_km`` and ``preference`` left
+    None take the scenario's (when it has them) or this module's defaults."""
+    villages = villages if villages is not None else int(getattr(scenario, "villages", 1))
+    village_km = village_km if village_km is not None else float(getattr(scenario, "village_km", VILLAGE_KM))
+    preference = preference if preference is not None else int(getattr(scenario, "preference", PREFERENCE))
+    positions = household_positions(len(sim.households), villages, village_km)
+    places = {h.id: xy for h, xy in zip(sim.households, positions)}
     entries = [(h.id, h.meter_id, 2, h.index) for h in sim.households]
     entries.append((FEEDER, "feeder-meter", None, -1))
     meters: list[Meter] = []
@@ -61,6 +94,7 @@ def provision(scenario: Scenario, sim: Simulator, buses: Buses, broker: Broker, 
                 meter_id, scenario.community, mqtt_host=scenario.broker_host if real_board else broker.host,
                 mqtt_port=broker.port, keepalive_s=10, interval_s=scenario.interval_s,
                 gate_closure_s=scenario.gate_closure_s, feeder=meter_id == FEEDER,
+                position=places.get(meter_id), preference=preference if meter_id in places else None,
                 clock=REAL_TIME if real_board else clock.to_dict(),
                 modbus={"link": buses.link(sim, device, index), "baud": 9600 if real_board else 115200,
                         "meter_unit": 1, "meter_model": "sdm630", "battery_unit": battery_unit},
@@ -71,9 +105,19 @@ def provision(scenario: Scenario, sim: Simulator, buses: Buses, broker: Broker, 
             tune_device_config(meter.config_path, scenario)
             write_plan(meter.config_path)
             meters.append(meter)
+        write_places(meters_dir / "places.json", registry)
     finally:
         registry.close()
     return meters, keys
+
+
+def write_places(path: Path, registry: Registry) -> None:
+    """Every meter's position (km, null: none) and preference c_n (micro-currency per kWh per
+    km) as provisioned, one JSON object keyed by meter id, for reports and plots."""
+    places = {m: {"position": None if p.position is None else list(p.position), "preference": p.preference}
+              for m, p in registry.places().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(places, indent=1, sort_keys=True) + "\n")
 
 
 def tune_device_config(path: Path, scenario: Scenario) -> None:

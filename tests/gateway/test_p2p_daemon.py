@@ -282,3 +282,15 @@ def test_the_daemon_clears_settles_and_ledgers_p2p_on_the_sparse_graph(tmp_path)
     assert abs(peer) <= len(homes)  # rounding of each trade's side, at most a micro-unit each
     report = _report(off)
     assert report.ok, report.problems
+
+
+def test_the_demo_places_households_in_one_or_two_villages() -> None:
+    from sim_hardware.harness.provisioning import HOUSE_SPACING_KM, household_positions
+
+    one = household_positions(9)
+    assert len(set(one)) == 9 and max(max(x, y) for x, y in one) == pytest.approx(2 * HOUSE_SPACING_KM)
+    two = household_positions(10, villages=2, village_km=3.0)
+    a, b = two[:5], two[5:]
+    assert min(abs(p[0] - q[0]) for p in a for q in b) >= 3.0 - 2 * HOUSE_SPACING_KM - 1e-9
+    with pytest.raises(ValueError):
+        household_positions(4, villages=3)
