@@ -10,9 +10,12 @@ cleared by mechanism 1 under each allocation rule; business as usual (BAU) is ev
 alone with the grid. Costs are money paid plus the value of flexible load given up, so that a
 household that changes nothing pays exactly its electricity bill.
 
-Because the allocation rules only move money between members, the community's total cost is the
-same under all of them; what differs is who gains, which the table shows (members better off
-than BAU, the largest individual loss).
+The rules enter each member's own problem (`gateway.market.allocation`): ``marginal`` is the
+welfare-optimal dispatch priced at the community's marginal price; under ``equal`` and
+``proportional`` every member carries its share of the grid bill, sees only that share of the
+grid's price, and the dispatch (and so the community's total) is that equilibrium. ``least-core``
+keeps the welfare-optimal dispatch and shares the period's cost by the least core of the
+coalition game (`gateway.market.cooperative`): nobody pays more over the period than alone.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.market import Bid, BidBook, CommunityTerms, clear
+from gateway.market.cooperative import LeastCore, cooperative_allocation
 from gateway.market.result import ClearingResult
-from gateway.market.terms import ALLOCATIONS
+from gateway.market.terms import RULES
 
 FloatArray = npt.NDArray[np.float64]
 INTERVAL_S = 900
+LEAST_CORE = "least-core"  # the cooperative rule of a billing period (the study's whole span)
 
 
 @dataclass(frozen=True)
@@ -76,29 +81,59 @@ class Study:
     bought: list[float] = field(default_factory=list)
     grid_import: list[float] = field(default_factory=list)
     grid_export: list[float] = field(default_factory=list)
+    meters: tuple[str, ...] = ()
     bau_cost: FloatArray | None = None  # per member, summed over intervals
     cost: dict[str, FloatArray] = field(default_factory=dict)  # rule -> per member
+    grid_kwh: dict[str, list[float]] = field(default_factory=dict)  # rule -> [import, export]
+    max_dq: dict[str, float] = field(default_factory=dict)  # rule -> max |q - q_marginal|, kWh
+    least_core: LeastCore | None = None
     import_price: float = 0.0
     export_price: float = 0.0
     matched_kwh: float = 0.0
 
+    def saving(self, rule: str) -> FloatArray:
+        """Each member's saving against alone under ``rule`` (negative: worse off)."""
+        assert self.bau_cost is not None
+        return self.bau_cost - self.cost[rule]
 
-def simulate(households: list[Household], start: int, days: int, imp: float, exp: float) -> Study:
+
+def simulate(
+    households: list[Household], start: int, days: int, imp: float, exp: float,
+    coalitions: int | None = None,
+) -> Study:
+    """Every rule on the same bids; ``coalitions`` random coalitions for the least core
+    (default: as many as households, besides the singletons and every all-but-one)."""
     base = CommunityTerms(import_price=imp, export_price=exp)
-    study = Study(import_price=imp, export_price=exp)
+    study = Study(meters=tuple(h.meter for h in households), import_price=imp, export_price=exp)
     n = len(households)
     study.bau_cost = np.zeros(n)
-    study.cost = {rule: np.zeros(n) for rule in ALLOCATIONS}
+    study.cost = {rule: np.zeros(n) for rule in RULES}
+    study.grid_kwh = {rule: [0.0, 0.0] for rule in RULES}
+    study.max_dq = {rule: 0.0 for rule in RULES}
+    books, offsets = [], np.zeros(n)
     for t0 in range(start, start + days * 86400, INTERVAL_S):
         curves = [h.curve(t0) for h in households]
         book = BidBook.from_bids(Bid.curve(h.meter, c) for h, c in zip(households, curves))
         # Costs relative to doing nothing (all PV used, all load served): money + value shed.
         offset = book.cost(np.array([c[1][0] for c in curves]))
-        for rule in ALLOCATIONS:
-            res = clear(book, dataclasses.replace(base, allocation=rule))
+        by_rule = {rule: clear(book, dataclasses.replace(base, allocation=rule)) for rule in RULES}
+        for rule, res in by_rule.items():
             study.cost[rule] += res.member_cost - offset
-        study.bau_cost += res.bau_member_cost - offset
-        _record(study, t0, res)
+            study.grid_kwh[rule][0] += res.grid_import
+            study.grid_kwh[rule][1] += res.grid_export
+            dq = float(np.abs(res.q - by_rule["marginal"].q).max(initial=0.0))
+            study.max_dq[rule] = max(study.max_dq[rule], dq)
+        marginal = by_rule["marginal"]
+        study.bau_cost += marginal.bau_member_cost - offset
+        _record(study, t0, marginal)
+        books.append(book)
+        offsets += offset
+    if books:
+        lc = cooperative_allocation(books, base, samples=coalitions)
+        study.least_core = lc
+        study.cost[LEAST_CORE] = lc.cost - offsets
+        study.grid_kwh[LEAST_CORE] = list(study.grid_kwh["marginal"])
+        study.max_dq[LEAST_CORE] = 0.0
     return study
 
 

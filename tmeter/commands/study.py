@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", default="2024-06-01", help="first day, UTC (default 2024-06-01)")
     parser.add_argument("--import-price", type=float, default=0.30, help="per kWh (default 0.30)")
     parser.add_argument("--export-price", type=float, default=0.08, help="per kWh (default 0.08)")
+    parser.add_argument("--coalitions", type=_positive_int, default=None,
+                        help="random coalitions the least core checks besides singletons and "
+                             "every all-but-one (default: as many as households)")
     parser.add_argument("--out", type=Path, default=Path("out"),
                         help="folder for the plot (default ./out)")
 
@@ -38,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         start = _start_time(args.start)
         households = [Household.make(i, args.seed, args.profile) for i in range(args.members)]
-        study = simulate(households, start, args.days, args.import_price, args.export_price)
+        study = simulate(households, start, args.days, args.import_price, args.export_price,
+                         coalitions=args.coalitions)
     except (ValueError, RuntimeError, MarketInputError) as exc:  # bad dates, profile source
         print(f"tmeter study: {exc}", file=sys.stderr)
         return 2
@@ -57,29 +61,61 @@ def _start_time(text: str) -> int:
 
 def print_table(study: Any) -> None:
     from rich.console import Console
+
+    console = Console()
+    console.print(_rule_table(study))
+    console.print(
+        "community: money paid plus the value of flexible load given up, summed over households; "
+        "saving: against every household alone (BAU); worse off / max loss: households against "
+        "their own cost alone; max dq: the largest change of one award against marginal, kWh"
+    )
+    lc = study.least_core
+    if lc is not None:
+        console.print(
+            f"least-core: welfare-optimal dispatch, the period's cost shared so that no coalition "
+            f"of the {lc.coalitions} checked (singletons, every all-but-one, random) pays more "
+            f"than alone by over {max(lc.epsilon, 0.0):.4f}; largest excess {lc.epsilon:.4f}"
+        )
+    console.print(_member_table(study))
+    console.print(
+        f"energy matched inside the community (marginal): {study.matched_kwh:.1f} kWh (spread "
+        f"between import and export price: {study.import_price - study.export_price:.2f} per kWh)"
+    )
+
+
+def _rule_table(study: Any) -> Any:
     from rich.table import Table
 
     bau = study.bau_cost
     table = Table(title=f"Energy collective vs business as usual: {len(study.times)} intervals, "
                         f"{len(bau)} households")
-    for col in ("allocation", "community", "BAU", "savings", "%", "better off", "max loss"):
+    columns = ("allocation", "grid in kWh", "grid out kWh", "max dq", "community", "BAU",
+               "saving", "%", "worse off", "max loss")
+    for col in columns:
         table.add_column(col, justify="left" if col == "allocation" else "right")
     total_bau = float(bau.sum())
     for rule, cost in study.cost.items():
         total = float(cost.sum())
-        gain = bau - cost
+        gain = study.saving(rule)
+        grid_in, grid_out = study.grid_kwh[rule]
         table.add_row(
-            rule, f"{total:.2f}", f"{total_bau:.2f}", f"{total_bau - total:.2f}",
+            rule, f"{grid_in:.1f}", f"{grid_out:.1f}", f"{study.max_dq[rule]:.2f}",
+            f"{total:.2f}", f"{total_bau:.2f}", f"{total_bau - total:.2f}",
             f"{100 * (total_bau - total) / abs(total_bau):.1f}" if total_bau else "-",
-            f"{int((gain > 1e-9).sum())} / {len(bau)}", f"{max(0.0, -float(gain.min())):.2f}",
+            f"{int((gain < -1e-9).sum())} / {len(bau)}", f"{max(0.0, -float(gain.min())):.2f}",
         )
-    console = Console()
-    console.print(table)
-    console.print(
-        "costs: money paid plus the value of flexible load given up, summed over households; "
-        "better off / max loss: households against their own BAU cost"
-    )
-    console.print(
-        f"energy matched inside the community: {study.matched_kwh:.1f} kWh (spread between "
-        f"import and export price: {study.import_price - study.export_price:.2f} per kWh)"
-    )
+    return table
+
+
+def _member_table(study: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Saving of each household against alone, per rule")
+    table.add_column("household")
+    table.add_column("alone", justify="right")
+    for rule in study.cost:
+        table.add_column(rule, justify="right")
+    savings = {rule: study.saving(rule) for rule in study.cost}
+    for i, meter in enumerate(study.meters):
+        table.add_row(meter, f"{study.bau_cost[i]:.2f}", *(f"{savings[r][i]:.2f}" for r in study.cost))
+    return table
