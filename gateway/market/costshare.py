@@ -74,7 +74,9 @@ def shares(book: BidBook, community: CommunityTerms) -> FloatArray | None:
         if bau is not None:
             weight = np.abs(bau[0]) + SHARE_FLOOR_KWH
             return weight / weight.sum()
-    return np.full(n, 1.0 / n)  # equal, or proportional in an islanded community (G = 0)
+    # equal; or proportional where BAU is undefined (islanded, or a member needs a side of the
+    # grid that is missing): no grid use alone to weigh by
+    return np.full(n, 1.0 / n)
 
 
 def grid_shares(

@@ -42,6 +42,10 @@ class ClearingResult:
                    (+ preference terms for p2p)
     community_cost sum of member costs + grid bill = sum of ``member_costs`` (no preferences)
     bau_cost       sum of members' costs alone with the grid; None if undefined (islanded)
+    price          uniform: the community price; under a sharing rule (``equal``,
+                   ``proportional``) the grid's marginal price lambda of the equilibrium, of
+                   which member n sees its share: ``member_price`` = s_n lambda, the shares s_n
+                   in ``extra["shares"]`` (`allocation`)
     """
 
     mechanism: str

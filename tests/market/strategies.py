@@ -7,7 +7,7 @@ import os
 from hypothesis import strategies as st
 
 from gateway.market.bids import Bid
-from gateway.market.terms import CommunityTerms
+from gateway.market.terms import ALLOCATIONS, CommunityTerms
 
 # MARKET_EXAMPLES=20 runs every property test with 20 times its examples (a longer soak).
 SCALE = int(os.environ.get("MARKET_EXAMPLES", "1"))
@@ -54,7 +54,7 @@ def communities(draw: st.DrawFn, allow_islanded: bool = True, capacities: bool =
         export_price=exp,
         import_capacity=draw(cap) if capacities else None,
         export_capacity=draw(cap) if capacities else None,
-        allocation=draw(st.sampled_from(["none", "equal", "proportional"])),
+        allocation=draw(st.sampled_from(ALLOCATIONS)),
     )
 
 

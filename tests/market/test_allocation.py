@@ -78,11 +78,14 @@ def bau_position(bid: Bid, community: CommunityTerms) -> float:
 
 
 def shares_of(bids: list[Bid], community: CommunityTerms) -> np.ndarray:
-    """The documented shares, recomputed: 1/N, or |q_BAU| + 1 Wh normalised; marginal: 1."""
+    """The documented shares, recomputed: 1/N, or |q_BAU| + 1 Wh normalised (1/N where some
+    member cannot be alone: a side of the grid it needs is missing); marginal: 1."""
     n = len(bids)
     if community.rule == "marginal":
         return np.ones(n)
-    if community.rule == "proportional" and not community.islanded:
+    alone = all((community.export_price is not None or b.q_min <= 0)
+                and (community.import_price is not None or b.q_max >= 0) for b in bids)
+    if community.rule == "proportional" and alone:
         w = np.array([abs(bau_position(b, community)) for b in bids]) + 1e-3
         return w / w.sum()
     return np.full(n, 1.0 / n)
