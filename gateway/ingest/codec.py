@@ -84,7 +84,12 @@ class KeyCache:
             self._loaded = time.monotonic()
         k = (meter, kid)
         if k not in self._keys:
-            self._keys[k] = self.registry.key(meter, kid)
+            try:
+                self._keys[k] = self.registry.key(meter, kid)
+            except sqlite3.Error as exc:
+                # The database is gone or failing: the message cannot be verified now. Refused
+                # (never acked, so the meter sends it again) rather than the pump dying on it.
+                raise ProtocolError("key_unavailable", f"registry unreadable: {exc}") from None
         return self._keys[k]
 
 

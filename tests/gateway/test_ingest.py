@@ -203,3 +203,22 @@ def test_a_last_will_never_replaces_a_newer_status(offline: Offline) -> None:
     assert offline.counters["status_older"] == 1 and offline.counters["status"] == 2
     offline.send(_status(spec, 2, 1, 1, 130))  # rebooted: its n starts again
     assert (_stored_status(offline, spec.meter)["boot"], _stored_status(offline, spec.meter)["cp"]["size"]) == (2, 130)
+
+
+def test_an_unreadable_registry_refuses_the_message_and_keeps_the_decoder_alive(tmp_path) -> None:  # noqa: ANN001
+    # The red-team replay removed the database under a running gateway: a key lookup that failed
+    # with a disk I/O error killed the uplink pump, which then crash-looped.
+    from collections import Counter
+
+    from gateway.ingest.codec import KeyCache, MeterDecoder
+
+    reg = Registry(str(tmp_path / "gw.db"))
+    dev = reg.provision("m1", "c1")
+    spec = MeterSpec("m1", dev.kid, dev.key)
+    counts: Counter[str] = Counter()
+    decoder = MeterDecoder(KeyCache(Registry(conn=reg.conn)), counts)
+    topic, payload, _ = reading(spec, "c1", 100, INTERVAL_S)
+    reg.conn.close()
+    assert decoder(topic, payload) is None and counts == {"key_unavailable": 1}
+    decoder.keys.registry = Registry(str(tmp_path / "gw.db"))  # the database is back
+    assert decoder(topic, payload) is not None  # the failure was not cached
