@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import sqlite3
+import time
 from collections import Counter
 from typing import Any
 
@@ -113,12 +114,14 @@ class Scheduler:
 
     def clear_interval(self, iv: int, now: float) -> list[Outgoing]:
         bids = self._bids(iv)
+        started = time.perf_counter()
         try:
             result = self.clear(iv, bids, self.cfg.market) if bids else Clearing(self.cfg.market.mechanism, 0, {})
         except Exception:  # noqa: BLE001 - a failed clearing leaves everyone on the grid, not the daemon down
             log.exception("clearing interval %d failed; awarding nothing", iv)
             self.counters["clearing_failed"] += 1
             result = Clearing(self.cfg.market.mechanism, 0, {})
+        cleared = time.perf_counter()
         if result.unplaced:
             self.counters["p2p_unplaced"] += len(result.unplaced)
             log.warning("interval %d: %d bidders have no provisioned position and trade with the grid only: %s",
@@ -142,7 +145,8 @@ class Scheduler:
                                    "ts": iv * self.cfg.interval_s})
         out.append(Outgoing(topics.result_topic(self.cfg.community, iv), body))
         self.counters["cleared"] += 1
-        log.info("cleared interval %d: %d bids, price %d", iv, len(bids), result.price)
+        log.info("cleared interval %d: %d bids, price %d (%.0f ms: clearing %.0f)", iv, len(bids), result.price,
+                 (time.perf_counter() - started) * 1000, (cleared - started) * 1000)
         return out
 
     def _award(self, iv: int, meter: str, q_wh: int, result: Clearing, now: float) -> list[Outgoing]:
