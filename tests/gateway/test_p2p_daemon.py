@@ -294,3 +294,14 @@ def test_the_demo_places_households_in_one_or_two_villages() -> None:
     assert min(abs(p[0] - q[0]) for p in a for q in b) >= 3.0 - 2 * HOUSE_SPACING_KM - 1e-9
     with pytest.raises(ValueError):
         household_positions(4, villages=3)
+
+
+def test_provisioning_a_meter_without_position_for_p2p_says_it_trades_with_the_grid_only(tmp_path) -> None:  # noqa: ANN001
+    from tests.gateway.conftest import tmeter
+
+    toml = tmp_path / "gateway.toml"
+    toml.write_text('community = "c1"\ndb = "g.db"\n[market]\nmechanism = "p2p"\n[market.p2p]\nk = 5\n')
+    out = tmeter("provision", "m1", "--config", str(toml), "--out", str(tmp_path / "m1.json"))
+    assert out.returncode == 0 and "no position: under p2p it trades with the grid only" in out.stderr
+    placed = tmeter("provision", "m2", "--config", str(toml), "--out", str(tmp_path / "m2.json"), "--position", "0,1")
+    assert placed.returncode == 0 and placed.stderr == ""
