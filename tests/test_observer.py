@@ -69,3 +69,32 @@ def test_report_and_table_render(tmp_path: Path) -> None:
     assert table.row_count == 10
     assert "saved 0.22" in str(table.caption) and "1 of 2 households better off" in str(table.caption)
     assert "welfare objective" in str(table.caption)
+
+
+def test_the_live_table_fits_80_columns_with_every_header_whole() -> None:
+    from rich.console import Console
+
+    from sim_hardware.harness.dashboard import COLUMNS
+
+    obs = observer()
+    for iv in range(1978944, 1978960):  # a day in 2026 at 15 min: 7-digit intervals
+        feed_interval(obs, iv, -12_345_678, 99_999_999)  # wide money
+    empty = messages.result(1978960, "uniform", 0, 0, 0, 0, 0, 0, 0)
+    obs.handle(topics.result_topic("c1", 1978960), messages.encode(empty))
+    bills = [MemberBill("hh000", 1, 2, 2, 100, 0, 1_000_000, 2_000_000, "household alone (simulated)")]
+    console = Console(width=80, record=True, color_system=None)
+    console.print(live_table(obs, 900, bills))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    header = next(line for line in text.splitlines() if "UTC" in line)
+    assert all(name in header for name in COLUMNS), header
+    last = [line for line in text.splitlines() if "│" in line][-1]
+    assert "-" in last.split("│")[2] and "0.0000" not in last  # no bids: no price, not 0.0000
+
+
+def test_only_the_runs_intervals_are_the_runs() -> None:
+    obs = observer()
+    for iv in range(10, 20):
+        feed_interval(obs, iv, 100, 200)
+    obs.span = (12, 15)
+    assert [v.iv for v in obs.cleared()] == [12, 13, 14] and obs.totals() == (300, 600)

@@ -146,7 +146,9 @@ class CommunityRun:
 
     def _start_observer(self, broker: Broker) -> None:
         """The observer on its own event loop in a thread, for the live table and the report."""
-        observer = CommunityObserver(self.scenario.community, lambda m, k: self.keys.get((m, k)))
+        sc = self.scenario
+        observer = CommunityObserver(sc.community, lambda m, k: self.keys.get((m, k)),
+                                     span=(sc.start // sc.interval_s, self.end_iv))
         loop = asyncio.new_event_loop()
         stop = asyncio.Event()
 

@@ -12,6 +12,11 @@ def price(micro_per_kwh: int | None) -> str:
     return "-" if micro_per_kwh is None else f"{micro_per_kwh / MICRO:.4f}"
 
 
+# Short enough that the table fits 80 columns with every header whole (time is UTC, money and
+# prices in currency, energy in kWh; "welfare" is the market's objective, not money).
+COLUMNS = ("UTC", "price", "traded kWh", "grid in", "grid out", "welfare", "w. alone", "bids")
+
+
 def money_caption(bills: list[MemberBill]) -> str:
     """The members' money so far, in the community and alone (gateway/bills.py)."""
     community, alone = sum(b.community for b in bills), sum(b.alone for b in bills)
@@ -32,13 +37,12 @@ def live_table(obs: CommunityObserver, interval_s: int, bills: list[MemberBill] 
               f"ledger {obs.ledger_size} records, {obs.readings} readings",
         caption="\n".join(caption),
     )
-    for name in ("interval", "time (UTC)", "price /kWh", "traded kWh", "grid in kWh",
-                 "grid out kWh", "welfare obj.", "obj. alone", "bids"):
-        table.add_column(name, justify="right")
+    for name in COLUMNS:
+        table.add_column(name, justify="right", no_wrap=True)
     for view in obs.cleared()[-rows:]:
         t = view.iv * interval_s
         table.add_row(
-            str(view.iv), f"{t // 3600 % 24:02d}:{t // 60 % 60:02d}", price(view.price),
+            f"{t // 3600 % 24:02d}:{t // 60 % 60:02d}", price(view.price) if view.bids else "-",
             f"{view.traded_wh / 1000:.2f}", f"{view.grid_import_wh / 1000:.2f}",
             f"{view.grid_export_wh / 1000:.2f}", money(view.community_cost), money(view.bau_cost),
             str(view.bids),

@@ -50,6 +50,9 @@ class CommunityObserver:
     ledger_size: int = 0
     readings: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    # The run's intervals, [first, end): the gateway goes on clearing while the run drains, and
+    # those intervals are not the run's.
+    span: tuple[int, int] | None = None
 
     def filters(self) -> list[str]:
         c = self.community
@@ -86,7 +89,8 @@ class CommunityObserver:
         view.mechanism = str(msg["mech"])
 
     def cleared(self) -> list[IntervalView]:
-        return [v for _iv, v in sorted(self.intervals.items()) if v.price is not None]
+        lo, hi = self.span or (0, 2 ** 62)
+        return [v for iv, v in sorted(self.intervals.items()) if v.price is not None and lo <= iv < hi]
 
     def totals(self) -> tuple[int, int]:
         """(community, members alone) welfare objective summed over cleared intervals, micro-currency."""

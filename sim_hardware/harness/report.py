@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from gateway.bills import MICRO, MemberBill
@@ -39,21 +39,26 @@ def plots(obs: CommunityObserver, interval_s: int, feeders: tuple[str, ...] = ("
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=timezone.utc))  # type: ignore[attr-defined]
 
     fig, ax = plt.subplots(figsize=(8, 3))
-    ax.step(times, [v.price / MICRO for v in rows], where="post")  # type: ignore[operator]
-    time_axis(ax, "clearing price per kWh", "Community price")
+    ax.step(times, [v.price / MICRO if v.bids else float("nan") for v in rows], where="post")  # type: ignore[operator]
+    time_axis(ax, "currency per kWh", "Community price (no bids: no price)")
     out["prices"] = _figure_png(fig)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    # Ten lines on one axis hide each other: one row per household, colour = net export.
     households = sorted({m for v in obs.intervals.values() for m in v.net_wh} - set(feeders))
-    for meter in households:
-        ax.plot(times, [v.net_wh.get(meter, 0) / 1000 for v in rows], lw=0.8, label=meter)
-    ax.axhline(0, color="black", lw=0.5)
-    time_axis(ax, "net export kWh per interval", "Each household's metered net position")
-    if households and len(households) <= 12:
-        ax.legend(fontsize=6, ncol=4)
-    out["net_positions"] = _figure_png(fig)
-    plt.close(fig)
+    if rows and households:
+        grid = [[v.net_wh.get(m, 0) / 1000 for v in rows] for m in households]
+        limit = max(0.1, max(abs(x) for line in grid for x in line))
+        fig, ax = plt.subplots(figsize=(8, 0.8 + 0.25 * len(households)))
+        image = ax.imshow(grid, aspect="auto", cmap="RdBu", vmin=-limit, vmax=limit, interpolation="nearest",
+                          extent=(mdates.date2num(times[0]), mdates.date2num(times[-1] + (times[1] - times[0]
+                                  if len(times) > 1 else timedelta(seconds=interval_s))), len(households) - 0.5, -0.5))
+        ax.set_yticks(range(len(households)), households, fontsize=6)  # type: ignore[attr-defined]
+        ax.xaxis_date()  # type: ignore[attr-defined]
+        time_axis(ax, "household", "Each household's metered net position (blue exports, red imports)")
+        fig.colorbar(image, ax=ax, label="net export, kWh per interval")
+        out["net_positions"] = _figure_png(fig)
+        plt.close(fig)
 
     if by_interval:
         fig, ax = plt.subplots(figsize=(8, 3))

@@ -54,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]tmeter demo: {e}[/]")
         return 2
     out = args.out or Path(f"tmeter-demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    console.print(f"tmeter demo: {scenario.meters} households, {scenario.hours:g} simulated hours at "
-                  f"{speed:g}x (about {scenario.hours * 3600 / speed / 60:.1f} min), "
+    real_s = (scenario.end - scenario.start) / speed
+    console.print(f"tmeter demo: {scenario.meters} households, {scenario.hours:g} simulated hours "
+                  f"({(scenario.end - scenario.start) // scenario.interval_s} intervals) at {speed:g}x "
+                  f"(about {f'{real_s / 60:.1f} min' if real_s >= 120 else f'{real_s:.0f} s'} and the draining), "
                   f"{scenario.mechanism} market, firmware on {scenario.runtime}, output in {out}")
     bills = DemoBills(scenario)  # each household alone on the same day: the money baseline
     log_to_file(out / "logs" / "host.log")
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileExistsError, ValueError, RuntimeError) as e:
         console.print(f"[red]tmeter demo: {e}[/]")
         return 1
+    console.print()  # the live table's caption ends without one
     obs = result.community.observer
     assert obs is not None
     db = result.community.db_path
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"[bold]the households paid {money(sum(b.community for b in member_bills))} in the community against "
         f"{money(sum(b.alone for b in member_bills))} each alone with its own battery: saved {money(saved)}[/] "
-        f"over {len(bills.by_interval(db))} settled intervals (bills: {out / 'bills.csv'})")
+        f"over the run's {len(bills.by_interval(db))} settled intervals (bills: {out / 'bills.csv'})")
     console.print(f"welfare objective (grid bill plus the costs and values the bids declare): community "
                   f"{money(welfare)}, each alone on its bid {money(welfare_alone)}")
     console.print(f"report: {report.resolve()}")
