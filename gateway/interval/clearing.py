@@ -4,9 +4,11 @@ The wire speaks integers (Wh, micro-currency per kWh); the engines speak floats 
 currency per kWh). For the peer-to-peer market each bid carries its meter's provisioned place
 (gateway/registry.py: position in km, preference c_n in micro-currency per kWh per km) and the
 clearing runs on the k-nearest graph of ``[market.p2p] k``; a meter without a position has no
-peers and trades with the grid only (``Clearing.unplaced`` names them). Bids are converted on the way in; on the way out prices are rounded to
-integers and awards back to whole Wh with the largest-remainder method, so rounded awards sum
-to the rounded total and the same inputs give the same integers on every run. With trades (p2p)
+peers and trades with the grid only (``Clearing.unplaced`` names them).
+
+Bids are converted on the way in; on the way out prices are rounded to integers and awards back
+to whole Wh with the largest-remainder method, so rounded awards sum to the rounded total and
+the same inputs give the same integers on every run. With trades (p2p)
 each trade is rounded to whole Wh and a member's award is the sum of its trades, so every Wh
 awarded is priced by a trade.
 """
