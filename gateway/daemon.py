@@ -577,7 +577,8 @@ class Gateway:
                     backoff = RECONNECT_MIN_S
                 except aiomqtt.MqttError as exc:
                     self.counters["mqtt_disconnects"] += 1
-                    log.warning("broker connection lost (%s); reconnecting in %.1f s", exc, backoff)
+                    log.warning("broker %s:%d: connection lost (%s); reconnecting in %.1f s", self.cfg.mqtt.host,
+                                self.cfg.mqtt.port, exc, backoff)
                     try:
                         await asyncio.wait_for(stop.wait(), backoff * (0.5 + random.random()))
                     except TimeoutError:

@@ -148,7 +148,8 @@ class PumpProcess:
                 backoff = RECONNECT_MIN_S
                 self._serve()
             except OSError as exc:
-                log.warning("%s: broker connection failed (%s); retrying in %.1f s", self.s.name, exc, backoff)
+                log.warning("%s: broker %s:%d: connection failed (%s); retrying in %.1f s", self.s.name, self.s.host,
+                            self.s.port, exc, backoff)
             self._report_up(False)
             if not self.closing:
                 self._wait(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not secrecy
@@ -160,7 +161,7 @@ class PumpProcess:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:  # noqa: ARG002
         if reason.is_failure:
-            log.warning("%s: broker refused the connection: %s", self.s.name, reason)
+            log.warning("%s: broker %s:%d refused the connection: %s", self.s.name, self.s.host, self.s.port, reason)
             return
         if self.s.subscribe:
             client.subscribe([(f, 1) for f in self.s.subscribe])  # up once the broker confirms

@@ -52,3 +52,30 @@ def test_systemd_notify_watchdog_and_clean_sigterm(tmp_path: Path, mosquitto: Mo
         if proc.poll() is None:
             proc.kill()
         sock.close()
+
+
+def test_broker_warnings_name_the_broker(tmp_path: Path) -> None:
+    # An operator reading the log must see which broker did not answer.
+    import signal
+    import socket
+    import time
+
+    from sim_hardware.harness.redteam import start
+    from tests.gateway.conftest import make_config
+    from tests.gateway.test_crash import write_toml
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = make_config(tmp_path, None)
+    cfg.mqtt.host, cfg.mqtt.port = "127.0.0.1", port
+    log = tmp_path / "gateway.log"
+    proc = start(write_toml(cfg, tmp_path / "gateway.toml"), log)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and f"broker 127.0.0.1:{port}" not in log.read_text():
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert f"broker 127.0.0.1:{port}" in log.read_text()
