@@ -75,6 +75,17 @@ def to_price(currency_per_kwh: float) -> int:
     return round(currency_per_kwh * MICRO)
 
 
+def warm_up(market: MarketConfig) -> None:
+    """Clear a tiny p2p market once, so the first interval's clearing does not pay for the
+    engine's imports and first calls (scipy, the k-d tree: about 0.7 s, measured in the demo,
+    longer than the gate budget of an accelerated run). Uniform needs numpy only: nothing to do."""
+    if market.mechanism != "p2p":
+        return
+    bids = [Bid("a", [(0, 10_000), (1000, 10_000)], (0.0, 0.0), 1), Bid("b", [(-1000, 400_000), (0, 400_000)],
+                                                                      (1.0, 0.0), 1), Bid("c", [(-500, 350_000)], (0.0, 1.0))]
+    market_clear(0, bids, market.model_copy(update={"p2p": market.p2p.model_copy(update={"k": 1})}))
+
+
 def market_clear(iv: int, bids: list[Bid], market: MarketConfig) -> Clearing:
     """Clear with ``gateway.market`` (imported here: it pulls in numpy)."""
     from gateway import market as engine  # noqa: PLC0415 - heavy import, only when clearing

@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 from gateway.interval import settlement
-from gateway.interval.clearing import Bid, ClearFn, Clearing
+from gateway.interval.clearing import Bid, ClearFn, Clearing, market_clear, warm_up
 from gateway.ingest.codec import Outgoing
 from gateway.ingest.store import first_interval
 from gateway.config import GatewayConfig
@@ -44,6 +44,14 @@ class Scheduler:
         self._last_closed_iv: int | None = None
         self._adjust_seen = 0  # readings.id up to which late readings were looked for
         self._cut: list[tuple[str, int, int]] = []  # (meter, trades left out, trades) of this clearing's messages
+        if clear is market_clear:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        try:
+            warm_up(self.cfg.market)
+        except Exception:  # noqa: BLE001 - a slow first clearing is no reason not to start
+            log.exception("warming up the %s engine failed", self.cfg.market.mechanism)
 
     # --- times, in (possibly simulated) unix seconds
 
