@@ -94,9 +94,11 @@ def shares_of(bids: list[Bid], community: CommunityTerms) -> np.ndarray:
 def grid_bill(community: CommunityTerms, net_export: float) -> float:
     """G of the members' net export (inf where the grid cannot take or give it)."""
     imp, exp = max(-net_export, 0.0), max(net_export, 0.0)
-    if imp > 1e-9 and (community.import_price is None or imp > (community.import_capacity or np.inf) + 1e-9):
+    imp_cap = np.inf if community.import_capacity is None else community.import_capacity
+    exp_cap = np.inf if community.export_capacity is None else community.export_capacity
+    if imp > 1e-9 and (community.import_price is None or imp > imp_cap + 1e-9):
         return np.inf
-    if exp > 1e-9 and (community.export_price is None or exp > (community.export_capacity or np.inf) + 1e-9):
+    if exp > 1e-9 and (community.export_price is None or exp > exp_cap + 1e-9):
         return np.inf
     return (community.import_price or 0.0) * imp - (community.export_price or 0.0) * exp
 
@@ -122,7 +124,10 @@ def solve_weighted(bids: list[Bid], community: CommunityTerms, weight: np.ndarra
         cons.append(var <= (0.0 if price is None else cap if cap is not None else 1e6))
     bill = (community.import_price or 0.0) * imp - (community.export_price or 0.0) * exp
     prob = cp.Problem(cp.Minimize(sum(costs) + bill), cons)
-    solve(prob)
+    try:
+        solve(prob)
+    except cp.error.SolverError:  # weights 1/s_n up to ~1e4 stall Clarabel on a few problems
+        solve(prob, "OSQP")
     return float(prob.value) if prob.status in ("optimal", "optimal_inaccurate") else None
 
 
