@@ -141,9 +141,12 @@ class MarketConfig(_Section):
         description=_choices(MECHANISMS))] = "uniform"
     import_price: Annotated[int, Field(description="an integer (micro-currency per kWh)")] = 300_000
     export_price: Annotated[int, Field(description="an integer (micro-currency per kWh)")] = 50_000
-    # Cost sharing of the uniform mechanism (gateway/market/costshare.py).
+    # How the grid bill is shared (gateway/market/terms.py): "marginal" clears to the welfare
+    # optimum at the community's marginal price; "equal" and "proportional" to the equilibrium of
+    # members carrying their share of the grid bill, which imports more and costs the community
+    # more (README, `tmeter study collective`).
     allocation: Annotated[Literal[ALLOCATIONS], Field(  # type: ignore[valid-type]
-        description=_choices(ALLOCATIONS))] = "proportional"
+        description=_choices(ALLOCATIONS))] = "marginal"
     capacity_wh: Annotated[int, Field(ge=0, description="an integer >= 0 (Wh per interval)")] | None = None
     p2p: P2PConfig = Field(default_factory=P2PConfig)
 

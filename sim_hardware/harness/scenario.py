@@ -89,7 +89,7 @@ class Scenario:
     start: int = DEFAULT_START
     import_price: int = 300_000  # micro-currency per kWh
     export_price: int = 50_000
-    allocation: str = "proportional"
+    allocation: str = "marginal"
     poll_s: int = 60  # simulated seconds between meter polls
     loss_tolerance: float = 0.01  # meters of accuracy class 1
     boards: list[Board] = field(default_factory=list)  # hardware in the loop, one per household
