@@ -45,7 +45,9 @@ from gateway.ledger.tlog import Ledger
 from gateway.ingest.frames import PumpSettings
 from gateway.ingest.pump import Pump
 from gateway.interval.scheduler import Scheduler
-from gateway.ops.status import StatusServer
+from gateway.ops.metrics import Scraper, TimedClear
+from gateway.web.app import create_app
+from gateway.web.runner import WebServer
 from protocols import canonical, messages, topics
 
 log = logging.getLogger("tmeter.gateway")
@@ -122,7 +124,7 @@ class Gateway:
         self.init = init  # may create a new database beside an existing ledger key (``run --init``)
         self.clock = clock or Clock(cfg.clock, jump_s=cfg.settlement.clock_jump_s)
         self.counters: Counter[str] = Counter()
-        self.clear = clear or market_clear
+        self.clear = TimedClear(clear or market_clear)  # its durations are a metric (ops/metrics.py)
         self.control_up = asyncio.Event()  # the aiomqtt connection for awards, results, status
         self.ready = threading.Event()  # set once all connections are up: records are taken in
         self.started = time.monotonic()
@@ -134,7 +136,7 @@ class Gateway:
         self.uplink: Pump | None = None
         self.downlink: Pump | None = None
         self._ingest_tasks: list[asyncio.Task[None]] = []
-        self.status_server: StatusServer | None = None
+        self.status_server: WebServer | None = None  # /status, /health, /metrics (gateway/web/)
         self.exporter: Any = None
         self._db_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
         self.db_gone = False
@@ -560,7 +562,8 @@ class Gateway:
             self._dbx.shutdown(wait=True)
             raise
         if self.cfg.status.http_port is not None:
-            self.status_server = StatusServer(self.snapshot, self.cfg.status.http_host, self.cfg.status.http_port)
+            self.status_server = WebServer(create_app(self.snapshot, Scraper(self)), self.cfg.status.http_host,
+                                           self.cfg.status.http_port)
             await self.status_server.start()
         background = [asyncio.create_task(self._watchdog_loop())]
         self._start_ingest()
