@@ -1,4 +1,4 @@
-"""`tmeter ledger verify|prove|export-checkpoint|consistency|erase`: the ledger for auditors."""
+"""`tmeter ledger verify|prove|check-proof|export-checkpoint|consistency|erase`: the ledger for auditors."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(prove)
     prove.add_argument("--meter", required=True)
     prove.add_argument("--interval", type=int, required=True)
+    check = sub.add_parser("check-proof", help="check a proof from `prove` offline: a checkpoint note and the "
+                                               "gateway's public key are all it trusts (no database)")
+    check.add_argument("--proof", required=True, metavar="FILE", help="the JSON `tmeter ledger prove` wrote")
+    check.add_argument("--checkpoint", required=True, metavar="NOTE",
+                       help="a signed checkpoint note obtained independently (retained topic, export-checkpoint)")
+    check.add_argument("--pubkey", required=True, metavar="PEM", help="the gateway's Ed25519 public key (PEM)")
+    check.add_argument("--origin", help="the log's origin (default: the checkpoint note's first line)")
     export = sub.add_parser("export-checkpoint", help="write note, body, sig and pub.pem for openssl")
     common(export)
     export.add_argument("--out", required=True)
@@ -108,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError  # noqa: PLC0415
     from gateway.ledger import note  # noqa: PLC0415
 
+    if args.ledger_command == "check-proof":  # offline: opens no database
+        return _check_proof(args)
     try:
         ctx = _Ctx(args)
         return {"verify": _verify, "prove": _prove, "export-checkpoint": _export,
@@ -165,6 +174,45 @@ def _prove(ctx: _Ctx) -> int:
     print(json.dumps({"checkpoint": signed.decode(), "proofs": [p.to_dict() for p in proofs], "verified": ok},
                      indent=1))
     return 0 if ok else 1
+
+
+def _check_proof(args: argparse.Namespace) -> int:
+    from gateway.ledger import proofcheck  # noqa: PLC0415
+
+    try:
+        proofs = proofcheck.load_proofs(_read(args.proof, "proof"))
+        signed = _read(args.checkpoint, "checkpoint note")
+        origin = args.origin or proofcheck.note_origin(signed)
+        key = _public_key(Path(args.pubkey))
+    except (UsageError, proofcheck.ProofFileError) as exc:
+        print(f"tmeter ledger check-proof: {one_line(exc)}", file=sys.stderr)
+        return 2
+    verdict = proofcheck.check(proofs, signed, origin, key)
+    for line in verdict.lines:
+        print(line)
+    print(f"proof {'OK' if verdict.ok else 'FAILED'}: {len(proofs)} records checked against {args.checkpoint}"
+          f" and {args.pubkey}, origin {origin}")
+    return 0 if verdict.ok else 1
+
+
+def _read(name: str, what: str) -> bytes:
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {name} ({exc.strerror})") from None
+
+
+def _public_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415
+
+    try:
+        key = serialization.load_pem_public_key(_read(str(path), "public key"))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{path} is not a PEM public key ({one_line(exc)})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError(f"{path} is not an Ed25519 key")
+    return key
 
 
 def _export(ctx: _Ctx) -> int:
