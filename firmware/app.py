@@ -58,7 +58,7 @@ class App:
         self.battery = devices.Battery(self.master, mb["battery_unit"], plans[1]) \
             if plans[1] is not None else None
         self.awards = AwardBook(self.meter_id, self.kid, self.key, self.interval_s, self.c)
-        self.forecast = bidding.Forecaster()
+        self.forecast = bidding.Agent(self.interval_s)  # forecast, value of storage
         self.client = mqtt.Client(board, cfg["mqtt"], "tm-" + self.meter_id, will=self._will,
                                   on_message=self._on_message, on_connect=self._on_connect,
                                   counters=self.c)
@@ -161,40 +161,53 @@ class App:
         return (mark[0] - prev[0]) - (mark[1] - prev[1])
 
     async def apply_award(self, iv):
-        """Follow the award for ``iv`` (the current interval) or fall back to self-consumption."""
+        """Follow the award for ``iv`` (the current interval) or fall back to self-consumption.
+        An award on the bid's middle step (the price between its thresholds: the battery does
+        what self-consumption would) is followed in self-consumption, which tracks the real
+        load where a setpoint would carry the forecast's error."""
+        got = self.awards.take(iv)
+        agent = self.forecast
+        if got is not None:
+            agent.end = got[1]  # the community price of this interval, for the profile
         if self.battery is None:
-            self.awards.take(iv)
             return
-        q = self.awards.take(iv)
         try:
-            if q is not None:
+            if got is not None:
+                q = got[0]
                 if self.battery.state is None:
                     await self.battery.read()
-                watts = self.battery.clamp(self.awards.setpoint_w(q, self.forecast.value or 0))
-                await self.battery.set_power(watts)
+                plan = agent.fill
+                if plan is not None and plan[0] == iv and plan[1] <= got[1] < plan[2]:
+                    await self.battery.self_consumption()
+                    watts = 0
+                else:
+                    watts = self.battery.clamp((q - agent.get(iv)) * 3600 // self.interval_s)
+                    await self.battery.set_power(watts)
                 self.applied_iv = iv
                 # The time in this line lets the bench check no award is applied late.
                 self.board.log("award iv %d q %d -> battery %d W at %d"
                                % (iv, q, watts, self.board.now_ms()))
             elif self.applied_iv is None or self.applied_iv < iv:
+                agent.end = None
                 if self.applied_iv != -1:
                     await self.battery.self_consumption()
                     self.applied_iv = -1
         except ModbusError:
-            if q is not None:
-                self.awards.pending[iv] = q  # try again at the next poll, inside the interval
+            if got is not None:
+                self.awards.pending[iv] = got  # try again at the next poll, inside the interval
 
     # -- bidding -----------------------------------------------------------------------------
     def prepare_bid(self, iv):
         prefs = self.cfg["prefs"]
-        soc = 0
+        agent = self.forecast
         charge = discharge = 0
-        if self.battery is not None and self.battery.state is not None:
-            s = self.battery.state
-            soc = s["soc_pct"]
-            charge, discharge = bidding.battery_energy(s, soc, self.interval_s)
-        forecast = self.forecast.value or 0
-        curve = bidding.curve(forecast, prefs, soc, charge, discharge)
+        lo = hi = prefs["import_wtp"]
+        s = self.battery.state if self.battery is not None else None
+        if s is not None:
+            charge, discharge = bidding.battery_energy(s, s["soc_pct"], self.interval_s)
+            lo, hi = agent.plan(iv, s, prefs)
+            agent.fill = (iv, lo, hi)
+        curve = bidding.curve(agent.get(iv, 2), prefs, charge, discharge, lo, hi)
         self.bid_n += 1
         msg = meterlink.bid(self.meter_id, self.kid, self.boot, self.bid_n, iv,
                             self.board.now_ms() // 1000, curve)
@@ -214,7 +227,7 @@ class App:
         # Collect at a quiet point, once per interval, rather than in the middle of building
         # a message: keeps the heap from fragmenting into pieces too small for a payload.
         self.board.collect()
-        self.forecast.update(rec["exp_wh"] - rec["imp_wh"] - batt_net)
+        self.forecast.update(rec["iv"], rec["exp_wh"] - rec["imp_wh"] - batt_net)
         iv = self.acct.iv
         await self.apply_award(iv)
         self.prepare_bid(iv + 1)

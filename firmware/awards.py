@@ -1,8 +1,10 @@
 # Awards from the gateway: verified, kept until their interval, applied only inside it.
 #
-# An award for interval iv is the net export q_wh the market gave this meter. The battery is
-# the flexible part: its setpoint is the awarded position minus the forecast of the rest of
-# the household, converted to a power over the interval and clamped to the inverter's limits.
+# An award for interval iv is the net export q_wh the market gave this meter at the community
+# price. The battery is the flexible part: its setpoint is the awarded position minus the
+# forecast of the rest of the household, converted to a power over the interval and clamped to
+# the inverter's limits. The price is kept with the award: the agent learns the community's
+# price profile from it (firmware/bidding.py).
 # An award that arrives after its interval has ended is never applied (counted award_late);
 # an interval without an award falls back to self-consumption.
 from protocols import const, meterlink
@@ -20,7 +22,7 @@ class AwardBook:
         self.c = counters
         for k in ("awards", "award_bad", "award_late"):
             self.c.setdefault(k, 0)
-        self.pending = {}   # iv -> q_wh
+        self.pending = {}   # iv -> (q_wh, price)
 
     def _keys(self, meter, kid):
         return self.key if meter == self.meter and kid == self.kid else None
@@ -37,19 +39,15 @@ class AwardBook:
             self.c["award_late"] += 1
             return None
         self.c["awards"] += 1
-        self.pending[iv] = msg["q_wh"]
+        self.pending[iv] = (msg["q_wh"], msg["price"])
         while len(self.pending) > _KEEP:
             del self.pending[min(self.pending)]
         return iv
 
     def take(self, iv):
-        """The award for interval ``iv`` (removed), or None; drops awards of past intervals."""
+        """The award (q_wh, price) for interval ``iv`` (removed), or None; drops awards of
+        past intervals."""
         for old in list(self.pending):
             if old < iv:
                 del self.pending[old]
         return self.pending.pop(iv, None)
-
-    def setpoint_w(self, q_wh, base_forecast_wh):
-        """Battery power (+ discharge) that turns the household's forecast position into the
-        awarded one over one interval."""
-        return (q_wh - base_forecast_wh) * 3600 // self.interval_s

@@ -1,37 +1,114 @@
-# Bidding agent: forecast the next interval's net position and turn the owner's preferences
-# into a bid curve (protocol v1: non-decreasing marginal price of net export q, q > 0 sells).
+# Bidding agent: forecast the household's net position over the next day, value the battery's
+# stored energy from that forecast and turn it into a bid curve (protocol v1: non-decreasing
+# marginal price of net export q, q > 0 sells).
 #
-# Integer arithmetic only: energies in Wh, prices in micro-currency per kWh.
+# Integer arithmetic only: energies in Wh, prices in micro-currency per kWh, efficiencies per
+# mille. MicroPython's name pool is nearly full (tests/firmware/test_memory.py), so the names
+# here are ones the interpreter or the firmware already holds (value, update, get, data, price,
+# count, step, size, lo, hi, ...) and the settings are dict keys longer than ten characters,
+# which are no pool names.
+from array import array
+
+from protocols import const
+
+_SLOT_S = const(900)  # profile resolution: finer intervals share a 15-minute slot (96 a day)
 
 
-class Forecaster:
-    """Exponential smoothing of the metered net export per interval,
-    f <- f + alpha (x - f) with alpha = num/den, in integers (rounded half away from zero)."""
+class Agent:
+    """Forecast of the household's metered non-battery net export and of the community price,
+    per slot of the day. The profile is the same slot on the days before (an exponential
+    average over days, weight 1/2 on the newest), shifted by the recent error against it
+    (exponentially smoothed, weight 1/2, fading with the lead time); the forecast n intervals
+    ahead blends it with the last observation (persistence) at weights n : 4, so the next
+    interval leans on what was just metered and the hours ahead on the daily shape. Measured
+    on the simulated households (tests/firmware/test_bidding.py) it is as good as persistence
+    one interval ahead and far better from two on. Before a day of history: persistence.
 
-    def __init__(self, num=1, den=3):
-        self.num = num
-        self.den = den
+    data[k]: net export of slot k (Wh per interval); price[k]: the award's price of slot k
+    (0: none seen); value: the last observation; last: the recent error against the profile;
+    count: intervals observed; step: intervals per slot; size: slots per day."""
+
+    def __init__(self, interval_s):
+        self.interval_s = interval_s
+        self.step = max(1, _SLOT_S // interval_s)
+        self.size = max(1, 86400 // (interval_s * self.step))
+        self.data = array("i", bytes(4 * self.size))
+        self.price = array("i", bytes(4 * self.size))
         self.value = None
+        self.last = 0
+        self.count = 0
+        self.end = None   # the award price of the interval being followed (None: no award)
+        self.fill = None  # (iv, lo, hi) of the last bid: its thresholds, for apply_award
 
-    def update(self, net_wh):
-        if self.value is None:
-            self.value = net_wh
-            return self.value
-        step = (net_wh - self.value) * self.num
-        half = self.den // 2
-        if step >= 0:
-            self.value += (step + half) // self.den
+    def index(self, iv):
+        return (iv // self.step) % self.size
+
+    def update(self, iv, q):
+        """Observe interval ``iv``'s net export ``q`` (Wh) and the price it was awarded at."""
+        k = self.index(iv)
+        self.value = q
+        if self.count >= self.size * self.step:
+            self.last += (q - self.data[k] - self.last + 1) >> 1
+            self.data[k] += (q - self.data[k] + 1) >> 1
         else:
-            self.value -= (-step + half) // self.den
-        return self.value
+            self.data[k] = q
+        p = self.end
+        if p is not None:
+            self.price[k] = p if not self.price[k] else self.price[k] + ((p - self.price[k]) >> 1)
+        self.count += 1
 
+    def get(self, iv, n=1):
+        """Forecast of interval ``iv``'s net export (Wh), ``n`` >= 1 intervals after the last
+        observation: the recent error fades over about two hours (8 slots of 15 minutes)."""
+        if self.count < self.size * self.step:
+            return self.value or 0
+        m = self.step
+        f = self.data[self.index(iv)] + self.last * 8 * m // (8 * m + n)
+        return (4 * m * self.value + n * f) // (4 * m + n)
 
-def battery_price(prefs, soc_pct):
-    """Opportunity cost of battery energy: high when empty (keep it), low when full."""
-    soc = 0 if soc_pct < 0 else (100 if soc_pct > 100 else soc_pct)
-    empty = prefs["battery_price_empty"]
-    full = prefs["battery_price_full"]
-    return empty + (full - empty) * soc // 100
+    def plan(self, iv, s, prefs):
+        """(lo, hi): the bid buys (charges) only below lo and sells (discharges) only at hi
+        and above, from the value of a stored Wh over the next day.
+
+        Walk the battery (state and limits ``s``) in self-consumption over the next day of
+        slots on the forecast. If it runs empty while the household still imports, a stored
+        Wh would have saved import there: it is worth the forecast price there x eta_d; if it
+        fills and spills surplus first, a stored Wh now displaces surplus that is then
+        exported: worth feed-in / eta_c (also the value when neither happens within the day:
+        the energy is still there at its end). In AC terms selling one Wh costs 1/eta_d stored
+        Wh, so hi = value / eta_d; buying one stores eta_c, so lo = value x eta_c, and hi / lo
+        = 1 / (eta_c eta_d): never a charge and a discharge across a spread smaller than the
+        losses, and never a charge at the import price (lo < the highest price there is)."""
+        imp = prefs.get("import_price", prefs["import_wtp"])
+        feed = prefs.get("feed_in_price", 50000)
+        ec = prefs.get("eta_charge_pm", 950)
+        ed = prefs.get("eta_discharge_pm", 950)
+        n = self.step  # intervals per slot
+        if self.count < self.size * n:
+            # No day of history: a stored Wh is worth the import price at the next deficit;
+            # no charging from the community beyond the household's own surplus.
+            return feed * ec * ed // 1000000, imp
+        cap = s["capacity_wh"]
+        stored = cap * s["soc_pct"] // 100
+        floor = cap * s.get("min_soc_pct", 0) // 100
+        top = cap * s.get("max_soc_pct", 100) // 100
+        charge = s["max_charge_w"] * self.interval_s * n // 3600
+        discharge = s["max_discharge_w"] * self.interval_s * n // 3600
+        iv -= iv % n
+        for j in range(self.size):
+            f = self.get(iv + j * n, j * n + 2) * n
+            if f >= 0:
+                take = min(f, charge)
+                if take * ec // 1000 > top - stored:
+                    break  # fills and spills
+                stored += take * ec // 1000
+            else:
+                need = min(-f * 1000 // ed, discharge)  # stored Wh towards the deficit
+                if need > stored - floor:
+                    p = self.price[self.index(iv + j * n)] or imp
+                    return p * ec * ed // 1000000, p
+                stored -= need
+        return feed, feed * 1000000 // (ec * ed)
 
 
 def battery_energy(limits, soc_pct, interval_s):
@@ -44,18 +121,21 @@ def battery_energy(limits, soc_pct, interval_s):
     charge = limits["max_charge_w"] * interval_s // 3600
     discharge = limits["max_discharge_w"] * interval_s // 3600
     floor = cap * limits.get("min_soc_pct", 0) // 100
-    return min(charge, max(cap - stored, 0)), min(discharge, max(stored - floor, 0))
+    top = cap * limits.get("max_soc_pct", 100) // 100
+    return min(charge, max(top - stored, 0)), min(discharge, max(stored - floor, 0))
 
 
-def curve(forecast_wh, prefs, soc_pct, charge_wh, discharge_wh):
+def curve(forecast_wh, prefs, charge_wh, discharge_wh, lo, hi):
     """Bid curve [[q_wh, price], ...].
 
     What the meter offers, as steps of net export by price:
     - inflexible position F (forecast): an import need is bought at any price up to
       import_wtp (above it the load would rather be shed); a PV surplus is sold at any price
       from pv_price up (below it, curtail);
-    - the battery: at prices below its opportunity cost it charges (buys charge_wh more), at
-      and above it it discharges (sells discharge_wh).
+    - the battery: below lo it charges charge_wh; from lo to hi it does what self-consumption
+      would (covers the forecast deficit or stores the forecast surplus within its limits);
+      from hi up it discharges discharge_wh (lo < hi by the conversion
+      losses, see Agent.plan).
     """
     steps = []  # (price, quantity added to net export when the price reaches it)
     if forecast_wh < 0:
@@ -66,12 +146,16 @@ def curve(forecast_wh, prefs, soc_pct, charge_wh, discharge_wh):
         if forecast_wh > 0:
             steps.append((prefs["pv_price"], forecast_wh))
     if charge_wh or discharge_wh:
+        mid = min(-forecast_wh, discharge_wh) if forecast_wh < 0 else -min(forecast_wh, charge_wh)
         base -= charge_wh
-        steps.append((battery_price(prefs, soc_pct), charge_wh + discharge_wh))
+        steps.append((lo, mid + charge_wh))
+        steps.append((max(hi, lo), discharge_wh - mid))
     steps.sort()
     q = base
     points = []
     for price, add in steps:
+        if not add:
+            continue
         points.append([q, price])
         q += add
         points.append([q, price])
