@@ -65,9 +65,10 @@ def print_table(study: Any) -> None:
     console = Console()
     console.print(_rule_table(study))
     console.print(
-        "community: money paid plus the value of flexible load given up, summed over households; "
-        "saving: against every household alone (BAU); worse off / max loss: households against "
-        "their own cost alone; max dq: the largest change of one award against marginal, kWh"
+        "in/out: the community's grid import and export, kWh; cost: money paid plus the value "
+        "of flexible load given up, summed over households; alone: the same with every household "
+        "alone with the grid; saving: alone minus cost; worse / loss: households worse off than "
+        "alone, the largest loss; dq: the largest change of one award against marginal, kWh"
     )
     lc = study.least_core
     if lc is not None:
@@ -87,12 +88,14 @@ def _rule_table(study: Any) -> Any:
     from rich.table import Table
 
     bau = study.bau_cost
-    table = Table(title=f"Energy collective vs business as usual: {len(study.times)} intervals, "
-                        f"{len(bau)} households")
-    columns = ("allocation", "grid in kWh", "grid out kWh", "max dq", "community", "BAU",
-               "saving", "%", "worse off", "max loss")
+    from rich import box
+
+    table = Table(title=f"Collective vs alone: {len(study.times)} intervals, {len(bau)} households",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0))
+    # Short headers, so the table reads whole at 80 columns (the caption says what they mean).
+    columns = ("rule", "in", "out", "dq", "cost", "alone", "saving", "%", "worse", "loss")
     for col in columns:
-        table.add_column(col, justify="left" if col == "allocation" else "right")
+        table.add_column(col, justify="left" if col == "rule" else "right")
     total_bau = float(bau.sum())
     for rule, cost in study.cost.items():
         total = float(cost.sum())
@@ -102,7 +105,7 @@ def _rule_table(study: Any) -> Any:
             rule, f"{grid_in:.1f}", f"{grid_out:.1f}", f"{study.max_dq[rule]:.2f}",
             f"{total:.2f}", f"{total_bau:.2f}", f"{total_bau - total:.2f}",
             f"{100 * (total_bau - total) / abs(total_bau):.1f}" if total_bau else "-",
-            f"{int((gain < -1e-9).sum())} / {len(bau)}", f"{max(0.0, -float(gain.min())):.2f}",
+            f"{int((gain < -1e-9).sum())}/{len(bau)}", f"{max(0.0, -float(gain.min())):.2f}",
         )
     return table
 
