@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric,
                                     SummaryMetricFamily)
 from prometheus_client.registry import Collector
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tmeter.gateway.metrics")
 
+# The classic text format: every name here is a legacy-valid one, so the exposition is the same in
+# 0.0.4 and 1.0.0 (prometheus-client's default since 0.22), and 0.0.4 is what every scraper reads.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DB_TIMEOUT_S = 5.0  # a scrape gives up on the database after this long (its other metrics still go out)
 BUSY_MS = 1000
 
@@ -246,4 +249,4 @@ class Scraper:
             registry = CollectorRegistry(auto_describe=False)
             registry.register(GatewayCollector(self.gw, self.gw.clock.now(), facts))
             ProcessCollector(registry=registry)  # memory, CPU, open files of the daemon
-            return generate_latest(registry), CONTENT_TYPE_LATEST
+            return generate_latest(registry), CONTENT_TYPE
