@@ -20,8 +20,8 @@ log = logging.getLogger("tmeter.gateway.web")
 MAX_BODY = 8192  # nothing here takes a body: a larger one is refused (413) before it is read
 Snapshot = Callable[[], dict[str, Any]]
 Metrics = Callable[[], Awaitable[tuple[bytes, str]]]  # -> (exposition, its content type)
-SNAPSHOT = web.AppKey("snapshot", Callable[[], dict[str, Any]])
-METRICS = web.AppKey("metrics", Callable[[], Awaitable[tuple[bytes, str]]])
+SNAPSHOT = web.AppKey("snapshot", Snapshot)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
