@@ -100,7 +100,8 @@ def connect(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
 # (with their default, which is what that version meant) when it is next opened for writing.
 ADDED_COLUMNS = (("settlements", "share_amount", "INTEGER NOT NULL DEFAULT 0"),
                  ("meters", "x_km", "REAL"), ("meters", "y_km", "REAL"),
-                 ("meters", "preference", "INTEGER NOT NULL DEFAULT 0"))
+                 ("meters", "preference", "INTEGER NOT NULL DEFAULT 0"),
+                 ("awards", "share_ppm", "INTEGER"))
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:

@@ -42,6 +42,9 @@ class Clearing:
     community_cost: int = 0  # micro-currency
     bau_cost: int = 0
     unplaced: tuple[str, ...] = ()  # p2p: bidders without a position, cleared with the grid only
+    # Uniform under a sharing rule (equal, proportional): the share of the grid bill each member's
+    # own problem carried in the clearing, parts per million; settlement bills exactly that.
+    shares: dict[str, int] = field(default_factory=dict)
 
     @property
     def traded_wh(self) -> int:
@@ -112,8 +115,9 @@ def engine_clearing(engine: Any, bids: list[Bid], market: MarketConfig) -> Clear
     price = result.price if result.price is not None else 0.0
     bau = result.bau_cost if result.bau_cost is not None else 0.0
     unplaced = tuple(b.meter for b in bids if b.position is None) if p2p is not None else ()
+    shares = {m: round(x * 1_000_000) for m, x in result.extra.get("shares", {}).items()}
     return Clearing(market.mechanism, to_price(price), awards, trades,
-                    round(result.community_cost * MICRO), round(bau * MICRO), unplaced)
+                    round(result.community_cost * MICRO), round(bau * MICRO), unplaced, shares)
 
 
 def trade_lists(engine_trades: Any) -> dict[str, list[tuple[str, int, int]]]:

@@ -161,11 +161,13 @@ class Scheduler:
         # The ledgered record and the awards row carry every trade: settlement (Award.amount)
         # prices each one, and an auditor sees them all. Only the message to the meter is bounded.
         trades = [list(t) for t in result.trades.get(meter, [])]
-        record = encode_record("award", {"iv": iv, "meter": meter, "q_wh": q_wh, "price": result.price,
-                                         "trades": trades})
-        leaf = self.ledger.append("award", meter, iv, record)
-        self.conn.execute("INSERT INTO awards(iv, meter, q_wh, price, trades, leaf) VALUES (?,?,?,?,?,?)",
-                          (iv, meter, q_wh, result.price, json.dumps(trades), leaf))
+        fields: dict[str, Any] = {"iv": iv, "meter": meter, "q_wh": q_wh, "price": result.price, "trades": trades}
+        share = result.shares.get(meter)
+        if share is not None:
+            fields["share_ppm"] = share  # under a sharing rule: the member's share of the grid bill
+        leaf = self.ledger.append("award", meter, iv, encode_record("award", fields))
+        self.conn.execute("INSERT INTO awards(iv, meter, q_wh, price, trades, share_ppm, leaf) VALUES (?,?,?,?,?,?,?)",
+                          (iv, meter, q_wh, result.price, json.dumps(trades), share, leaf))
         self._export("award", {"iv": iv, "meter": meter, "q_wh": q_wh, "ts": iv * self.cfg.interval_s})
         key = self.registry.current_key(meter)
         if key is None:
@@ -203,8 +205,10 @@ class Scheduler:
         return {m: (imp, exp, not inexact) for m, imp, exp, inexact in rows}
 
     def _awards(self, iv: int) -> dict[str, settlement.Award]:
-        rows = self.conn.execute("SELECT meter, q_wh, price, trades FROM awards WHERE iv=?", (iv,)).fetchall()
-        return {m: settlement.Award(q, p, tuple(tuple(t) for t in json.loads(tr))) for m, q, p, tr in rows}
+        rows = self.conn.execute("SELECT meter, q_wh, price, trades, share_ppm FROM awards WHERE iv=?",
+                                 (iv,)).fetchall()
+        return {m: settlement.Award(q, p, tuple(tuple(t) for t in json.loads(tr)), share)
+                for m, q, p, tr, share in rows}
 
     def _targets(self, iv: int) -> tuple[list[settlement.Line], settlement.Balance]:
         metered, awards, feeders = self._metered(iv), self._awards(iv), self._feeders()
@@ -221,7 +225,7 @@ class Scheduler:
         complete = all(m in metered and metered[m][2] for m in expected)
         grid = self._grid_energy(metered, expected - feeders, feeders)
         if grid is not None:
-            lines = settlement.share_grid_bill(lines, *grid, self.cfg.market)
+            lines = settlement.share_grid_bill(lines, *grid, self.cfg.market, awards)
         members_gross = sum(metered[m][0] + metered[m][1] for m in members if m in metered)
         bal = settlement.balance(sum(f[0] - f[1] for f in fed) if fed else None, sum(f[0] + f[1] for f in fed),
                                  members_import, self.cfg.settlement, complete, members_gross,

@@ -11,7 +11,8 @@ grid at its connection point (the feeder meter's energy, or the members' summed 
 without one) at the import and feed-in prices. What the award and deviation amounts leave over
 (the community's deviations net out at the connection point, prices between the grid's, rounding)
 is each member's ``share_amount``, split by the community's allocation rule with largest
-remainders (protocols/money.py). Shares wait until every member's reading of the interval is in,
+remainders (protocols/money.py). Under a sharing rule (equal, proportional) a bidder's award is
+not priced at all: it pays the share of the grid bill the clearing gave it, and nothing else. Shares wait until every member's reading of the interval is in,
 since the grid bill covers the energy of all of them; a late reading settles them as a revision.
 
 With a feeder meter at the connection point, the members' summed net import must equal the
@@ -20,7 +21,7 @@ feeder's within the loss tolerance; intervals that do not balance are flagged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from gateway.config import MarketConfig, SettlementConfig
@@ -34,6 +35,9 @@ class Award:
     q_wh: int  # awarded net export, + sells
     price: int  # micro-currency per kWh for the part not covered by trades
     trades: tuple[tuple[str, int, int], ...] = ()  # (peer, q_wh, price) for peer-to-peer
+    # Under a sharing rule: the member's share of the grid bill (parts per million) its own
+    # problem carried in the clearing; it then pays that share and nothing else.
+    share_ppm: int | None = None
 
     def amount(self) -> int:
         traded = sum(q for _, q, _ in self.trades)
@@ -56,6 +60,8 @@ class Line:
 
 def settle_member(meter: str, award: Award | None, metered_wh: int | None, market: MarketConfig) -> Line:
     award = award or Award(0, 0)
+    if award.share_ppm is not None:  # its bill is its share of the grid bill (share_grid_bill)
+        return Line(meter, award.q_wh, metered_wh, 0, 0)
     if metered_wh is None:
         return Line(meter, award.q_wh, None, award.amount(), 0)
     deviation = metered_wh - award.q_wh
@@ -68,23 +74,30 @@ def grid_amount(import_wh: int, export_wh: int, market: MarketConfig) -> int:
     return money(export_wh, market.export_price) - money(import_wh, market.import_price)
 
 
-def share_weights(lines: list[Line], rule: str) -> list[int]:
-    """Integer weights of each member's share under the allocation rule: ``equal`` one each,
-    ``proportional`` its metered net energy; otherwise (``none``, marginal pricing) its
-    deviation, since what is left over then comes from deviations the connection point nets out
-    (one member's extra import met by another's extra export is bought at the import price and
-    sold at the feed-in price by the members, but never crosses the connection point)."""
-    if rule == "equal":
-        return [1] * len(lines)
-    if rule == "proportional":
-        return [abs(x.metered_wh or 0) for x in lines]
+def share_weights(lines: list[Line], rule: str, awards: Mapping[str, Award] | None = None) -> list[int]:
+    """Integer weights of each member's share of what is left over.
+
+    Under a sharing rule (``equal``, ``proportional``) the clearing gave each bidder a share of
+    the grid bill (Award.share_ppm, Moret & Pinson's allocation inside the members' problems):
+    those shares, members without one (no bid) having paid their energy at the grid prices.
+    Without shares (nobody's bid was cleared): ``equal`` one each, ``proportional`` the metered
+    net energy. Otherwise (``marginal``) the deviation, since what is left over then comes from
+    deviations the connection point nets out (one member's extra import met by another's extra
+    export is bought at the import price and sold at the feed-in price by the members, but never
+    crosses the connection point)."""
+    if rule in ("equal", "proportional"):
+        shares = [(awards or {}).get(x.meter, Award(0, 0)).share_ppm or 0 for x in lines]
+        if any(shares):
+            return shares
+        return [1] * len(lines) if rule == "equal" else [abs(x.metered_wh or 0) for x in lines]
     return [abs((x.metered_wh or 0) - x.award_wh) for x in lines]
 
 
-def share_grid_bill(lines: list[Line], import_wh: int, export_wh: int, market: MarketConfig) -> list[Line]:
+def share_grid_bill(lines: list[Line], import_wh: int, export_wh: int, market: MarketConfig,
+                    awards: Mapping[str, Award] | None = None) -> list[Line]:
     """The lines with their shares, so that they add up to the community's grid amount."""
     left = grid_amount(import_wh, export_wh, market) - sum(x.award_amount + x.deviation_amount for x in lines)
-    parts = split(left, share_weights(lines, market.allocation))
+    parts = split(left, share_weights(lines, market.allocation, awards))
     return [replace(x, share_amount=part) for x, part in zip(lines, parts)]
 
 

@@ -33,12 +33,12 @@ TABLES = ("leaves", "openings", "checkpoints", "erasures", "readings", "bids", "
 ROW_CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "readings": ("reading", ("meter", "boot", "seq", "iv", "imp_wh", "exp_wh", "cnt_imp_wh", "cnt_exp_wh", "flags")),
     "bids": ("bid", ("meter", "iv", "boot", "n", "curve")),
-    "awards": ("award", ("iv", "meter", "q_wh", "price", "trades")),
+    "awards": ("award", ("iv", "meter", "q_wh", "price", "trades", "share_ppm")),
     "settlements": ("settlement", ("iv", "meter", "rev", "award_wh", "metered_wh", "award_amount",
                                    "deviation_amount", "share_amount", "amount")),
 }
 # Record fields added after the first version, with the value their absence meant before.
-ADDED_FIELDS = {"share_amount": 0}
+ADDED_FIELDS = {"share_amount": 0, "share_ppm": None}
 JSON_COLUMNS = ("curve", "trades")
 STATES = ("open", "cleared", "settled")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -265,3 +266,38 @@ def test_with_a_feeder_the_bill_is_the_feeders_and_waits_for_every_member(offlin
     offline.tick()
     total = offline.conn.execute("SELECT SUM(amount) FROM settlements WHERE iv=?", (iv,)).fetchone()[0]
     assert total == settlement.grid_amount(1020, 0, offline.cfg.market) == -306_000
+
+
+@pytest.mark.parametrize("rule", ["equal", "proportional"])
+def test_under_a_sharing_rule_each_bidder_pays_the_share_its_clearing_carried(tmp_path, rule: str) -> None:  # noqa: ANN001
+    # Moret & Pinson's allocation inside the members' problems: a bidder's award is not priced,
+    # it pays the share of the grid bill its own problem carried, and the shares are ledgered.
+    from gateway.interval.clearing import market_clear
+    from gateway.ledger import verify
+    from tests.gateway.conftest import make_config
+
+    cfg = make_config(tmp_path, None, interval_s=INTERVAL_S, gate_closure_s=10)
+    cfg.market.allocation = rule
+    off = Offline(cfg, 1_700_000_000.0 // INTERVAL_S * INTERVAL_S, clear=market_clear)
+    specs = _provision(off, 4)
+    iv = int(off.clock.t) // INTERVAL_S + 1
+    off.tick(iv * INTERVAL_S - 30)
+    curves = [[[-500, 100_000], [500, 200_000]], [[-300, 400_000]], [[-200, 250_000], [200, 350_000]]]
+    off.send(*(bid(s, "c1", iv, 0, c, int(off.clock.t)) for s, c in zip(specs, curves)))  # m003 does not bid
+    off.tick(iv * INTERVAL_S - 5)
+    shares = dict(off.conn.execute("SELECT meter, share_ppm FROM awards WHERE iv=?", (iv,)).fetchall())
+    assert set(shares) == {"m000", "m001", "m002"} and abs(sum(shares.values()) - 1_000_000) <= 3
+    if rule == "equal":
+        assert max(shares.values()) - min(shares.values()) <= 1
+    off.send(*(reading(s, "c1", iv, INTERVAL_S, imp_wh=100 * (i + 1), exp_wh=20)[:2] for i, s in enumerate(specs)))
+    off.tick((iv + 3) * INTERVAL_S)
+    lines = {m: (a, d, sh) for m, a, d, sh in off.conn.execute(
+        "SELECT meter, award_amount, deviation_amount, share_amount FROM settlements WHERE iv=?", (iv,))}
+    assert all(lines[m][:2] == (0, 0) for m in shares)  # no price on the award, no deviation charge
+    assert lines["m003"][:2] == (0, settlement.money(-400 + 20, 300_000)) and lines["m003"][2] == 0
+    assert_bills_add_up(off)
+    left = sum(sh for _, _, sh in lines.values())
+    for m, share in shares.items():  # each bidder's part of the bill is its cleared share
+        assert abs(lines[m][2] - left * share / sum(shares.values())) <= 1
+    report = verify.verify(off.conn, off.cfg.origin, off.ledger.signing_key.public_key())  # type: ignore[union-attr]
+    assert report.ok, report.problems
