@@ -101,7 +101,7 @@ def connect(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
 ADDED_COLUMNS = (("settlements", "share_amount", "INTEGER NOT NULL DEFAULT 0"),
                  ("meters", "x_km", "REAL"), ("meters", "y_km", "REAL"),
                  ("meters", "preference", "INTEGER NOT NULL DEFAULT 0"),
-                 ("awards", "share_ppm", "INTEGER"))
+                 ("awards", "share_ppm", "INTEGER"), ("meter_status", "online", "INTEGER"))
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:

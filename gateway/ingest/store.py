@@ -377,12 +377,15 @@ class Ingest:
         """Keep each meter's newest status: its ``cp`` is the meter's witness of the ledger
         (gateway/ledger/verify.py). The last will is composed at CONNECT (MQTT 3.1.1 §3.1.2.5), so
         when the broker delivers it (the meter dropped off) its counters and ``cp`` are as old as
-        that connection: it must not replace a later status of the same boot."""
+        that connection: it must not replace a later status of the same boot, but its "offline"
+        is the news (column ``online``: whether the meter is connected now)."""
         row = self.conn.execute("SELECT body FROM meter_status WHERE meter=?", (meter,)).fetchone()
         if row is not None and _older_status(msg, row[0]):
+            if msg["online"] == 0:  # still, the will says the meter dropped off: presence follows it
+                self.conn.execute("UPDATE meter_status SET online=0 WHERE meter=?", (meter,))
             raise Rejected("status_older", ack=False)
-        self.conn.execute("INSERT OR REPLACE INTO meter_status(meter, body, received) VALUES (?,?,?)",
-                          (meter, body.decode(), self.clock.now()))
+        self.conn.execute("INSERT OR REPLACE INTO meter_status(meter, body, received, online) VALUES (?,?,?,?)",
+                          (meter, body.decode(), self.clock.now(), msg["online"]))
 
     def _export(self, kind: str, fields: dict[str, Any]) -> None:
         enqueue(self.conn, self.export, kind, fields)

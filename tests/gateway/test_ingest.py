@@ -201,6 +201,11 @@ def test_a_last_will_never_replaces_a_newer_status(offline: Offline) -> None:
     offline.send(will)
     assert (_stored_status(offline, spec.meter)["n"], _stored_status(offline, spec.meter)["cp"]["size"]) == (3, 123)
     assert offline.counters["status_older"] == 1 and offline.counters["status"] == 2
+    # Its "offline" is news all the same: the meter is gone until its next status.
+    online = "SELECT online FROM meter_status WHERE meter=?"
+    assert offline.conn.execute(online, (spec.meter,)).fetchone()[0] == 0
+    offline.send(_status(spec, 1, 4, 1, 124))  # reconnected
+    assert offline.conn.execute(online, (spec.meter,)).fetchone()[0] == 1
     offline.send(_status(spec, 2, 1, 1, 130))  # rebooted: its n starts again
     assert (_stored_status(offline, spec.meter)["boot"], _stored_status(offline, spec.meter)["cp"]["size"]) == (2, 130)
 
