@@ -15,6 +15,7 @@ for the operator; everything that parses gets a verdict.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,18 @@ def load_proofs(data: bytes) -> list[InclusionProof]:
     if not isinstance(doc, dict) or not isinstance(doc.get("proofs"), list) or not doc["proofs"]:
         raise ProofFileError("no proofs in it (expected what `tmeter ledger prove` writes)")
     return [_one_proof(item, n) for n, item in enumerate(doc["proofs"], 1)]
+
+
+def read_note(data: bytes) -> bytes:
+    """The signed note in a checkpoint file: the note itself, or the gateway's checkpoint message
+    as the retained checkpoint topic holds it (canonical JSON, the note base64 in ``note``)."""
+    if not data.lstrip().startswith(b"{"):
+        return data
+    try:
+        msg = json.loads(data.split(b"\n", 1)[0])
+        return base64.b64decode(msg["note"], validate=True)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise ProofFileError("not a checkpoint note nor a checkpoint message (no base64 note in it)") from None
 
 
 def note_origin(signed: bytes) -> str:

@@ -70,6 +70,10 @@ def fails(out: subprocess.CompletedProcess[str], reason: str) -> bool:
 
 
 def test_a_proof_from_prove_verifies_without_the_database(files: Files, offline: Offline) -> None:
+    # The checkpoint as a member gets it from the broker: the retained checkpoint message.
+    message = files.folder / "checkpoint.msg"
+    (out_msg,) = offline.scheduler.checkpoint()
+    message.write_bytes(out_msg.payload)
     offline.conn.close()
     for suffix in ("", "-wal", "-shm"):  # the verdict cannot come from the database: there is none
         Path(f"{offline.cfg.db}{suffix}").unlink(missing_ok=True)
@@ -78,6 +82,7 @@ def test_a_proof_from_prove_verifies_without_the_database(files: Files, offline:
     n = len(json.loads(files.proof.read_text())["proofs"])
     assert out.stdout.count("OK: leaf ") == n and f"proof OK: {n} records" in out.stdout
     assert "type=reading meter=m000" in out.stdout
+    assert files.check(None, message).returncode == 0
     origin = files.note.read_text().split("\n", 1)[0]
     assert files.check(None, None, None, "--origin", origin).returncode == 0
     assert fails(files.check(None, None, None, "--origin", "someone.else/c1"), "checkpoint: ")
@@ -141,7 +146,7 @@ def test_another_checkpoint_or_key_fails(files: Files, offline: Offline, tmp_pat
 GARBAGE = [
     ("proof", b"\x00\xffnot json"), ("proof", b'{"checkpoint": "x"}'), ("proof", b'{"proofs": [{"leaf_index": 1}]}'),
     ("proof", b'{"proofs": [{"leaf_index": 0, "tree_size": 1, "commitment": "zz", "path": []}]}'),
-    ("note", b"hello\n"), ("note", b""), ("pub", b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"),
+    ("note", b"hello\n"), ("note", b""), ("note", b'{"note": "not base64!"}'), ("pub", b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"),
     ("pub", b"\x00garbage"), ("missing", b""),
 ]
 

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                "gateway's public key are all it trusts (no database)")
     check.add_argument("--proof", required=True, metavar="FILE", help="the JSON `tmeter ledger prove` wrote")
     check.add_argument("--checkpoint", required=True, metavar="NOTE",
-                       help="a signed checkpoint note obtained independently (retained topic, export-checkpoint)")
+                       help="a signed checkpoint note obtained independently (export-checkpoint), or the "
+                            "checkpoint message of the retained checkpoint topic")
     check.add_argument("--pubkey", required=True, metavar="PEM", help="the gateway's Ed25519 public key (PEM)")
     check.add_argument("--origin", help="the log's origin (default: the checkpoint note's first line)")
     export = sub.add_parser("export-checkpoint", help="write note, body, sig and pub.pem for openssl")
@@ -181,7 +182,7 @@ def _check_proof(args: argparse.Namespace) -> int:
 
     try:
         proofs = proofcheck.load_proofs(_read(args.proof, "proof"))
-        signed = _read(args.checkpoint, "checkpoint note")
+        signed = proofcheck.read_note(_read(args.checkpoint, "checkpoint note"))
         origin = args.origin or proofcheck.note_origin(signed)
         key = _public_key(Path(args.pubkey))
     except (UsageError, proofcheck.ProofFileError) as exc:
