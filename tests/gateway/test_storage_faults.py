@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,10 @@ def test_database_removed_while_running_stops_acks_and_needs_init(tmp_path: Path
         assert wait_until(lambda: health(port)[0] == 503, 15)
         code, body = health(port)
         assert body["health"] == "storage" and any("database replaced or removed" in r for r in body["reasons"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # scraped on, without it
+            scraped = r.read().decode()
+        assert 'tmeter_problem{code="storage"} 1.0' in scraped and "tmeter_database_readable 0.0" in scraped
+        assert "tmeter_ledger_leaves" not in scraped  # nothing read from whatever is at the path now
         for _ in range(6):  # meters keep resending: never acked into the orphaned file
             meters.fleet.send(meters.pub)
             time.sleep(0.5)
