@@ -202,12 +202,13 @@ class App:
         agent = self.forecast
         charge = discharge = 0
         lo = hi = prefs["import_wtp"]
+        q = 0
         s = self.battery.state if self.battery is not None else None
         if s is not None:
             charge, discharge = bidding.battery_energy(s, s["soc_pct"], self.interval_s)
-            lo, hi = agent.plan(iv, s, prefs)
+            lo, hi, q = agent.plan(iv, s, prefs)
             agent.fill = (iv, lo, hi)
-        curve = bidding.curve(agent.get(iv, 2), prefs, charge, discharge, lo, hi)
+        curve = bidding.curve(agent.get(iv, 2), prefs, charge, discharge, lo, hi, q)
         self.bid_n += 1
         msg = meterlink.bid(self.meter_id, self.kid, self.boot, self.bid_n, iv,
                             self.board.now_ms() // 1000, curve)

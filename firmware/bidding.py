@@ -67,8 +67,11 @@ class Agent:
         return (4 * m * self.value + n * f) // (4 * m + n)
 
     def plan(self, iv, s, prefs):
-        """(lo, hi): the bid buys (charges) only below lo and sells (discharges) only at hi
-        and above, from the value of a stored Wh over the next day.
+        """(lo, hi, q): the bid buys (charges) only below lo and sells (discharges) only at hi
+        and above, from the value of a stored Wh over the next day, for q Wh (AC): q > 0 buys
+        at most q at lo (what the battery lacks to cover its deficit ahead), q < 0 sells at
+        most -q at hi (what would spill, or is not needed within the day); beyond q the value
+        is the other event's, so the rest is offered at the feed-in or the import price.
 
         Walk the battery (state and limits ``s``) in self-consumption over the next day of
         slots on the forecast. If it runs empty while the household still imports, a stored
@@ -87,7 +90,7 @@ class Agent:
         if self.count < self.size * n:
             # No day of history: a stored Wh is worth the import price at the next deficit;
             # no charging from the community beyond the household's own surplus.
-            return feed * ec * ed // 1000000, imp
+            return feed * ec * ed // 1000000, imp, 0
         cap = s["capacity_wh"]
         stored = cap * s["soc_pct"] // 100
         floor = cap * s.get("min_soc_pct", 0) // 100
@@ -95,20 +98,39 @@ class Agent:
         charge = s["max_charge_w"] * self.interval_s * n // 3600
         discharge = s["max_discharge_w"] * self.interval_s * n // 3600
         iv -= iv % n
+        margin = stored - floor  # the least it holds above its floor before the first event
+        short = 0   # stored Wh it lacks once empty, until the next surplus
+        spill = 0   # stored Wh that do not fit once full, until the next deficit
+        p = 0       # the first event: its price (empty), -1 (spill), 0 (none yet)
         for j in range(self.size):
             f = self.get(iv + j * n, j * n + 2) * n
             if f >= 0:
-                take = min(f, charge)
-                if take * ec // 1000 > top - stored:
-                    break  # fills and spills
-                stored += take * ec // 1000
+                if short:
+                    break
+                take = min(f, charge) * ec // 1000
+                if take > top - stored:
+                    spill += take - (top - stored)
+                    stored = top
+                    p = p or -1
+                else:
+                    stored += take
             else:
-                need = min(-f * 1000 // ed, discharge)  # stored Wh towards the deficit
+                if spill:
+                    break
+                need = min(-f * 1000 // ed, discharge)
                 if need > stored - floor:
-                    p = self.price[self.index(iv + j * n)] or imp
-                    return p * ec * ed // 1000000, p
-                stored -= need
-        return feed, feed * 1000000 // (ec * ed)
+                    short += need - (stored - floor)
+                    stored = floor
+                    p = p or (self.price[self.index(iv + j * n)] or imp)
+                else:
+                    stored -= need
+                    if not p:
+                        margin = min(margin, stored - floor)
+        if p > 0:
+            return p * ec * ed // 1000000, p, short * 1000 // ec
+        if p < 0:
+            margin = min(margin, spill)
+        return feed, feed * 1000000 // (ec * ed), -(margin * ed // 1000)
 
 
 def battery_energy(limits, soc_pct, interval_s):
@@ -125,17 +147,18 @@ def battery_energy(limits, soc_pct, interval_s):
     return min(charge, max(top - stored, 0)), min(discharge, max(stored - floor, 0))
 
 
-def curve(forecast_wh, prefs, charge_wh, discharge_wh, lo, hi):
+def curve(forecast_wh, prefs, charge_wh, discharge_wh, lo, hi, q=0):
     """Bid curve [[q_wh, price], ...].
 
     What the meter offers, as steps of net export by price:
     - inflexible position F (forecast): an import need is bought at any price up to
       import_wtp (above it the load would rather be shed); a PV surplus is sold at any price
       from pv_price up (below it, curtail);
-    - the battery: below lo it charges charge_wh; from lo to hi it does what self-consumption
+    - the battery (Agent.plan's lo < hi, q): from lo to hi it does what self-consumption
       would (covers the forecast deficit or stores the forecast surplus within its limits);
-      from hi up it discharges discharge_wh (lo < hi by the conversion
-      losses, see Agent.plan).
+      below lo it charges, q Wh if q > 0 (only by going idle while the household imports)
+      and all it can below the feed-in price; from hi up it discharges, -q Wh if q < 0 and
+      all it can from the import price.
     """
     steps = []  # (price, quantity added to net export when the price reaches it)
     if forecast_wh < 0:
@@ -146,10 +169,20 @@ def curve(forecast_wh, prefs, charge_wh, discharge_wh, lo, hi):
         if forecast_wh > 0:
             steps.append((prefs["pv_price"], forecast_wh))
     if charge_wh or discharge_wh:
+        # The battery's net export, level by level as the price rises (non-decreasing).
         mid = min(-forecast_wh, discharge_wh) if forecast_wh < 0 else -min(forecast_wh, charge_wh)
+        # Below lo it buys what it lacks, but while the household itself imports only by
+        # going idle: charging then would take what a neighbour's battery discharges (churn,
+        # both conversion losses), idle it takes the same energy with no conversion at all.
+        low = mid if q <= 0 else (min(-min(q, charge_wh), mid) if forecast_wh >= 0 else 0)
+        high = max(min(-q, discharge_wh), mid) if q < 0 else discharge_wh
+        feed = min(prefs.get("feed_in_price", 50000), lo)
+        top = max(prefs.get("import_price", prefs["import_wtp"]), hi)
         base -= charge_wh
-        steps.append((lo, mid + charge_wh))
-        steps.append((max(hi, lo), discharge_wh - mid))
+        steps.append((feed, low + charge_wh))
+        steps.append((lo, mid - low))
+        steps.append((max(hi, lo), high - mid))
+        steps.append((top, discharge_wh - high))
     steps.sort()
     q = base
     points = []

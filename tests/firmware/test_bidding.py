@@ -40,9 +40,12 @@ def test_a_deficit_ahead_is_worth_the_price_there() -> None:
     prices = [IMPORT] * 96
     prices[4] = 280000
     a = agent_with([-1000] * 96, prices)
-    lo, hi = a.plan(0, battery(50), PREFS)
+    lo, hi, q = a.plan(0, battery(50), PREFS)
     assert hi == 280000
     assert lo == 280000 * ETA * ETA // 1000000
+    # It buys at most what it lacks: 4 slots of 1052 stored Wh leave 292 above the floor, the
+    # fifth lacks 760 and the 91 after it 1052 each (AC: / eta_c).
+    assert q == (760 + 91 * 1052) * 1000 // ETA
     # With no price seen there it is the import price.
     prices[4] = 0
     assert agent_with([-1000] * 96, prices).plan(0, battery(50), PREFS)[1] == IMPORT
@@ -51,9 +54,15 @@ def test_a_deficit_ahead_is_worth_the_price_there() -> None:
 def test_a_spill_ahead_is_worth_the_feed_in_price() -> None:
     # A surplus of 1 kWh a slot into a battery at 95 %: it fills and spills in the second slot.
     a = agent_with([1000] * 96, [FEED] * 96)
-    lo, hi = a.plan(0, battery(95), PREFS)
+    lo, hi, q = a.plan(0, battery(95), PREFS)
     assert lo == FEED
     assert hi == FEED * 1000000 // (ETA * ETA)
+    # It sells at most what would not fit (here more than it holds: all 9 kWh above its
+    # floor, AC: x eta_d).
+    assert q == -(9000 * ETA // 1000)
+    # What it sells beyond that is offered at the import price, not at hi.
+    points = bidding.curve(0, PREFS, 0, 1250, lo, hi, -500)
+    assert points == [[0, hi], [500, hi], [500, IMPORT], [1250, IMPORT]]
 
 
 def test_the_first_event_decides_spill_before_deficit() -> None:
@@ -67,8 +76,8 @@ def test_the_first_event_decides_spill_before_deficit() -> None:
 def test_before_a_day_of_history_the_rule_is_safe() -> None:
     a = bidding.Agent(900)
     a.update(0, -500)
-    lo, hi = a.plan(1, battery(50), PREFS)
-    assert hi == IMPORT  # sells only at the import price: keeps its energy for its own deficit
+    lo, hi, q = a.plan(1, battery(50), PREFS)
+    assert hi == IMPORT and q == 0  # sells only at the import price: keeps its energy for its own deficit
     assert lo <= FEED    # buys only below the feed-in price: never grid energy to store
 
 
@@ -95,14 +104,14 @@ def test_no_charge_and_discharge_across_less_than_the_losses(
     prefs = dict(PREFS, eta_charge_pm=eta_c, eta_discharge_pm=eta_d)
     a = agent_with(net, prices)
     s = battery(soc)
-    lo, hi = a.plan(now, s, prefs)
-    assert type(lo) is int and type(hi) is int
+    lo, hi, q = a.plan(now, s, prefs)
+    assert type(lo) is int and type(hi) is int and type(q) is int
     # The thresholds themselves: hi x eta_c x eta_d >= lo (up to integer rounding), and no
     # charging at the import price (it can never pay).
     assert hi * eta_c * eta_d >= (lo - 1) * 1000000
     assert lo < IMPORT or eta_c * eta_d == 1000000
     charge, discharge = bidding.battery_energy(s, soc, 900)
-    points = bidding.curve(forecast, prefs, charge, discharge, lo, hi)
+    points = bidding.curve(forecast, prefs, charge, discharge, lo, hi, q)
     assert all(type(q) is int and type(p) is int for q, p in points)
     assert all(p1 <= p2 for (_q1, p1), (_q2, p2) in zip(points, points[1:]))
     buy, sell = battery_prices(points, forecast, charge, discharge)
@@ -161,9 +170,9 @@ def test_the_walk_and_the_curve_run_under_micropython(micropython) -> None:
         "    a.update(k, -1000)\n"
         "s = {'capacity_wh': 10000, 'soc_pct': 50, 'min_soc_pct': 5, 'max_soc_pct': 100,\n"
         "     'max_charge_w': 5000, 'max_discharge_w': 5000}\n"
-        "lo, hi = a.plan(192, s, prefs)\n"
+        "lo, hi, q = a.plan(192, s, prefs)\n"
         "c, d = bidding.battery_energy(s, 50, 900)\n"
-        "print(lo, hi, a.get(193, 2), bidding.curve(a.get(193, 2), prefs, c, d, lo, hi))\n"
+        "print(lo, hi, a.get(193, 2), bidding.curve(a.get(193, 2), prefs, c, d, lo, hi, q))\n"
     ) % (PREFS,)
     out = micropython(code).stdout.split(None, 3)
     assert out[:3] == ["252700", "280000", "-1000"], out
@@ -175,6 +184,6 @@ def test_the_walk_and_the_curve_run_under_micropython(micropython) -> None:
     for k in range(96, 192):
         a.update(k, -1000)
     s = battery(50)
-    lo, hi = a.plan(192, s, PREFS)
+    lo, hi, q = a.plan(192, s, PREFS)
     c, d = bidding.battery_energy(s, 50, 900)
-    assert out[3].strip() == str(bidding.curve(a.get(193, 2), PREFS, c, d, lo, hi))
+    assert out[3].strip() == str(bidding.curve(a.get(193, 2), PREFS, c, d, lo, hi, q))
