@@ -217,6 +217,26 @@ class InfluxConfig(_Section):
     retry_max_s: PosFloat = 30.0
 
 
+class HomeAssistantConfig(_Section):
+    """MQTT discovery and plain JSON states for Home Assistant (gateway/ops/homeassistant.py)."""
+
+    enabled: Annotated[bool, Field(description="true or false")] = False
+    discovery_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                                           description="a topic level of [A-Za-z0-9_-]")] = "homeassistant"
+    publish_s: PosFloat = 60.0
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="an ISO 4217 code such as EUR")] = "EUR"
+    # The broker login Home Assistant connects with (mosquitto-config adds it with read access
+    # to discovery and states only); empty: none is generated.
+    user: Annotated[str, Field(pattern=r"^([A-Za-z0-9_-]{1,32})?$", description="a login name or empty")] = ""
+    password: Annotated[str, Field(description="a string")] = ""
+
+    @model_validator(mode="after")
+    def _login_has_a_password(self) -> HomeAssistantConfig:
+        if self.user and not self.password:
+            raise _rule("password", "expected a password for {p}user", self.password)
+        return self
+
+
 class ClockConfig(_Section):
     """Simulated time: t = start + (now - epoch) * speed (protocols/simclock.py). All unset: the
     wall clock."""
@@ -245,6 +265,7 @@ class GatewayConfig(_Section):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
     influx: InfluxConfig = Field(default_factory=InfluxConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     clock: ClockConfig = Field(default_factory=ClockConfig)
 
     @model_validator(mode="after")

@@ -34,7 +34,7 @@ import aiomqtt
 
 from gateway import db
 from gateway.ledger import note
-from gateway.ops import sdnotify
+from gateway.ops import homeassistant, sdnotify
 from gateway.interval.clearing import ClearFn, market_clear
 from gateway.clock import Clock, pause
 from gateway.ingest.codec import AckOrder, Outgoing, Verified
@@ -500,6 +500,27 @@ class Gateway:
             await client.publish(topic, self._status_message(1), qos=1, retain=True, timeout=30)
             await pause(stop, self.cfg.status.publish_s)
 
+    async def _home_assistant_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        """Discovery whenever the set of meters changes (and at each connection), states every
+        publish_s (gateway/ops/homeassistant.py)."""
+        announced: list[str] = []
+        while not stop.is_set():
+            try:
+                meters, out = await self._db(self._home_assistant_states)
+            except Exception:  # noqa: BLE001 - the dashboard waits; the trust path goes on
+                log.exception("home assistant states failed")
+                self.counters["homeassistant_failed"] += 1
+            else:
+                if meters != announced:
+                    out = homeassistant.discovery(self.cfg, meters) + out
+                    announced = meters
+                await self._send(client, out)
+            await pause(stop, self.cfg.homeassistant.publish_s)
+
+    def _home_assistant_states(self) -> tuple[list[str], list[Outgoing]]:
+        meters = self.scheduler.registry.meters(self.cfg.community)
+        return meters, homeassistant.states(self.conn, self.cfg, meters, self.clock.now())
+
     async def _watchdog_loop(self) -> None:
         interval = sdnotify.watchdog_interval()
         if interval is None:
@@ -530,8 +551,10 @@ class Gateway:
             self.control_up.set()
             log.info("connected to %s:%d, community %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.community)
             try:
-                tasks = [asyncio.create_task(c) for c in (
-                    self._scheduler_loop(client, stop), self._status_loop(client, stop))]
+                loops = [self._scheduler_loop(client, stop), self._status_loop(client, stop)]
+                if self.cfg.homeassistant.enabled:
+                    loops.append(self._home_assistant_loop(client, stop))
+                tasks = [asyncio.create_task(c) for c in loops]
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
                 for t in [*tasks, stopper]:

@@ -19,28 +19,48 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.config import HomeAssistantConfig
 from gateway.registry import Registry, gateway_logins, mosquitto_hash
 from protocols import topics
 
 
-def check_meter_ids(meters: Iterable[str], gateway_user: str) -> None:
-    """A meter id equal to one of the gateway's logins would share its session: refused."""
-    reserved = set(gateway_logins(gateway_user))
+def check_meter_ids(meters: Iterable[str], gateway_user: str, ha_user: str = "") -> None:
+    """A meter id equal to one of the gateway's logins (or Home Assistant's) would share its
+    session: refused."""
+    reserved = set(gateway_logins(gateway_user)) | ({ha_user} if ha_user else set())
     for meter in meters:
         if meter in reserved:
             raise ValueError(f"meter id {meter!r} collides with the gateway's MQTT login {meter!r}"
                              f" (reserved: {', '.join(sorted(reserved))})")
 
 
-def password_file(registry: Registry, community: str, gateway_user: str, gateway_password: str) -> str:
+def password_file(registry: Registry, community: str, gateway_user: str, gateway_password: str,
+                  ha: HomeAssistantConfig | None = None) -> str:
     hashes = registry.mqtt_hashes(community)
-    check_meter_ids(hashes, gateway_user)
+    ha_user = ha.user if ha is not None and ha.enabled else ""
+    check_meter_ids(hashes, gateway_user, ha_user)
     lines = [f"{login}:{mosquitto_hash(gateway_password)}" for login in gateway_logins(gateway_user)]
+    if ha_user and ha is not None:
+        lines.append(f"{ha_user}:{mosquitto_hash(ha.password)}")
     lines += [f"{meter}:{hashed}" for meter, hashed in hashes.items()]
     return "\n".join(lines) + "\n"
 
 
-def acl_file(community: str, gateway_user: str) -> str:
+def _home_assistant(root: str, gateway_user: str, ha: HomeAssistantConfig | None) -> list[str]:
+    """The gateway publishes discovery and states; Home Assistant's login reads them and
+    announces itself (its birth message on <prefix>/status), and nothing else."""
+    if ha is None or not ha.enabled:
+        return []
+    prefix = ha.discovery_prefix
+    rules = ["", "# Home Assistant (gateway/ops/homeassistant.py): discovery and plain JSON states.",
+             f"user {gateway_user}", f"topic write {prefix}/#"]
+    if ha.user:
+        rules += [f"user {ha.user}", f"topic read {prefix}/#", f"topic write {prefix}/status",
+                  f"topic read {root}/ha/#", f"topic read {root}/ha-community/#"]
+    return rules
+
+
+def acl_file(community: str, gateway_user: str, ha: HomeAssistantConfig | None = None) -> str:
     root = topics.ROOT + community
     meter = f"{root}/meters/%u"
     gateway = [line for login in gateway_logins(gateway_user) for line in (f"user {login}", f"topic readwrite {root}/#")]
@@ -56,6 +76,7 @@ def acl_file(community: str, gateway_user: str) -> str:
         f"pattern read {root}/market/+/result",
         f"pattern read {root}/gateway/status",
         f"pattern read {root}/ledger/checkpoint",
+        *_home_assistant(root, gateway_user, ha),
     ]
     return "\n".join(rules) + "\n"
 
@@ -81,12 +102,13 @@ class BrokerFiles:
                 f"acl_file {self.acl_file}\nper_listener_settings false\nmax_queued_messages 100000\n")
 
 
-def write(registry: Registry, community: str, gateway_user: str, gateway_password: str, out_dir: str | Path) -> BrokerFiles:
+def write(registry: Registry, community: str, gateway_user: str, gateway_password: str, out_dir: str | Path,
+          ha: HomeAssistantConfig | None = None) -> BrokerFiles:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(out / "passwd", out / "acl")
-    _write_private(files.password_file, password_file(registry, community, gateway_user, gateway_password))
-    _write_private(files.acl_file, acl_file(community, gateway_user))
+    _write_private(files.password_file, password_file(registry, community, gateway_user, gateway_password, ha))
+    _write_private(files.acl_file, acl_file(community, gateway_user, ha))
     return files
 
 

@@ -86,7 +86,8 @@ def _mosquitto_config(args: argparse.Namespace) -> int:
         return 2
     registry = Registry(cfg.db)
     try:
-        files = mosquitto_conf.write(registry, cfg.community, cfg.mqtt.user, cfg.mqtt.password, args.out)
+        files = mosquitto_conf.write(registry, cfg.community, cfg.mqtt.user, cfg.mqtt.password, args.out,
+                                     cfg.homeassistant)
     except ValueError as exc:  # a meter id that is one of the gateway's logins: nothing written
         print(f"tmeter gateway mosquitto-config: {exc}", file=sys.stderr)
         return 2
