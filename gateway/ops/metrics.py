@@ -51,7 +51,7 @@ EVENTS = frozenset({
     "cleared", "settled", "adjusted", "clearing_failed", "p2p_unplaced", "award_trades_cut",
     "unbalanced_interval", "scheduler_error", "ingest_batches", "publish_failed", "mqtt_disconnects",
     "subscribe_refused", "keys_retired", "influx_points", "influx_errors", "db_replaced", "clock_hold",
-    "clock_jump", "clock_rebased", "clock_confirmed", "up_restarts", "down_restarts",
+    "clock_jump", "clock_rebased", "clock_confirmed", "up_restarts", "down_restarts", "homeassistant_failed",
 })
 # gateway/daemon.py ``problems``: each exported as 0 or 1, so an alert rule has a series to watch.
 PROBLEMS = ("storage", "clock", "scheduler", "stalled", "disconnected")
