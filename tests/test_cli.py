@@ -141,3 +141,29 @@ def test_fw_run_refuses_a_bad_device_config_before_starting(
         assert out.err.count("\n") == 1 and "Traceback" not in out.err, out.err
         assert out.err.startswith(f"tmeter: {path}: ") and expected in out.err, out.err
         assert sorted(p.name for p in tmp_path.iterdir()) == before, argv  # no regplan.json, no state
+
+
+def test_every_command_has_a_description_and_every_option_a_help() -> None:
+    import argparse
+
+    from tmeter import cli
+
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        if not parser.description:
+            missing.append(f"{' '.join(path)}: no description")
+        for action in parser._actions:  # noqa: SLF001
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction) and not action.help:  # noqa: SLF001
+                missing.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}: no help")
+
+    for group in cli.COMMANDS:
+        module, error = cli.load(group)
+        assert module is not None, error
+        top = cli.build_parser(group, module)
+        sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+        walk(sub.choices[group.name], [group.name])
+    assert not missing, "\n".join(missing)

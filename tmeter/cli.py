@@ -123,7 +123,18 @@ def build_parser(group: Group | None = None, module: ModuleType | None = None) -
         if g is group and module is not None:
             module.add_arguments(cmd)
             cmd.set_defaults(_run=module.run)
+            _describe(cmd)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """An action's one-line help is also the description its own ``-h`` prints."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            helps = {choice.dest: choice.help for choice in action._choices_actions}  # noqa: SLF001
+            for name, sub in action.choices.items():
+                sub.description = sub.description or helps.get(name)
+                _describe(sub)
 
 
 def selected_group(argv: list[str]) -> Group | None:

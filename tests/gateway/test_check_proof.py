@@ -127,7 +127,7 @@ def test_another_record_in_the_proof_fails(files: Files) -> None:
 
 def test_another_checkpoint_or_key_fails(files: Files, offline: Offline, tmp_path: Path) -> None:
     # The gateway goes on (an erasure signs a newer checkpoint): the old proof is not for it.
-    assert cli("ledger", "erase", "--db", offline.cfg.db, "--meter", "m002").returncode == 0
+    assert cli("ledger", "erase", "--db", offline.cfg.db, "--meter", "m002", "--yes").returncode == 0
     assert cli("ledger", "export-checkpoint", "--db", offline.cfg.db, "--out", str(tmp_path / "newer")).returncode == 0
     assert fails(files.check(None, tmp_path / "newer" / "checkpoint.note"), "the proof is for tree size")
     # The same checkpoint body with its root changed: the signature no longer verifies.

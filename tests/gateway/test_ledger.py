@@ -159,7 +159,7 @@ def test_inclusion_and_consistency_proofs_from_the_command_line(filled: Offline)
 
 def test_erasing_a_member_keeps_the_log_verifiable(filled: Offline) -> None:
     meter = "m001"
-    res = run_cli("ledger", "erase", "--db", filled.cfg.db, "--meter", meter)
+    res = run_cli("ledger", "erase", "--db", filled.cfg.db, "--meter", meter, "--yes")
     assert res.returncode == 0, res.stderr
     r = report(filled)
     assert r.ok, r.problems
@@ -204,3 +204,13 @@ def test_a_ledger_from_before_bill_shares_opens_migrated_and_verifies(offline: O
     migrated.close()
     verdict = report(offline)
     assert verdict.ok, verdict.problems
+
+
+def test_erasing_asks_first_and_refuses_an_unknown_meter(filled: Offline) -> None:
+    before = filled.conn.execute("SELECT COUNT(*) FROM readings WHERE meter='m001'").fetchone()[0]
+    res = run_cli("ledger", "erase", "--db", filled.cfg.db, "--meter", "m001")  # a script, no --yes
+    assert res.returncode == 2 and "confirm with --yes" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert filled.conn.execute("SELECT COUNT(*) FROM readings WHERE meter='m001'").fetchone()[0] == before > 0
+    res = run_cli("ledger", "erase", "--db", filled.cfg.db, "--meter", "m0O1", "--yes")  # a typo
+    assert res.returncode == 2 and "no meter 'm0O1'" in res.stderr
+    assert filled.conn.execute("SELECT COUNT(*) FROM erasures").fetchone()[0] == 0

@@ -244,7 +244,7 @@ def test_a_forged_erasure_leaf_fails(live: Copy) -> None:
 
 
 def test_erasing_without_the_ledger_key_refuses_and_creates_no_key(live: Copy) -> None:
-    out = run("ledger", "erase", "--db", str(live.db), "--meter", "m001", "--origin", live.origin)
+    out = run("ledger", "erase", "--db", str(live.db), "--meter", "m001", "--origin", live.origin, "--yes")
     assert out.returncode == 2 and "no ledger key" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not Path(f"{live.db}.ledger-key.pem").exists()
 

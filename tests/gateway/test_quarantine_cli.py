@@ -103,7 +103,7 @@ def test_mistakes_are_one_line_exit_2_and_change_nothing(offline: Offline, quara
 
 
 def test_erasing_a_member_erases_its_quarantined_readings_too(offline: Offline, quarantined: Path) -> None:
-    out = tmeter("ledger", "erase", "--config", str(quarantined), "--meter", "m000")
+    out = tmeter("ledger", "erase", "--config", str(quarantined), "--meter", "m000", "--yes")
     assert out.returncode == 0, out.stderr
     assert [r["meter"] for r in listing(quarantined)] == ["m001"]  # the other member's stays
     verified = tmeter("ledger", "verify", "--config", str(quarantined))

@@ -31,14 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="simulated seconds per real second (default: one day in two minutes; "
                              f"{LARGE_SPEED:g} above {SMALL_COMMUNITY} meters, where the gate-closure "
                              "budget of 60 simulated seconds would be too short a real time)")
-    parser.add_argument("--mechanism", choices=("uniform", "p2p"), default="uniform")
+    parser.add_argument("--mechanism", choices=("uniform", "p2p"), default="uniform",
+                        help="uniform: one community price; p2p: trades between neighbours (%(default)s)")
     parser.add_argument("--runtime", choices=("micropython", "cpython"), default="micropython",
                         help="run the firmware under the MicroPython unix port or CPython")
     parser.add_argument("--broker", default="embedded",
                         help="embedded (amqtt), mosquitto (a private one), or HOST:PORT of a running broker")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the database, ledger, logs and report (new or empty)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="which simulated households (profiles, batteries, faults): %(default)s")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = sub.add_parser("run", help="run one meter on this machine")
     r.add_argument("--config", type=Path, required=True, help="the meter's config.json")
     r.add_argument("--state-dir", type=Path, help="queue and state folder (default: beside config)")
-    r.add_argument("--runtime", choices=("micropython", "cpython"), default="micropython")
+    r.add_argument("--runtime", choices=("micropython", "cpython"), default="micropython",
+                   help="the MicroPython unix port (as on a board) or CPython (%(default)s)")
     r.add_argument("--heapsize", default=None, help="MicroPython heap, e.g. 128K")
     r.add_argument("--build", type=Path, help="run a `fw build` output instead of the sources")
 

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
     run = sub.add_parser("run", help="run the gateway daemon (SIGTERM stops it cleanly)")
     run.add_argument("--config", required=True, help="gateway.toml")
-    run.add_argument("--log-level", default="INFO")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (%(default)s), to stderr")
     run.add_argument("--init", action="store_true",
                      help="create a new database where none is although a ledger key exists (a new ledger); "
                           "refused if the database exists")

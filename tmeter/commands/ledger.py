@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           " the log must extend it; repeatable")
     prove = sub.add_parser("prove", help="inclusion proofs of a meter's records in one interval")
     common(prove)
-    prove.add_argument("--meter", required=True)
-    prove.add_argument("--interval", type=int, required=True)
+    prove.add_argument("--meter", required=True, help="the meter whose records are proven")
+    prove.add_argument("--interval", type=int, required=True, help="the market interval (index)")
     check = sub.add_parser("check-proof", help="check a proof from `prove` offline: a checkpoint note and the "
                                                "gateway's public key are all it trusts (no database)")
     check.add_argument("--proof", required=True, metavar="FILE", help="the JSON `tmeter ledger prove` wrote")
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--origin", help="the log's origin (default: the checkpoint note's first line)")
     export = sub.add_parser("export-checkpoint", help="write note, body, sig and pub.pem for openssl")
     common(export)
-    export.add_argument("--out", required=True)
+    export.add_argument("--out", required=True, help="folder for note, body, sig and pub.pem")
     export.add_argument("--size", type=int, help="checkpoint tree size (default: the latest)")
     cons = sub.add_parser("consistency", help="consistency proof between two checkpoints")
     common(cons)
@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cons.add_argument("--new", type=int, help="newer checkpoint's tree size (default: the latest)")
     erase = sub.add_parser("erase", help="erase one member's salts and records (GDPR); the log stays verifiable")
     common(erase)
-    erase.add_argument("--meter", required=True)
+    erase.add_argument("--meter", required=True, help="the member whose records go; it cannot be undone")
+    erase.add_argument("--yes", action="store_true",
+                       help="do not ask: without it a terminal is asked to type the meter id, anything else refused")
 
 
 class _Ctx:
@@ -260,8 +262,24 @@ def _erase(ctx: _Ctx) -> int:
 
     if not ctx.key_path.is_file():  # never a new key: its checkpoints would start a second ledger
         raise UsageError(f"no ledger key {ctx.key_path}: erasing signs a checkpoint with the gateway's key")
+    meter = ctx.args.meter
+    leaves = ctx.conn.execute("SELECT COUNT(*) FROM leaves WHERE meter=? AND erased=0", (meter,)).fetchone()[0]
+    known = ctx.conn.execute("SELECT 1 FROM meters WHERE meter=?", (meter,)).fetchone() is not None
+    if not known and not leaves:
+        raise UsageError(f"no meter {meter!r} in the registry or the ledger: nothing to erase")
+    if not ctx.args.yes and not _confirmed(meter, leaves):
+        raise UsageError(f"not erased: erasing {leaves} leaves of {meter} cannot be undone; confirm with --yes")
     ledger = Ledger(ctx.conn, ctx.origin(), note.load_or_create_signing_key(ctx.key_path))
-    n = ledger.erase(ctx.args.meter)
+    n = ledger.erase(meter)
     cp, _ = ledger.checkpoint()
     print(f"erased {n} leaves of {ctx.args.meter}; new checkpoint at size {cp.size}")
     return 0
+
+
+def _confirmed(meter: str, leaves: int) -> bool:
+    """A person at a terminal types the meter id; a script must say --yes."""
+    if not sys.stdin.isatty():
+        return False
+    print(f"erase {leaves} leaves of {meter} (salts and records; this cannot be undone)? type {meter!r}: ",
+          end="", flush=True)
+    return sys.stdin.readline().strip() == meter

@@ -47,10 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="gateway.toml: database, community, broker and interval defaults")
     p.add_argument("--db", help="gateway database (overrides --config)")
     p.add_argument("--out", help="device config file to write (default: <meter>.json)")
-    p.add_argument("--community")
+    p.add_argument("--community", help="community id (default: the config's)")
     p.add_argument("--host", help="MQTT broker host as the meter reaches it")
-    p.add_argument("--port", type=int)
-    p.add_argument("--tls", action="store_true")
+    p.add_argument("--port", type=int, help="MQTT broker port as the meter reaches it (default: the config's)")
+    p.add_argument("--tls", action="store_true", help="the meter connects with TLS (give --ca)")
     p.add_argument("--ca", help="CA certificate path on the device")
     schema = devconfig.defaults()
     p.add_argument("--keepalive", type=int, default=schema["mqtt"]["keepalive_s"],
