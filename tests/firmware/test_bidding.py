@@ -81,6 +81,19 @@ def test_before_a_day_of_history_the_rule_is_safe() -> None:
     assert lo <= FEED    # buys only below the feed-in price: never grid energy to store
 
 
+def test_while_the_household_imports_it_buys_only_by_going_idle() -> None:
+    # A deficit ahead (q = 5000 Wh lacking), the household importing 500 Wh now: below lo the
+    # battery stops covering the load (net -500, the forecast) rather than charge from the
+    # community; it charges at full power only below the feed-in price (which never comes).
+    lo, hi = 157937, 175000
+    points = bidding.curve(-500, PREFS, 1250, 1250, lo, hi, 5000)
+    assert points == [[-1750, FEED], [-500, FEED], [-500, lo], [0, lo], [0, hi], [750, hi],
+                      [750, IMPORT], [1250, IMPORT]]
+    # With a surplus of its own it buys what it lacks beyond it, up to its power.
+    points = bidding.curve(300, PREFS, 1250, 1250, lo, hi, 5000)
+    assert [-950, lo] in points  # 300 Wh surplus minus a full 1250 Wh charge
+
+
 # -- bids never span a spread smaller than the losses ----------------------------------------------
 def battery_prices(points: list[list[int]], forecast: int, charge: int, discharge: int,
                    ) -> tuple[int | None, int | None]:
