@@ -32,6 +32,10 @@ CREATE INDEX IF NOT EXISTS leaves_meter ON leaves (meter, iv);
 CREATE TABLE IF NOT EXISTS openings (idx INTEGER PRIMARY KEY, salt BLOB NOT NULL, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY, root BLOB NOT NULL, note BLOB NOT NULL, created REAL NOT NULL);
+-- The right edge of the tree each checkpoint signs (merkle.Frontier: one root per perfect subtree,
+-- largest first, concatenated): `tmeter ledger verify --since` folds it to the signed root and
+-- extends it with the new leaves alone, so checking a day does not rehash the year before it.
+CREATE TABLE IF NOT EXISTS frontiers (size INTEGER PRIMARY KEY, nodes BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS erasures (meter TEXT PRIMARY KEY, at REAL NOT NULL, leaf INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS readings (
@@ -101,7 +105,9 @@ def connect(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
 ADDED_COLUMNS = (("settlements", "share_amount", "INTEGER NOT NULL DEFAULT 0"),
                  ("meters", "x_km", "REAL"), ("meters", "y_km", "REAL"),
                  ("meters", "preference", "INTEGER NOT NULL DEFAULT 0"),
-                 ("awards", "share_ppm", "INTEGER"), ("meter_status", "online", "INTEGER"))
+                 ("awards", "share_ppm", "INTEGER"), ("meter_status", "online", "INTEGER"),
+                 # SHA-256 of the member's web secret (gateway/registry.py); NULL: no member link issued
+                 ("meters", "web_hash", "TEXT"))
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:

@@ -48,6 +48,24 @@ def load_hashes(conn: sqlite3.Connection) -> list[bytes]:
     return [merkle.leaf_hash(bytes(r[0])) for r in conn.execute("SELECT commitment FROM leaves ORDER BY idx")]
 
 
+def pack_frontier(tree: merkle.Frontier) -> bytes:
+    """The frontier's subtree roots, largest first; their heights are the set bits of its size."""
+    return b"".join(node for _, node in tree._stack)  # noqa: SLF001 - the frontier's own state, stored
+
+
+def unpack_frontier(size: int, nodes: bytes) -> merkle.Frontier | None:
+    """The frontier of a tree of ``size`` leaves from ``pack_frontier``; None if the bytes cannot be
+    one (its roots are still unverified: fold it and compare with a signed root)."""
+    heights = [h for h in range(size.bit_length() - 1, -1, -1) if size >> h & 1]
+    if len(nodes) != merkle.HASH_LEN * len(heights):
+        return None
+    tree = merkle.Frontier()
+    tree.size = size
+    tree._stack = [(h, nodes[i * merkle.HASH_LEN:(i + 1) * merkle.HASH_LEN])  # noqa: SLF001
+                   for i, h in enumerate(heights)]
+    return tree
+
+
 class Ledger:
     def __init__(self, conn: sqlite3.Connection, origin: str, signing_key: Ed25519PrivateKey | None = None) -> None:
         self.conn = conn
@@ -142,6 +160,7 @@ class Ledger:
         signed = note.sign_checkpoint(cp, self.signing_key)
         conn.execute("INSERT INTO checkpoints(size, root, note, created) VALUES (?,?,?,?)",
                      (cp.size, cp.root, signed, time.time()))
+        conn.execute("INSERT OR REPLACE INTO frontiers(size, nodes) VALUES (?,?)", (cp.size, pack_frontier(tree)))
         return cp, signed
 
     def erase(self, meter: str) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.ledger import merkle, note
-from gateway.ledger.tlog import commitment
+from gateway.ledger.tlog import commitment, unpack_frontier
 from protocols import canonical
 from protocols.errors import ProtocolError
 
@@ -50,6 +50,8 @@ class Report:
     checkpoints: int = 0
     unsigned_tail: int = 0
     given: int = 0
+    since: int | None = None  # verify_since: the size of the note it started from
+    rehashed_prefix: bool = False  # verify_since: no stored frontier, the leaves before the note were hashed
     witnesses: list[str] = field(default_factory=list)  # one line per meter that reported a checkpoint
     problems: list[str] = field(default_factory=list)
 
@@ -112,15 +114,17 @@ def _text(raw: bytes) -> str:
 # --- leaves
 
 
-def _load_leaves(conn: sqlite3.Connection, report: Report) -> tuple[list[bytes], dict[int, Leaf]]:
+def _load_leaves(conn: sqlite3.Connection, report: Report, start: int = 0) -> tuple[list[bytes], dict[int, Leaf]]:
+    """Leaves ``start`` on: their hashes (hashes[0] is leaf ``start``) and labels, each opened."""
     hashes: list[bytes] = []
     leaves: dict[int, Leaf] = {}
     rows = conn.execute("SELECT l.idx, l.commitment, l.kind, l.meter, l.iv, l.erased, o.idx, o.salt, o.record"
-                        " FROM leaves l LEFT JOIN openings o ON o.idx = l.idx ORDER BY l.idx")
+                        " FROM leaves l LEFT JOIN openings o ON o.idx = l.idx WHERE l.idx >= ? ORDER BY l.idx",
+                        (start,))
     for idx, com, kind, meter, iv, erased, o_idx, salt, record in rows:
-        if idx != len(hashes):
-            report.fail(f"leaf {len(hashes)} is missing (the log jumps to leaf {idx}): a record was deleted")
-            hashes.extend([b""] * (idx - len(hashes)))  # keep indices aligned for later checks
+        if idx != start + len(hashes):
+            report.fail(f"leaf {start + len(hashes)} is missing (the log jumps to leaf {idx}): a record was deleted")
+            hashes.extend([b""] * (idx - start - len(hashes)))  # keep indices aligned for later checks
         what = f"leaf {idx} ({_describe(kind, meter, iv)})"
         com_b = _blob(com, f"{what}: commitment", report)
         if com_b is not None and len(com_b) != merkle.HASH_LEN:
@@ -164,7 +168,11 @@ def _open_leaf(leaf: Leaf, what: str, com: bytes | None, salt: object, record: o
 # --- erasures: each erased leaf is named by a signed erasure leaf of its member
 
 
-def _check_erasures(conn: sqlite3.Connection, leaves: dict[int, Leaf], signed_size: int, report: Report) -> None:
+def _check_erasures(conn: sqlite3.Connection, leaves: dict[int, Leaf], signed_size: int, report: Report,
+                    start: int = 0) -> None:
+    """From leaf ``start`` on (``verify_since``): erasure leaves there may name older leaves, whose
+    labels are read; erasures rows pointing before ``start`` are not re-checked."""
+    older = _older_labels(conn, leaves, start)
     covered: dict[int, int] = {}  # erased leaf -> the erasure leaf naming it
     legacy: dict[str, int] = {}  # member -> erasure leaf of the count-only format
     latest: dict[str, int] = {}
@@ -186,7 +194,7 @@ def _check_erasures(conn: sqlite3.Connection, leaves: dict[int, Leaf], signed_si
             report.fail(f"{what}: its count and its list of erased leaves disagree")
             continue
         for i in named:
-            target = leaves.get(i) if _int(i) else None
+            target = (leaves.get(i) or older.get(i)) if _int(i) else None
             if target is None or i >= leaf.idx or target.meter != member:
                 report.fail(f"{what}: names leaf {i}, which is not a leaf of {member} before it")
             else:
@@ -205,6 +213,8 @@ def _check_erasures(conn: sqlite3.Connection, leaves: dict[int, Leaf], signed_si
         else:
             report.erased += 1
     for meter, at, row_leaf in conn.execute("SELECT meter, at, leaf FROM erasures").fetchall():
+        if start and meter not in latest and _int(row_leaf) and row_leaf < start:
+            continue  # erased before the checkpoint the auditor already verified
         if latest.get(meter) != row_leaf:
             report.fail(f"erasures row of {meter} points at leaf {row_leaf}, which is not {meter}'s latest erasure leaf"
                         f" ({latest.get(meter, 'none')}): forged erasure")
@@ -350,11 +360,14 @@ def _row_fields(row: sqlite3.Row, columns: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _check_rows(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Report) -> None:
+def _check_rows(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Report, start: int = 0) -> None:
+    """Rows whose leaf is ``start`` or later against their leaves (all rows when 0)."""
     for table, (kind, columns) in ROW_CHECKS.items():
         seen: set[object] = set()
         last: tuple[int, int] | None = None  # (leaf, rowid) of the largest leaf so far in row order
-        for row in conn.execute(f"SELECT rowid AS rid, * FROM {table} ORDER BY rowid"):  # noqa: S608 - fixed names
+        where = "WHERE leaf >= ? " if start else ""
+        for row in conn.execute(f"SELECT rowid AS rid, * FROM {table} {where}ORDER BY rowid",  # noqa: S608 - fixed names
+                                (start,) if start else ()):
             seen.add(row["leaf"])
             what = f"{table} row {tuple(row[c] for c in columns[:3])} (leaf {row['leaf']})"
             opening = conn.execute("SELECT record FROM openings WHERE idx=?", (row["leaf"],)).fetchone()
@@ -382,13 +395,20 @@ def _check_rows(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Repor
                 report.fail(f"leaf {leaf.idx} ({kind}): its {table} row is missing (deleted)")
 
 
-def _check_intervals(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Report) -> None:
-    """Each interval's state, mechanism, price and result against its clearing and settlement leaves."""
+def _check_intervals(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Report,
+                     only: set[int] | None = None) -> None:
+    """Each interval's state, mechanism, price and result against its clearing and settlement leaves
+    (``only``: just these intervals, whose leaves are all in ``leaves``)."""
     by_iv: dict[int, dict[str, list[Leaf]]] = {}
     for leaf in leaves.values():
         if leaf.iv is not None and leaf.kind in ("result", "interval", "settlement", "award"):
             by_iv.setdefault(leaf.iv, {}).setdefault(leaf.kind, []).append(leaf)
-    rows = {r["iv"]: r for r in conn.execute("SELECT * FROM intervals")}
+    if only is None:
+        rows = {r["iv"]: r for r in conn.execute("SELECT * FROM intervals")}
+    else:
+        by_iv = {iv: k for iv, k in by_iv.items() if iv in only}
+        rows = {r["iv"]: r for r in conn.execute("SELECT * FROM intervals WHERE iv BETWEEN ? AND ?",
+                                                 (min(only, default=0), max(only, default=-1))) if r["iv"] in only}
     for iv, kinds in sorted(by_iv.items()):
         if iv not in rows and "result" in kinds:  # the clearing writes both in one transaction
             report.fail(f"interval {iv}: has {', '.join(sorted(kinds))} leaves but no intervals row (deleted)")
@@ -491,6 +511,200 @@ def _verify(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, given:
     for table, step in steps:
         if table in present or table == "rows":
             step()
+
+
+# --- since a checkpoint the auditor verified earlier: time proportional to the new leaves
+
+
+def _older_labels(conn: sqlite3.Connection, leaves: dict[int, Leaf], start: int) -> dict[int, Leaf]:
+    """Labels of the leaves before ``start`` that erasure leaves from ``start`` on name."""
+    if not start:
+        return {}
+    named = {i for leaf in leaves.values() if leaf.kind == "erasure" and leaf.fields
+             for i in (leaf.fields.get("idxs") or []) if _int(i) and i < start}
+    out: dict[int, Leaf] = {}
+    for i in sorted(named):
+        row = conn.execute("SELECT kind, meter, iv, erased FROM leaves WHERE idx=?", (i,)).fetchone()
+        if row is not None:
+            out[i] = Leaf(i, str(row[0]), row[1], row[2], row[3] == 1)
+    return out
+
+
+def _subproof_from(m: int, lo: int, hi: int, complete: bool, node: Callable[[int, int], bytes]) -> list[bytes]:
+    # SUBPROOF(m, D[lo:hi], b) of RFC 6962 2.1.2 over leaf ranges, each node MTH(D[a:b]) from ``node``.
+    n = hi - lo
+    if m == n:
+        return [] if complete else [node(lo, hi)]
+    k = 1 << ((n - 1).bit_length() - 1)
+    if m <= k:
+        return _subproof_from(m, lo, lo + k, complete, node) + [node(lo + k, hi)]
+    return _subproof_from(m - k, lo + k, hi, False, node) + [node(lo, lo + k)]
+
+
+def _consistency_from(old: merkle.Frontier, new: list[bytes]) -> list[bytes]:
+    """PROOF(m, D[n]) (RFC 6962 2.1.2) from the frontier of the first m leaves and the leaf hashes
+    after them: every node of the proof lies wholly before m (a run of frontier roots) or wholly
+    after it (hashed from the new leaves), so no old leaf is read."""
+    m = old.size
+    spans, at = [], 0
+    for h, root in old._stack:  # noqa: SLF001 - (height, root) of each perfect subtree, left to right
+        spans.append((at, at + (1 << h), root))
+        at += 1 << h
+
+    def node(a: int, b: int) -> bytes:
+        if a >= m:
+            return merkle.root(new[a - m:b - m])
+        run = [r for s, e, r in spans if a <= s and e <= b]
+        if b > m or sum(e - s for s, e, _ in spans if a <= s and e <= b) != b - a:
+            raise ValueError(f"range {a}..{b} is not a run of frontier subtrees")
+        acc = run[-1]
+        for r in reversed(run[:-1]):
+            acc = merkle.node_hash(r, acc)
+        return acc
+
+    if m in (0, m + len(new)):
+        return []
+    return _subproof_from(m, 0, m + len(new), True, node)
+
+
+def _frontier_at(conn: sqlite3.Connection, cp: note.Checkpoint, report: Report) -> merkle.Frontier | None:
+    """The right edge of the tree the note signs: stored at each checkpoint (table frontiers) and
+    trusted only once it folds to the signed root; a checkpoint made before frontiers were stored
+    is rebuilt from its leaves (time proportional to the whole prefix, said in the report)."""
+    row = conn.execute("SELECT nodes FROM frontiers WHERE size=?", (cp.size,)).fetchone() \
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='frontiers'").fetchone() else None
+    tree = unpack_frontier(cp.size, row[0]) if row is not None and isinstance(row[0], bytes) else None
+    if tree is not None and tree.root() == cp.root:
+        return tree
+    if row is not None:
+        report.fail(f"frontier stored for checkpoint {cp.size}: does not fold to the note's root (edited)")
+    report.rehashed_prefix = True
+    tree = merkle.Frontier()
+    for (com,) in conn.execute("SELECT commitment FROM leaves WHERE idx < ? ORDER BY idx", (cp.size,)):
+        tree.append(merkle.leaf_hash(com if isinstance(com, bytes) else b""))
+    if tree.size != cp.size or tree.root() != cp.root:
+        report.fail(f"the note's checkpoint (size {cp.size}): leaves 0..{cp.size - 1} of the log do not have its"
+                    f" root: the log does not extend it (edited, removed or rolled back before it)")
+        return None
+    return tree
+
+
+def verify_since(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, since: bytes) -> Report:
+    """The verdict on what the log added after ``since``, a checkpoint note the auditor verified
+    earlier: the log extends it (an RFC 9162 2.1.4 consistency proof built from the stored frontier
+    and the new leaves), every checkpoint after it is signed and has the root of its prefix, and
+    every leaf after it opens, chains and agrees with its rows and intervals. Leaves before the
+    note are not opened again (their commitments are proven by the note's root); the intervals
+    the new leaves belong to are read whole. Time: proportional to the new leaves."""
+    report = Report()
+    conn.row_factory, conn.text_factory = sqlite3.Row, _text
+    try:
+        _verify_since(conn, origin, key, since, report)
+    except sqlite3.DatabaseError as exc:
+        report.fail(f"database unreadable: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any input gets a verdict
+        report.fail(f"verification stopped on content it cannot read ({type(exc).__name__}: {exc})")
+    finally:
+        conn.row_factory, conn.text_factory = None, str
+    return report
+
+
+def _verify_since(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, since: bytes,
+                  report: Report) -> None:
+    try:
+        cp = note.open_checkpoint(since, origin, key)
+    except note.NoteError as exc:
+        report.fail(f"--since note: not a checkpoint of this log ({origin}, this key): {exc}")
+        return
+    report.since = cp.size
+    n = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone()[0]
+    if cp.size > n:
+        report.fail(f"--since note: signs {cp.size} leaves but the log holds {n}: rolled back or truncated")
+        return
+    old = _frontier_at(conn, cp, report)
+    if old is None:
+        return
+    touched = {r[0] for r in conn.execute("SELECT DISTINCT iv FROM leaves WHERE idx >= ? AND iv IS NOT NULL",
+                                          (cp.size,)) if _int(r[0])}
+    firsts = [r[0] for r in conn.execute("SELECT leaf FROM intervals WHERE iv BETWEEN ? AND ?",
+                                         (min(touched, default=0), max(touched, default=-1))) if _int(r[0])]
+    start = min([cp.size] + [f for f in firsts if f >= 0])  # an interval's leaves start at its result leaf
+    hashes, leaves = _load_leaves(conn, report, start)
+    new = hashes[cp.size - start:]
+    report.leaves = len(new)
+    stored = _signed_after(conn, origin, key, cp, report)
+    _extend(old, new, stored, leaves, report)
+    _check_erasures(conn, {i: lf for i, lf in leaves.items() if i >= cp.size}, max(stored, default=cp.size),
+                    report, cp.size)
+    _check_rows(conn, leaves, report, start)
+    _check_intervals(conn, leaves, report, touched)
+
+
+def _signed_after(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, cp: note.Checkpoint,
+                  report: Report) -> dict[int, bytes]:
+    """size -> root of the stored checkpoints from the note on, each signature checked."""
+    out = {cp.size: cp.root}
+    rows = conn.execute("SELECT size, root, note FROM checkpoints WHERE size > ? ORDER BY size", (cp.size,)).fetchall()
+    report.checkpoints = len(rows)
+    for size, root, signed in rows:
+        where = f"checkpoint at size {size}"
+        signed_b, root_b = _blob(signed, f"{where}: note", report), _blob(root, f"{where}: root", report)
+        if signed_b is None:
+            continue
+        try:
+            got = note.open_checkpoint(signed_b, origin, key)
+        except note.NoteError as exc:
+            report.fail(f"{where}: signature or format invalid ({exc})")
+            continue
+        if got.size != size or got.root != root_b:
+            report.fail(f"{where}: stored size/root differ from the signed note")
+        out[got.size] = got.root
+    return out
+
+
+def _extend(old: merkle.Frontier, new: list[bytes], stored: dict[int, bytes], leaves: dict[int, Leaf],
+            report: Report) -> None:
+    """Grow the note's tree by the new leaves: each later checkpoint must sign the root of its
+    prefix, its checkpoint leaf must chain to the one before, and a consistency proof from the
+    note to the whole log must verify (RFC 9162 2.1.4.2), as `verify --checkpoint` checks it."""
+    m, tree = old.size, old.copy()
+    roots = {m: old.root()}
+    want = set(stored) | {i + 1 for i, lf in leaves.items() if lf.kind == "checkpoint" and i >= m}
+    for h in new:
+        tree.append(h)
+        if tree.size in want:
+            roots[tree.size] = tree.root()
+    n, full = tree.size, tree.root()
+    proof = _consistency_from(old, new)
+    if not merkle.verify_consistency(m, n, old.root(), full, proof):
+        report.fail(f"--since note (size {m}): the consistency proof to the log's {n} leaves does not verify")
+    prev = (m, stored[m])
+    for size in sorted(stored):
+        if size > m and stored[size] != roots.get(size):
+            report.fail(f"checkpoint at size {size}: root does not match leaves 0..{size - 1}: a record among"
+                        f" leaves {prev[0]}..{size - 1} was edited, removed or reordered")
+        if size > m:
+            lf = leaves.get(size - 1)
+            if lf is None or lf.kind != "checkpoint":
+                report.fail(f"checkpoint at size {size}: its last leaf is not its checkpoint leaf")
+        prev = (size, stored[size])
+    _chain_since(m, stored, roots, leaves, report)
+    report.unsigned_tail = max(0, n - max(stored))
+
+
+def _chain_since(m: int, stored: dict[int, bytes], roots: dict[int, bytes], leaves: dict[int, Leaf],
+                 report: Report) -> None:
+    prev = (m, stored[m])
+    for i in sorted(i for i, lf in leaves.items() if lf.kind == "checkpoint" and i >= m):
+        if i + 1 not in stored:
+            report.fail(f"leaf {i} (checkpoint) records a checkpoint at size {i + 1}, which is missing (deleted)")
+        f = leaves[i].fields
+        if f is not None:
+            want = {"size": i + 1, "prev_size": prev[0], "prev_root": base64.b64encode(prev[1]).decode()}
+            if {k: f.get(k) for k in want} != want:
+                report.fail(f"leaf {i} (checkpoint): does not chain to the checkpoint before it ({prev[0]}):"
+                            f" a checkpoint was removed or inserted")
+        prev = (i + 1, stored.get(i + 1, roots.get(i + 1, b"")))
 
 
 # --- proofs for third parties

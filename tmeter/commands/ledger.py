@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ver.add_argument("--checkpoint", action="append", default=[], metavar="NOTE",
                      help="a signed checkpoint note obtained earlier (retained topic, export-checkpoint, a witness):"
                           " the log must extend it; repeatable")
+    ver.add_argument("--since", metavar="NOTE",
+                     help="a signed checkpoint note verified earlier: prove the log extends it (RFC 9162 consistency"
+                          " proof from its stored frontier) and check only the leaves after it, their rows and"
+                          " intervals, in time proportional to the new leaves; leaves before it are NOT opened"
+                          " again (their roots still prove the log extends them), witnesses are not read")
     prove = sub.add_parser("prove", help="inclusion proofs of a meter's records in one interval")
     common(prove)
     prove.add_argument("--meter", required=True, help="the meter whose records are proven")
@@ -146,6 +151,8 @@ def _verify(ctx: _Ctx) -> int:
         except OSError as exc:
             raise UsageError(f"cannot read checkpoint note {name} ({exc.strerror})") from None
     origin, key = ctx.origin(notes), ctx.public_key()
+    if ctx.args.since:
+        return _verify_since(ctx, origin, key, notes)
     report = verify.Report()
     given = verify.given_checkpoints(notes, origin, key, report)
     result = verify.verify(ctx.conn, origin, key, given)
@@ -159,6 +166,27 @@ def _verify(ctx: _Ctx) -> int:
     ok = report.ok and result.ok
     print(("ledger OK: " if ok else "ledger FAILED: ") + summary)
     return 0 if ok else 1
+
+
+def _verify_since(ctx: _Ctx, origin: str, key: Any, notes: list[bytes]) -> int:
+    from gateway.ledger import verify  # noqa: PLC0415
+
+    if notes:
+        raise UsageError("--since and --checkpoint: give the newest note you hold as --since")
+    try:
+        since = Path(ctx.args.since).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read checkpoint note {ctx.args.since} ({exc.strerror})") from None
+    result = verify.verify_since(ctx.conn, origin, key, since)
+    for problem in result.problems:
+        print(f"FAIL: {problem}")
+    if result.rehashed_prefix:
+        print(f"note: no frontier stored for size {result.since} (a database from before frontiers):"
+              " its leaves were hashed again")
+    summary = (f"{result.leaves} leaves after the checkpoint at size {result.since}, {result.checkpoints}"
+               f" checkpoints after it, {result.unsigned_tail} leaves after the latest checkpoint")
+    print(("ledger OK since the note: " if result.ok else "ledger FAILED since the note: ") + summary)
+    return 0 if result.ok else 1
 
 
 def _prove(ctx: _Ctx) -> int:
