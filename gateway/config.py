@@ -205,6 +205,22 @@ class StatusConfig(_Section):
     publish_s: PosFloat = 10.0
 
 
+class WebConfig(_Section):
+    """The member page and operator view (gateway/web/member.py), served on [status]'s port."""
+
+    # Where members reach the gateway (a reverse proxy, a LAN name): the base of the member
+    # links `tmeter provision` prints. Empty: http://<status.http_host>:<status.http_port>.
+    public_url: Annotated[str, Field(pattern=r"^(https?://[^\s?#]+)?$",
+                                     description="empty or an http:// or https:// URL without query")] = ""
+    # The operator view's secret: a file holding one line, created (mode 0600) at first start.
+    operator_token_file: Annotated[str, Field(description="a file path (empty: <db>.operator-token)")] = ""
+    session_s: Annotated[int, Field(ge=60, le=366 * 86400, description="an integer 60..31622400 (seconds)")] \
+        = 30 * 86400
+    # Failed logins (a wrong link) one client address may make per window before it is refused (429).
+    login_failures: PosInt = 10
+    login_window_s: PosInt = 600
+
+
 class InfluxConfig(_Section):
     enabled: Annotated[bool, Field(description="true or false")] = False
     url: Annotated[str, Field(pattern=r"^https?://\S+$", description="an http:// or https:// URL")] \
@@ -266,6 +282,7 @@ class GatewayConfig(_Section):
     status: StatusConfig = Field(default_factory=StatusConfig)
     influx: InfluxConfig = Field(default_factory=InfluxConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     clock: ClockConfig = Field(default_factory=ClockConfig)
 
     @model_validator(mode="after")
@@ -282,6 +299,15 @@ class GatewayConfig(_Section):
     @property
     def key_path(self) -> Path:
         return Path(self.ledger.key_file or f"{self.db}.ledger-key.pem")
+
+    @property
+    def operator_token_path(self) -> Path:
+        return Path(self.web.operator_token_file or f"{self.db}.operator-token")
+
+    @property
+    def web_url(self) -> str:
+        """The base URL of the member links (no trailing slash)."""
+        return (self.web.public_url or f"http://{self.status.http_host}:{self.status.http_port}").rstrip("/")
 
 
 # --- Error lines
@@ -402,6 +428,8 @@ def load(path: str | Path) -> GatewayConfig:
         cfg.db = str(path.parent / cfg.db)
     if cfg.ledger.key_file and not Path(cfg.ledger.key_file).is_absolute():
         cfg.ledger.key_file = str(path.parent / cfg.ledger.key_file)
+    if cfg.web.operator_token_file and not Path(cfg.web.operator_token_file).is_absolute():
+        cfg.web.operator_token_file = str(path.parent / cfg.web.operator_token_file)
     if cfg.mqtt.ca and not Path(cfg.mqtt.ca).is_absolute():
         cfg.mqtt.ca = str(path.parent / cfg.mqtt.ca)
     return cfg

@@ -9,6 +9,11 @@ Typed API for the demo and bench, which provision hundreds of meters in-process:
     reg.key("m01", cfg.kid)                                       # -> 32 bytes, or None
     new = reg.provision("m01", "c1", rotate=True, password=cfg.mqtt.password)  # kid 2, same login
 
+Each member also gets a web secret at provisioning, for its member page (gateway/web/member.py):
+``cfg.member_token`` once, never in the device config and never derived from the HMAC key; only
+its SHA-256 is stored (the token has 192 random bits, so a slow hash would add nothing).
+``issue_member_token`` re-issues it (the old link stops working), a key rotation keeps it.
+
 Only a PBKDF2 hash of the MQTT password is stored (the format Mosquitto's password file uses),
 so the plain password exists once, in the device config.
 
@@ -44,6 +49,7 @@ from gateway.config import DEFAULT_INTERVAL_S
 from protocols import devconfig, topics
 
 KEY_LEN = 32
+MEMBER_TOKEN_BYTES = 24  # 192 bits: guessing one is out of reach, even without the rate limit
 PBKDF2_ITERATIONS = 1000
 MAX_KID = 0xFFFF
 
@@ -65,6 +71,20 @@ def mosquitto_hash_matches(password: str, hashed: str) -> bool:
     except ValueError:  # a malformed hash (binascii.Error is a ValueError) matches nothing
         return False
     return hmac.compare_digest(expected.rsplit("$", 1)[1], digest)
+
+
+def token_hash(token: str) -> str:
+    """What the database keeps of a member's web secret."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_member_token() -> str:
+    return secrets.token_urlsafe(MEMBER_TOKEN_BYTES)
+
+
+def member_link(base_url: str, meter: str, token: str) -> str:
+    """The link the operator hands a member (as text or a QR code): the page logs it in."""
+    return f"{base_url.rstrip('/')}/m/{meter}?t={token}"
 
 
 # The gateway's pumps, each one MQTT connection (gateway/daemon.py names them so).
@@ -170,6 +190,9 @@ class DeviceConfig:
         del read["key_bytes"]
         self.doc: dict[str, Any] = read
         self.key = key
+        # The member's web secret when this provisioning issued one (never in the file: the
+        # meter does not need it, and whoever reads the meter's flash should not get the page).
+        self.member_token: str | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Called only for names the object lacks: the file's keys.
@@ -260,6 +283,7 @@ class Registry:
         rotate: bool = False,
         new_password: bool = False,
         retire_old: bool = False,
+        member_link: bool = False,
         reserved: Collection[str] = (),
         key: bytes | None = None,
         password: str | None = None,
@@ -275,7 +299,8 @@ class Registry:
         ``modbus={"battery_unit": 2}``, ``clock={...}``, ``wifi=``, ``prefs=``, ``ntp_host=``...
         ``position`` (x, y km) and ``preference`` (micro-currency per kWh per km) place the
         meter in the peer-to-peer market (``Place``); left None, a rotation keeps them and a new
-        meter has no position and preference 0."""
+        meter has no position and preference 0. A new meter gets a member web secret
+        (``cfg.member_token``); a rotation keeps the meter's unless ``member_link``."""
         if not topics.valid_id(meter) or not topics.valid_id(community):
             raise RegistryError("meter and community ids are 1-32 of [A-Za-z0-9_-]")
         position = None if position is None else check_position(position)
@@ -306,11 +331,16 @@ class Registry:
             if retire_old:
                 c.execute("UPDATE meter_keys SET retired=? WHERE meter=? AND retired IS NULL", (now, meter))
             c.execute("INSERT INTO meter_keys(meter, kid, key, created) VALUES (?,?,?,?)", (meter, kid, key, now))
+            token = new_member_token() if row is None or member_link else None
+            if token is not None:
+                c.execute("UPDATE meters SET web_hash=? WHERE meter=?", (token_hash(token), meter))
             # Inside the transaction: a config the firmware would refuse registers nothing.
             mqtt = _given(host=mqtt_host, port=mqtt_port, user=meter, password=password, tls=tls, ca=ca,
                           keepalive_s=keepalive_s)
-            return DeviceConfig(meter, community, kid, key, interval_s, mqtt=mqtt,
-                                **_given(gate_closure_s=gate_closure_s), **device)
+            cfg = DeviceConfig(meter, community, kid, key, interval_s, mqtt=mqtt,
+                               **_given(gate_closure_s=gate_closure_s), **device)
+            cfg.member_token = token
+            return cfg
 
     @staticmethod
     def _rotation(c: sqlite3.Connection, meter: str, community: str, row: tuple[str, str, int], rotate: bool,
@@ -334,6 +364,14 @@ class Registry:
         c.execute("UPDATE meters SET mqtt_hash=?, feeder=? WHERE meter=?",
                   (hashed, was_feeder if feeder is None else int(feeder), meter))
         return password
+
+    def issue_member_token(self, meter: str) -> str:
+        """A new web secret for ``meter``'s member page: the old link and its sessions end."""
+        token = new_member_token()
+        with db.transaction(self.conn) as c:
+            if c.execute("UPDATE meters SET web_hash=? WHERE meter=?", (token_hash(token), meter)).rowcount != 1:
+                raise RegistryError(f"{meter} is not provisioned")
+        return token
 
     def retire_superseded(self, newest: Mapping[str, int]) -> int:
         """Retire each meter's keys older than the key id it was just seen using (a message
@@ -380,6 +418,10 @@ class Registry:
         if row is None:
             return None
         return Place(None if row[0] is None or row[1] is None else (row[0], row[1]), row[2])
+
+    def web_hash(self, meter: str) -> str | None:
+        row = self.conn.execute("SELECT web_hash FROM meters WHERE meter=?", (meter,)).fetchone()
+        return row[0] if row else None
 
     def feeders(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT meter FROM meters WHERE feeder=1")}

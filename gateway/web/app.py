@@ -2,8 +2,9 @@
 
 GET /status (or /) returns the daemon's status JSON; GET /health returns {"ok", "health",
 "reasons"} with 200 or 503 (the reasons say why, in words), for a monitoring probe; GET /metrics
-is the Prometheus text exposition (gateway/ops/metrics.py). Errors are JSON too, so a client
-never has to parse HTML. Routes are added in ``create_app``: the member page goes there.
+is the Prometheus text exposition (gateway/ops/metrics.py). Errors of these are JSON too, so a
+client never has to parse HTML. The member page and operator view (HTML, gateway/web/member.py)
+are added when the app is made for a running gateway.
 """
 
 from __future__ import annotations
@@ -64,8 +65,19 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         return _json(500, {"error": "internal"})
 
 
-def create_app(snapshot: Snapshot, scrape: Metrics | None = None) -> web.Application:
+def create_app(snapshot: Snapshot, scrape: Metrics | None = None, site: Any = None) -> web.Application:
+    """``site``: the member pages' MemberSite; None takes the gateway of ``scrape`` (the daemon's
+    metrics Scraper) when there is one, so the daemon serves the pages without more wiring."""
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY)
+    gw = getattr(scrape, "gw", None)
+    if site is None and gw is not None:
+        from gateway.web.member import MemberSite  # noqa: PLC0415 - the daemon's case only
+
+        site = MemberSite.from_gateway(gw)
+    if site is not None:
+        from gateway.web.member import add_routes  # noqa: PLC0415
+
+        add_routes(app, site)
     app[SNAPSHOT] = snapshot
     app.router.add_get("/", status)
     app.router.add_get("/status", status)

@@ -1,7 +1,8 @@
 """`tmeter provision <meter>`: create a meter's key and write its device config; `--rotate`
 gives an existing meter a new key (gateway/registry.py: the old key works until the meter is
 seen with the new one; the MQTT login is kept, read from the config being replaced, unless
-`--new-password`)."""
+`--new-password`). A new meter's member link (its page on the gateway, gateway/web/member.py) is
+printed once; `--rotate-member-link` issues a new one (the old link stops working)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="with --rotate: a new MQTT password too (default: the one in the config file replaced)")
     p.add_argument("--retire-old", action="store_true",
                    help="with --rotate: retire the older keys at once (a key that leaked)")
+    p.add_argument("--rotate-member-link", action="store_true",
+                   help="issue the member a new page link (the old one and its logins stop working); alone it"
+                        " changes nothing else, with --rotate it goes with the new key")
     for flag, section, key, kind, text in DEVICE_OPTIONS:
         default = (schema[section] if section else schema)[key]
         p.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
@@ -105,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"tmeter provision: {exc}", file=sys.stderr)
         return 2
+    if args.rotate_member_link and not args.rotate:
+        return _new_member_link(Registry(db_path), args.meter, cfg.web_url)
     registry = Registry(db_path)
     try:
         # The password the rotated meter keeps is the one in its config, which the new one replaces.
@@ -116,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             interval_s=args.interval or cfg.interval_s,
             gate_closure_s=args.gate_closure if args.gate_closure is not None else cfg.gate_closure_s,
             feeder=args.feeder, position=position, preference=preference, rotate=args.rotate,
-            new_password=args.new_password, retire_old=args.retire_old,
+            new_password=args.new_password, retire_old=args.retire_old, member_link=args.rotate_member_link,
             reserved=gateway_logins(cfg.mqtt.user) if cfg.mqtt.user else (), password=password,
             **device_settings(args),
         )
@@ -132,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         after = "regenerate the broker files: tmeter gateway mosquitto-config"
     print(f"{args.meter}: key id {device.kid} in {db_path}; device config {path} ({after}); {_placed(place)}")
+    if device.member_token is not None:
+        _print_link(args.meter, cfg.web_url, device.member_token)
     if place is not None and place.position is None and cfg.market.mechanism == "p2p" and not args.feeder:
         print(f"tmeter provision: {args.meter} has no position: under p2p it trades with the grid only"
               " (give --position X,Y)", file=sys.stderr)
@@ -142,3 +150,25 @@ def _placed(place: Any) -> str:
     """The meter's place in the p2p market as stored (gateway.registry.Place)."""
     where = "no position" if place.position is None else f"position {place.position[0]:g},{place.position[1]:g} km"
     return f"{where}, preference {place.preference / 1_000_000:g} per kWh per km"
+
+
+def _new_member_link(registry: Any, meter: str, base_url: str) -> int:
+    from gateway.registry import RegistryError  # noqa: PLC0415
+
+    try:
+        token = registry.issue_member_token(meter)
+    except RegistryError as exc:
+        print(f"tmeter provision: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        registry.close()
+    _print_link(meter, base_url, token)
+    return 0
+
+
+def _print_link(meter: str, base_url: str, token: str) -> None:
+    """The member's link, shown this once (only its hash is stored): the operator hands it over."""
+    from gateway.registry import member_link  # noqa: PLC0415
+
+    print(f"{meter}: member link (hand it to the member; shown once, only its hash is kept):"
+          f" {member_link(base_url, meter, token)}")
