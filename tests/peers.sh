@@ -5,7 +5,7 @@
 set -eu
 
 PEERS="mosquitto:mosquitto mosquitto_pub:mosquitto-clients mbpoll:mbpoll socat:socat
-       victoria-metrics:victoria-metrics openssl:openssl systemd-analyze:systemd"
+       victoria-metrics:victoria-metrics openssl:openssl systemd-analyze:systemd chromium:chromium"
 
 missing=""
 # `make test` creates .venv with python3 -m venv; Debian ships that part of Python apart.
