@@ -161,16 +161,15 @@ async def member_page(request: web.Request) -> web.Response:
     return _html(200, pages.member_page(view, site.interval_s, site.unit, site.now()))
 
 
-def bills_csv_text(days: list[data.BillLine], meter: str, first_iv: Callable[[str], tuple[int, int]],
-                   basis: str) -> str:
-    """One row per day in gateway/bills.py's columns (BILL_COLUMNS) plus the day."""
+def bills_csv_text(days: list[data.BillLine], meter: str, basis: str) -> str:
+    """One row per day: the day, then gateway/bills.py's columns (BILL_COLUMNS) for that day's
+    intervals, money in integer micro-currency (+ the member pays)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(("day", *BILL_COLUMNS))
     for b in days:
-        lo, hi = first_iv(b.period)
-        w.writerow((b.period, meter, lo, hi, b.intervals, b.energy_in_wh, b.energy_out_wh, b.community, b.alone,
-                    b.saving, basis))
+        w.writerow((b.period, meter, b.first_iv, b.last_iv, b.intervals, b.energy_in_wh, b.energy_out_wh,
+                    b.community, b.alone, b.saving, basis))
     return out.getvalue()
 
 
@@ -178,20 +177,10 @@ async def bills_csv(request: web.Request) -> web.Response:
     site, meter = request.app[SITE], request.match_info["meter"]
     if (refused := await _member(site, request, meter)) is not None:
         return refused
-
-    def rows(c: sqlite3.Connection) -> str:
-        lines = data.interval_lines(c, meter, site.tariff)
-        spans: dict[str, tuple[int, int]] = {}
-        for iv, *_ in lines:
-            day = data.bill_lines([(iv, 0, 0, 0, 0)], site.interval_s, month=False)[0].period
-            lo, hi = spans.get(day, (iv, iv))
-            spans[day] = (min(lo, iv), max(hi, iv))
-        days = list(reversed(data.bill_lines(lines, site.interval_s, month=False)))
-        return bills_csv_text(days, meter, spans.__getitem__, site.tariff.basis)
-
-    text = await site.read(rows)
-    return web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
-        **HEADERS, "Content-Disposition": f'attachment; filename="{meter}-bills.csv"'})
+    days = await site.read(lambda c: data.all_bill_days(c, meter, site.interval_s, site.tariff))
+    return web.Response(text=bills_csv_text(days, meter, site.tariff.basis), content_type="text/csv",
+                        charset="utf-8", headers={**HEADERS, "Content-Disposition":
+                                                  f'attachment; filename="{meter}-bills.csv"'})
 
 
 def _int(request: web.Request, name: str) -> int | None:

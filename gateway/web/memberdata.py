@@ -61,6 +61,8 @@ class BillLine:
     """A period's bill of one member: money in micro-currency, + the member pays."""
 
     period: str  # "2026-12-03" or "2026-12"
+    first_iv: int
+    last_iv: int
     intervals: int
     energy_in_wh: int
     energy_out_wh: int
@@ -91,10 +93,11 @@ def interval_lines(conn: sqlite3.Connection, meter: str, tariff: Tariff, first_i
 def bill_lines(lines: list[tuple[int, int, int, int, int]], interval_s: int, month: bool) -> list[BillLine]:
     """Interval lines added up per UTC day (or month), newest first."""
     acc: dict[str, list[int]] = {}
-    for iv, imp, exp, community, alone in lines:
+    for iv, imp, exp, community, alone in lines:  # by interval: the first seen is the period's first
         day = datetime.fromtimestamp(iv * interval_s, UTC).strftime("%Y-%m" if month else "%Y-%m-%d")
-        a = acc.setdefault(day, [0, 0, 0, 0, 0])
-        for k, v in enumerate((1, imp, exp, community, alone)):
+        a = acc.setdefault(day, [iv, iv, 0, 0, 0, 0, 0])
+        a[1] = iv
+        for k, v in enumerate((1, imp, exp, community, alone), start=2):
             a[k] += v
     return [BillLine(p, *a) for p, a in sorted(acc.items(), reverse=True)]
 

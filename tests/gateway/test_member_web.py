@@ -144,8 +144,8 @@ def test_no_session_a_wrong_link_and_a_replaced_link_are_refused(served: Served)
     session = login(served, "m000")
     forged = session.replace("m000", "m001", 1)
     assert get(f"{served.base}/m/m001", forged).status == 401  # the signature covers the meter
-    expired = get(f"{served.base}/m/m000", session[:-1] + ("0" if session[-1] != "0" else "1"))
-    assert expired.status == 401
+    tampered = session[:-1] + ("0" if session[-1] != "0" else "1")
+    assert get(f"{served.base}/m/m000", tampered).status == 401
     reg = Registry(served.cfg.db)
     new = reg.issue_member_token("m000")
     reg.close()
@@ -329,3 +329,57 @@ def test_in_chromium_a_member_logs_in_sees_the_bill_is_refused_another_page_and_
     assert out.returncode == 0, out.stdout + out.stderr
     assert "proof OK" in out.stdout and "meter=m000" in out.stdout
     assert json.loads(proof.read_text())["verified"] is True
+
+
+def test_provision_prints_a_working_link_once_and_rotate_member_link_replaces_it(tmp_path: Path) -> None:
+    from gateway import db
+    from gateway.web import memberdata
+
+    toml = tmp_path / "gateway.toml"
+    toml.write_text('community = "c1"\ndb = "g.db"\n[web]\npublic_url = "https://energy.example.org/"\n')
+
+    def provision(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tmeter", "provision", "m01", "--config", str(toml), "--out",
+                               str(tmp_path / "m01.json"), *extra], capture_output=True, text=True, timeout=60,
+                              cwd=ROOT)
+
+    def token(out: subprocess.CompletedProcess[str]) -> str:
+        assert out.returncode == 0, out.stderr
+        (line,) = [x for x in out.stdout.splitlines() if "member link" in x]
+        link = line.rsplit(" ", 1)[1]
+        assert link.startswith("https://energy.example.org/m/m01?t=")
+        return link.split("?t=", 1)[1]
+
+    def stored() -> str | None:
+        conn = db.connect_readonly(tmp_path / "g.db")
+        try:
+            return memberdata.web_hash(conn, "m01")
+        finally:
+            conn.close()
+
+    first = token(provision())
+    assert memberdata.token_matches(stored(), first)
+    device = (tmp_path / "m01.json").read_text()
+    assert first not in device and json.loads(device)["key"] not in first
+    rotated = provision("--rotate")  # a new key keeps the member's link
+    assert rotated.returncode == 0 and "member link" not in rotated.stdout
+    assert memberdata.token_matches(stored(), first)
+    second = token(provision("--rotate-member-link"))
+    assert second != first and memberdata.token_matches(stored(), second)
+    assert not memberdata.token_matches(stored(), first)
+    assert provision("--rotate-member-link").returncode == 0
+    unknown = subprocess.run([sys.executable, "-m", "tmeter", "provision", "nobody", "--db", str(tmp_path / "g.db"),
+                              "--rotate-member-link"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert unknown.returncode == 2 and "not provisioned" in unknown.stderr
+
+
+def test_a_session_expires_and_names_the_member_it_was_issued_to() -> None:
+    from gateway.web.auth import Sessions
+
+    sessions = Sessions(lifetime_s=3600)
+    value = sessions.issue("member", "m01", "ab" * 32, now=1000.0)
+    assert sessions.check(value, now=1000.0 + 3599) is not None
+    assert sessions.check(value, now=1000.0 + 3601) is None
+    assert Sessions(3600).check(value, now=1000.0) is None  # another start-up's key: not ours
+    session = sessions.check(value, now=1000.0)
+    assert session is not None and (session.role, session.subject) == ("member", "m01")
