@@ -149,3 +149,40 @@ def test_an_erasure_after_the_note_of_leaves_before_it_passes(live: Copy) -> Non
     out = tmeter("ledger", "erase", "--db", str(live.db), "--meter", "m001", "--yes")
     assert out.returncode == 0, out.stdout + out.stderr
     ok(live.since())
+
+
+# --- closed periods archived to their own file (gateway/ledger/archive.py)
+
+
+def archive(live: Copy, first: int, last: int) -> Path:
+    out = live.db.parent / f"period-{first}-{last}.db"
+    res = tmeter("ledger", "archive", "--db", str(live.db), "--pubkey", str(live.pub), "--origin", live.origin,
+                 "--from", str(first), "--to", str(last), "--out", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out
+
+
+def verify_file(live: Copy, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return tmeter("ledger", "verify", "--db", str(path), "--pubkey", str(live.pub), "--origin", live.origin, *extra)
+
+
+def test_an_archived_period_verifies_later_from_its_start_note_and_holds_no_keys(live: Copy) -> None:
+    sizes = sorted(live.notes)
+    first, last = live.mid, sizes[-2]
+    out = archive(live, first, last)
+    ok(verify_file(live, out, "--since", str(live.notes[first])))
+    head = archive(live, 0, first)  # the log's first period: verified whole
+    res = verify_file(live, head)
+    assert res.returncode == 0 and "ledger OK" in res.stdout, res.stdout + res.stderr
+    conn = sqlite3.connect(out)
+    assert conn.execute("SELECT COUNT(*) FROM meter_keys").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM meters").fetchone()[0] == 0
+    assert conn.execute("SELECT MIN(size), MAX(size) FROM checkpoints").fetchone() == (first, last)
+    idx = conn.execute("SELECT MIN(idx) FROM leaves WHERE kind='settlement' AND idx >= ?", (first,)).fetchone()[0]
+    conn.execute("UPDATE openings SET record = replace(record, '\"amount\":', '\"amount\":1') WHERE idx=?", (idx,))
+    conn.commit()
+    fails(verify_file(live, out, "--since", str(live.notes[first])), f"leaf {idx} (settlement")
+    following = archive(live, last, sizes[-1])  # the period's end note starts the next: they chain
+    ok(verify_file(live, following, "--since", str(live.notes[last])))
+    # An archive holds its own period only: from a note it was not cut at, its leaves cannot be proven.
+    fails(verify_file(live, following, "--since", str(live.notes[sizes[-1]])), "do not have its root")

@@ -51,6 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common(cons)
     cons.add_argument("--old", type=int, required=True, help="older checkpoint's tree size")
     cons.add_argument("--new", type=int, help="newer checkpoint's tree size (default: the latest)")
+    arch = sub.add_parser("archive", help="write a closed period (between two checkpoints) to its own file, to be"
+                                          " verified later with `verify --db FILE --since START-NOTE`")
+    common(arch)
+    arch.add_argument("--from", dest="first", type=int, required=True, metavar="SIZE",
+                      help="checkpoint size the period starts after (0: the log's start)")
+    arch.add_argument("--to", dest="last", type=int, required=True, metavar="SIZE",
+                      help="checkpoint size the period ends at")
+    arch.add_argument("--out", required=True, metavar="FILE",
+                      help="the archive, a new SQLite file: leaves, openings, rows, intervals, checkpoints, no keys")
     erase = sub.add_parser("erase", help="erase one member's salts and records (GDPR); the log stays verifiable")
     common(erase)
     erase.add_argument("--meter", required=True, help="the member whose records go; it cannot be undone")
@@ -128,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         ctx = _Ctx(args)
         return {"verify": _verify, "prove": _prove, "export-checkpoint": _export,
-                "consistency": _consistency, "erase": _erase}[args.ledger_command](ctx)
+                "consistency": _consistency, "erase": _erase, "archive": _archive}[args.ledger_command](ctx)
     except (UsageError, note.NoteError, sqlite3.DatabaseError, OSError) as exc:
         # verify answers a broken database with a verdict; the other commands need a sound one.
         print(f"tmeter ledger {args.ledger_command}: {one_line(exc)}", file=sys.stderr)
@@ -187,6 +196,20 @@ def _verify_since(ctx: _Ctx, origin: str, key: Any, notes: list[bytes]) -> int:
                f" checkpoints after it, {result.unsigned_tail} leaves after the latest checkpoint")
     print(("ledger OK since the note: " if result.ok else "ledger FAILED since the note: ") + summary)
     return 0 if result.ok else 1
+
+
+def _archive(ctx: _Ctx) -> int:
+    from gateway.ledger import archive  # noqa: PLC0415
+
+    try:
+        period = archive.export(ctx.conn, ctx.args.first, ctx.args.last, Path(ctx.args.out))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"archived leaves {period.start}..{period.last - 1} (checkpoints {period.first}..{period.last}) to"
+          f" {period.path}")
+    check = f"--since START.note (the checkpoint of size {period.first}, kept since)" if period.first else ""
+    print(f"verify later: tmeter ledger verify --db {period.path} --pubkey PUB.pem --origin {ctx.origin()} {check}")
+    return 0
 
 
 def _prove(ctx: _Ctx) -> int:
