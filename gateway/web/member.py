@@ -105,7 +105,7 @@ def _refused(status: int) -> web.Response:
     return _html(status, pages.message(title, text))
 
 
-def _login(site: MemberSite, request: web.Request, role: str, subject: str, stored: str, to: str) -> web.Response:
+def _login(site: MemberSite, role: str, subject: str, stored: str, to: str) -> web.Response:
     """Trade a valid link for a session cookie and reload without the token. A 200 page that moves
     on by itself, not a redirect: a browser opening the link from a mail or chat app would not
     send a SameSite=Strict cookie on a redirect that app's navigation started."""
@@ -143,7 +143,7 @@ async def _token_login(site: MemberSite, request: web.Request, token: str, role:
         site.limit.fail(address)
         log.info("web: wrong %s link from %s", role, address)
         return _refused(403)
-    return _login(site, request, role, subject, known, to)
+    return _login(site, role, subject, known, to)
 
 
 async def member_page(request: web.Request) -> web.Response:

@@ -143,11 +143,11 @@ def member_view(conn: sqlite3.Connection, meter: str, current_iv: int, interval_
     view.readings = list(conn.execute(
         "SELECT iv, imp_wh, exp_wh, flags, received FROM readings WHERE meter=? ORDER BY boot DESC, seq DESC LIMIT ?",
         (meter, RECENT)))
-    # The year up to the member's latest settled interval (not up to now: a member whose meter
-    # was away still sees its last bills). Walks the settlements' key backwards, stops at the first.
-    last = conn.execute("SELECT iv FROM settlements WHERE meter=? ORDER BY iv DESC LIMIT 1", (meter,)).fetchone()
-    lines = [] if last is None else interval_lines(conn, meter, tariff, max(0, last[0] - 366 * 86400 // interval_s),
-                                                   last[0])
+    # The year up to the latest settled interval (not up to now: after an outage the page still
+    # shows the last bills). The intervals table has one row per interval: cheap to ask.
+    last = conn.execute("SELECT MAX(iv) FROM intervals WHERE state = 'settled'").fetchone()[0]
+    lines = [] if last is None else interval_lines(conn, meter, tariff, max(0, last - 366 * 86400 // interval_s),
+                                                   last)
     view.days = bill_lines(lines, interval_s, month=False)[:BILL_DAYS]
     view.months = bill_lines(lines, interval_s, month=True)[:BILL_MONTHS]
     view.checkpoint = latest_checkpoint(conn)

@@ -383,3 +383,16 @@ def test_a_session_expires_and_names_the_member_it_was_issued_to() -> None:
     assert Sessions(3600).check(value, now=1000.0) is None  # another start-up's key: not ours
     session = sessions.check(value, now=1000.0)
     assert session is not None and (session.role, session.subject) == ("member", "m01")
+
+
+def test_the_page_escapes_what_it_shows_and_lists_trades() -> None:
+    from gateway.web import memberdata, pages
+
+    view = memberdata.MemberView("m01", 100, "open")
+    view.awards = [(99, 500, 120_000, [["<img src=x onerror=alert(1)>", 300, 110_000], ["m02", 200, 130_000]])]
+    view.months = [memberdata.BillLine("2026-12", 1, 1, 1, 500, 0, 60_000, 150_000)]
+    html = pages.member_page(view, 900, "EUR", 0.0)
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "<td>m02</td><td>200 Wh</td><td>0.13 EUR</td>" in html
+    assert 'This month (2026-12): 0.06 EUR, saving <span class="gain">0.09 EUR</span>' in html
+    assert pages.render("<p>{x}</p>", x='"><script>') == "<p>&quot;&gt;&lt;script&gt;</p>"
