@@ -42,8 +42,8 @@ from sim_hardware.simulator.profiles import household_profile  # noqa: E402
 SOC_MIN = 0.05  # the simulated inverter's floor (sim_hardware/simulator/battery.py soc_min_centi)
 
 
-def optimum_bill(sc: Scenario, stored_end_wh: float) -> tuple[float, float]:
-    """(community grid bill in micro-currency, total stored Wh at the end) with perfect
+def optimum_bill(sc: Scenario, stored_end_wh: float) -> tuple[np.ndarray, float]:
+    """(community grid bill per interval in micro-currency, total stored Wh at the end) with perfect
     foresight: the LP over every interval and battery, ending with at least ``stored_end_wh``
     in the batteries together (what the agent's run left in them), so the optimum cannot
     look better by selling the last stored energy at the feed-in price."""
@@ -72,9 +72,9 @@ def optimum_bill(sc: Scenario, stored_end_wh: float) -> tuple[float, float]:
                  c[i] <= spec.max_charge_w * h, d[i] <= spec.max_discharge_w * h]
     cons.append(exp - imp == cp.sum(net + d - c, axis=0))
     cons.append(cp.sum(e[:, -1]) >= stored_end_wh)
-    bill = (sc.import_price * cp.sum(imp) - sc.export_price * cp.sum(exp)) / 1000
-    cp.Problem(cp.Minimize(bill), cons).solve()
-    return float(bill.value), float(np.sum(e.value[:, -1]))
+    bill = (sc.import_price * imp - sc.export_price * exp) / 1000
+    cp.Problem(cp.Minimize(cp.sum(bill)), cons).solve()
+    return np.asarray(bill.value), float(np.sum(e.value[:, -1]))
 
 
 class Sampler:
@@ -131,28 +131,40 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler()
     result = run_scenario(sc, out, on_tick=sampler)
     members = bills.bills(result.community.db_path)
-    alone = sum(b.alone for b in members) / 1e6
-    agent = sum(b.community for b in members) / 1e6
+    per_iv = bills.by_interval(result.community.db_path)  # (iv, community, alone) micro
     stored_end = float(np.sum(sampler.at(sc.end)[:, 2]))
-    opt, opt_stored = optimum_bill(sc, stored_end)
-    opt /= 1e6
+    opt_iv, opt_stored = optimum_bill(sc, stored_end)
     dc, dd = sampler.flows(sc)
     with (out / "battery_flows.csv").open("w") as f:  # per interval: charged, discharged Wh
         f.write("k,charged_wh,discharged_wh\n")
         for k, (a, b) in enumerate(zip(dc, dd)):
             f.write(f"{k},{' '.join(f'{x:.0f}' for x in a)},{' '.join(f'{x:.0f}' for x in b)}\n")
-    days = sc.hours / 24
-    churn = churn_from_flows_wh(dc, dd) / 1000 / days
-    share = (alone - agent) / (alone - opt) if alone != opt else float("nan")
-    table = Table(title=f"Community grid bill over {sc.hours:g} h ({len(members)} members, "
-                        f"{min(b.intervals for b in members)}..{max(b.intervals for b in members)} "
-                        f"settled intervals each)")
-    for col in ("alone", "agent", "optimum", "agent's saving / optimum's", "churn kWh/day",
-                "optimum stored at end kWh", "agent stored at end kWh"):
+    first_iv = sc.start // sc.interval_s
+    settled = {iv for iv, _c, _a in per_iv}
+    per_day = 86400 // sc.interval_s
+    n_days = max(1, -(-len(opt_iv) // per_day))
+    table = Table(title=f"Community grid bill, {sc.meters} households ({min(b.intervals for b in members)}"
+                        f"..{max(b.intervals for b in members)} settled intervals each)")
+    for col in ("period", "alone", "agent", "optimum", "agent's saving / optimum's", "churn kWh/day"):
         table.add_column(col, justify="right")
-    table.add_row(f"{alone:.2f}", f"{agent:.2f}", f"{opt:.2f}", f"{share:.0%}", f"{churn:.2f}",
-                  f"{opt_stored / 1000:.1f}", f"{stored_end / 1000:.1f}")
+
+    def row(name: str, lo: int, hi: int) -> None:
+        """Intervals [lo, hi) from the scenario's start."""
+        alone = sum(a for iv, _c, a in per_iv if lo <= iv - first_iv < hi) / 1e6
+        agent = sum(c for iv, c, _a in per_iv if lo <= iv - first_iv < hi) / 1e6
+        # over the intervals settled for the members, as their bills are
+        opt = sum(float(opt_iv[k]) for k in range(lo, hi) if first_iv + k in settled) / 1e6
+        churn = churn_from_flows_wh(dc[lo:hi], dd[lo:hi]) / 1000 / ((hi - lo) / per_day)
+        share = (alone - agent) / (alone - opt) if alone != opt else float("nan")
+        table.add_row(name, f"{alone:.2f}", f"{agent:.2f}", f"{opt:.2f}", f"{share:.0%}", f"{churn:.2f}")
+
+    for day in range(n_days):
+        lo, hi = day * per_day, min((day + 1) * per_day, len(opt_iv))
+        row(f"day {day + 1}" + (" (no history: safe rule)" if day == 0 else ""), lo, hi)
+    row("all", 0, len(opt_iv))
     console.print(table)
+    console.print(f"stored at the end: agent {stored_end / 1000:.1f} kWh, optimum {opt_stored / 1000:.1f} kWh "
+                  f"(at least the agent's); alone per member from the settled lines' alternative")
     failed = "; ".join(f"{c.name}: {c.detail}" for c in result.report.failures())
     console.print(f"invariants: {failed or 'ok'}; drained: {result.drained}; "
                   f"per-interval battery flows: {out / 'battery_flows.csv'}")
