@@ -396,3 +396,17 @@ def test_the_page_escapes_what_it_shows_and_lists_trades() -> None:
     assert "<td>m02</td><td>200 Wh</td><td>0.13 EUR</td>" in html
     assert 'This month (2026-12): 0.06 EUR, saving <span class="gain">0.09 EUR</span>' in html
     assert pages.render("<p>{x}</p>", x='"><script>') == "<p>&quot;&gt;&lt;script&gt;</p>"
+
+
+def test_audit_paths_in_one_walk_are_rfc_6962_paths() -> None:
+    import random
+
+    from gateway.ledger import merkle
+    from gateway.web.memberdata import audit_paths
+
+    rng = random.Random(14)
+    for n in range(1, 70):
+        hashes = [rng.randbytes(32) for _ in range(n)]
+        targets = rng.sample(range(n), min(n, 5))
+        got = audit_paths(hashes, targets)
+        assert {t: got[t] for t in targets} == {t: merkle.inclusion_proof(t, hashes) for t in targets}, n
