@@ -14,12 +14,12 @@ from gateway.web.memberdata import BillLine, MemberView, OperatorView, age
 
 CSS = """
 *{box-sizing:border-box}body{margin:0;font:16px/1.45 system-ui,sans-serif;color:#1b1f23;background:#f6f7f9}
-main{max-width:960px;margin:0 auto;padding:12px}h1{font-size:1.4em;margin:.4em 0}h2{font-size:1.1em;margin:0 0 .4em}
+main{max-width:1100px;margin:0 auto;padding:12px}h1{font-size:1.4em;margin:.4em 0}h2{font-size:1.1em;margin:0 0 .4em}
 section{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:12px;margin:12px 0}
 .scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
 th,td{padding:4px 8px;border-bottom:1px solid #eceff3;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}.gain{color:#17663a}.loss{color:#a8201a}.note{color:#555;font-size:.9em}
-.big{font-size:1.3em;font-weight:600}a{color:#0b5cad}@media(max-width:600px){body{font-size:15px}th,td{padding:3px 5px}}
+.big{font-size:1.3em;font-weight:600}code{word-break:break-all}a{color:#0b5cad}@media(max-width:600px){body{font-size:15px}th,td{padding:3px 5px}}
 """
 
 
@@ -77,15 +77,16 @@ def _saving(micro: int, unit: str) -> Safe:
 def _bills(lines: list[BillLine], unit: str) -> Safe:
     if not lines:
         return Safe("<p>No settled interval yet.</p>")
-    return table(["period", "intervals", "in", "out", "community", "alone", "saving"],
-                 [[b.period, b.intervals, kwh(b.energy_in_wh), kwh(b.energy_out_wh), money(b.community, unit),
-                   money(b.alone, unit), _saving(b.saving, unit)] for b in lines])
+    # The money first: on a phone the columns to the right are a sideways scroll away.
+    return table(["period", "community", "alone", "saving", "in", "out", "intervals"],
+                 [[b.period, money(b.community, unit), money(b.alone, unit), _saving(b.saving, unit),
+                   kwh(b.energy_in_wh), kwh(b.energy_out_wh), b.intervals] for b in lines])
 
 
 def member_page(v: MemberView, interval_s: int, unit: str, now: float) -> str:
     m = v.meter
     month = v.months[0] if v.months else None
-    headline = (render('<p class="big" id="bill">This month ({p}): {c}, saving {s}</p>', p=month.period,
+    headline = (render('<p class="big" id="bill">Latest month ({p}): {c}, saving {s}</p>', p=month.period,
                        c=money(month.community, unit), s=_saving(month.saving, unit)) if month
                 else Safe('<p class="big" id="bill">No bill yet.</p>'))
     bids = table(["interval", "curve (Wh at price per kWh)"],

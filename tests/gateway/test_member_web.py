@@ -395,7 +395,7 @@ def test_the_page_escapes_what_it_shows_and_lists_trades() -> None:
     html = pages.member_page(view, 900, "EUR", 0.0)
     assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "<td>m02</td><td>200 Wh</td><td>0.13 EUR</td>" in html
-    assert 'This month (2026-12): 0.06 EUR, saving <span class="gain">0.09 EUR</span>' in html
+    assert 'Latest month (2026-12): 0.06 EUR, saving <span class="gain">0.09 EUR</span>' in html
     assert pages.render("<p>{x}</p>", x='"><script>') == "<p>&quot;&gt;&lt;script&gt;</p>"
 
 
