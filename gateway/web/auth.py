@@ -105,18 +105,30 @@ class FailureLimit:
             self._seen.popitem(last=False)
 
 
+class TokenFileError(Exception):
+    """The operator token file cannot be read or made: one line, the daemon does not start."""
+
+
 def load_or_create_token(path: Path) -> str:
     """The operator's secret: the file's first line, or a new random one written mode 0600."""
     try:
         token = path.read_text().strip()
-        if len(token) < 16:
-            raise ValueError(f"{path}: the operator token is shorter than 16 characters")
-        return token
     except FileNotFoundError:
-        pass
+        return _new_token(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenFileError(f"operator token file {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    if len(token) < 16:
+        raise TokenFileError(f"operator token file {path}: the token is shorter than 16 characters")
+    return token
+
+
+def _new_token(path: Path) -> str:
     token = secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise TokenFileError(f"operator token file {path}: {exc.strerror}") from None
     with os.fdopen(fd, "w") as out:
         out.write(token + "\n")
     return token

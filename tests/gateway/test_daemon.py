@@ -79,3 +79,21 @@ def test_broker_warnings_name_the_broker(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert f"broker 127.0.0.1:{port}" in log.read_text()
+
+
+def test_an_unreadable_operator_token_file_is_one_line_at_start(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    import subprocess
+    import sys
+
+    from tests.gateway.conftest import ROOT, make_config
+    from tests.gateway.test_crash import write_toml
+
+    cfg = make_config(tmp_path, mosquitto)
+    toml = write_toml(cfg, tmp_path / "gateway.toml")
+    (tmp_path / "token-dir").mkdir()
+    toml.write_text(toml.read_text() + f'[web]\noperator_token_file = "{tmp_path / "token-dir"}"\n')
+    out = subprocess.run([sys.executable, "-m", "tmeter", "gateway", "run", "--config", str(toml)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("tmeter gateway run: operator token file")
+    assert "Traceback" not in out.stderr

@@ -61,9 +61,11 @@ def _run_daemon(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)  # `kill -USR2`: every task's stack
         await Gateway(cfg, init=args.init).run(stop)
 
+    from gateway.web.auth import TokenFileError  # noqa: PLC0415
+
     try:
         asyncio.run(main())
-    except StorageError as exc:  # before anything was created or connected
+    except (StorageError, TokenFileError) as exc:  # at start, before the daemon serves anything
         print(f"tmeter gateway run: {exc}", file=sys.stderr)
         return 2
     return 0
