@@ -18,6 +18,7 @@ checkpoint). A full year of 100 meters takes this machine hours, so the run stop
 from __future__ import annotations
 
 import argparse
+import lzma
 import sqlite3
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from gateway.config import GatewayConfig  # noqa: E402
 from gateway.interval.clearing import market_clear  # noqa: E402
 from gateway.interval.scheduler import Scheduler  # noqa: E402
 from gateway.ingest.store import Ingest  # noqa: E402
-from gateway.ledger import note, verify  # noqa: E402
+from gateway.ledger import archive, note, verify  # noqa: E402
 from gateway.ledger.tlog import Ledger  # noqa: E402
 from gateway.registry import Registry  # noqa: E402
 from sim_hardware.harness.forged_meter import MeterSpec, bid, reading  # noqa: E402
@@ -187,6 +188,33 @@ def lag(conn: sqlite3.Connection, rig: Rig, first: bool, count: int = PER_DAY) -
     return sum(t - rig.scheduler.settle_due(iv) for iv, t in rows) / max(1, len(rows))
 
 
+def archive_table(rig: Rig, day_note: bytes, meters: int) -> Table:
+    """The last day as the retention policy exports it (`tmeter ledger archive`): its file, the
+    file xz-compressed (how it leaves the Pi), and verifying it from its start note."""
+    first = note.parse_checkpoint(note.split(day_note)[0]).size
+    last = rig.conn.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0]
+    out = Path(rig.cfg.db).with_name("last-day.archive.db")
+    out.unlink(missing_ok=True)
+    archive.export(rig.conn, first, last, out)
+    raw = out.read_bytes()
+    packed = len(lzma.compress(raw, preset=6))
+    conn = db.connect_readonly(out)
+    t0 = time.perf_counter()
+    rep = verify.verify_since(conn, rig.cfg.origin, rig.ledger.signing_key.public_key(), day_note)  # type: ignore[union-attr]
+    took = time.perf_counter() - t0
+    conn.close()
+    t = Table(title="the last day archived (retention policy, deploy/README.md)")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    days = (last - first) / max(1, rig.conn.execute("SELECT COUNT(*) FROM leaves").fetchone()[0]) * \
+        rig.conn.execute("SELECT COUNT(*) FROM intervals WHERE state='settled'").fetchone()[0] / PER_DAY
+    t.add_row(f"archive file, {days:.2f} days of {meters} meters", f"{len(raw) / 1e6:.2f} MB")
+    t.add_row("  xz-compressed", f"{packed / 1e6:.2f} MB")
+    t.add_row("  xz per meter-year, extrapolated", f"{packed / max(1e-9, days) * 365 / meters / 1e6:.2f} MB")
+    t.add_row(f"  verify --since its start note {'OK' if rep.ok else 'FAILED'}", f"{took:.3f} s")
+    return t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--meters", type=int, default=100, help="provisioned meters (100)")
@@ -287,6 +315,7 @@ def report(rig: Rig, args: argparse.Namespace, done: int, wall: float, empty: in
     perf.add_row("settlement lag settled_at - due, last day (simulated s)", f"{lag(rig.conn, rig, False):.1f}")
     perf.add_row("whole run: wall s per simulated day", f"{wall * PER_DAY / max(1, done):.1f}")
     console.print(perf)
+    console.print(archive_table(rig, day_note, args.meters))
     console.print("settlement lag on the simulated clock is the bench's tick schedule (+1 s); the lag a"
                   " daemon adds is the settle tick's wall time above.")
     for r in (rep_full, rep_day):

@@ -114,8 +114,10 @@ def _text(raw: bytes) -> str:
 # --- leaves
 
 
-def _load_leaves(conn: sqlite3.Connection, report: Report, start: int = 0) -> tuple[list[bytes], dict[int, Leaf]]:
-    """Leaves ``start`` on: their hashes (hashes[0] is leaf ``start``) and labels, each opened."""
+def _load_leaves(conn: sqlite3.Connection, report: Report, start: int = 0,
+                 keep_all: bool = False) -> tuple[list[bytes], dict[int, Leaf]]:
+    """Leaves ``start`` on: their hashes (hashes[0] is leaf ``start``) and labels, each opened;
+    ``keep_all`` keeps every parsed record (a bounded range), not just the kinds checked further."""
     hashes: list[bytes] = []
     leaves: dict[int, Leaf] = {}
     rows = conn.execute("SELECT l.idx, l.commitment, l.kind, l.meter, l.iv, l.erased, o.idx, o.salt, o.record"
@@ -137,12 +139,13 @@ def _load_leaves(conn: sqlite3.Connection, report: Report, start: int = 0) -> tu
         leaves[idx] = leaf
         if o_idx is not None:
             leaf.opened = True
-            _open_leaf(leaf, what, com_b, salt, record, report)
+            _open_leaf(leaf, what, com_b, salt, record, report, keep_all)
     report.leaves = len(hashes)
     return hashes, leaves
 
 
-def _open_leaf(leaf: Leaf, what: str, com: bytes | None, salt: object, record: object, report: Report) -> None:
+def _open_leaf(leaf: Leaf, what: str, com: bytes | None, salt: object, record: object, report: Report,
+               keep_all: bool = False) -> None:
     salt_b, rec_b = _blob(salt, f"{what}: salt", report), _blob(record, f"{what}: record", report)
     if salt_b is None or rec_b is None or com is None:
         return
@@ -160,7 +163,7 @@ def _open_leaf(leaf: Leaf, what: str, com: bytes | None, salt: object, record: o
             or fields.get("iv", leaf.iv) != leaf.iv:
         report.fail(f"{what}: leaf labels disagree with its record")
         return
-    if leaf.kind in KEEP_FIELDS:
+    if keep_all or leaf.kind in KEEP_FIELDS:
         leaf.fields = fields
         leaf.record = rec_b if leaf.kind == "result" else None
 
@@ -370,15 +373,9 @@ def _check_rows(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Repor
                                 (start,) if start else ()):
             seen.add(row["leaf"])
             what = f"{table} row {tuple(row[c] for c in columns[:3])} (leaf {row['leaf']})"
-            opening = conn.execute("SELECT record FROM openings WHERE idx=?", (row["leaf"],)).fetchone()
-            if opening is None or not isinstance(opening[0], bytes):
-                if opening is None:
-                    report.fail(f"{what}: no ledger record behind it")
-                continue  # a TEXT record is reported by the leaf check
-            try:
-                record = canonical.parse(opening[0])
-            except ProtocolError:
-                continue  # reported by the leaf check
+            record = _opened_record(conn, leaves, row["leaf"], what, report)
+            if record is None:
+                continue
             if record.get("type") != kind or any(record.get(c, ADDED_FIELDS.get(c)) != v
                                                  for c, v in _row_fields(row, columns).items()):
                 report.fail(f"{what}: differs from its ledger record (edited)")
@@ -393,6 +390,24 @@ def _check_rows(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Repor
         for leaf in leaves.values():
             if leaf.kind == kind and leaf.opened and leaf.idx not in seen:
                 report.fail(f"leaf {leaf.idx} ({kind}): its {table} row is missing (deleted)")
+
+
+def _opened_record(conn: sqlite3.Connection, leaves: dict[int, Leaf], idx: object, what: str,
+                   report: Report) -> dict[str, Any] | None:
+    """The parsed record behind a row: the leaf's, if it opened and was kept, else read again."""
+    leaf = leaves.get(idx) if _int(idx) else None  # type: ignore[call-overload]
+    if leaf is not None and leaf.fields is not None:
+        return leaf.fields
+    opening = conn.execute("SELECT record FROM openings WHERE idx=?", (idx,)).fetchone()
+    if opening is None or not isinstance(opening[0], bytes):
+        if opening is None:
+            report.fail(f"{what}: no ledger record behind it")
+        return None  # a TEXT record is reported by the leaf check
+    try:
+        parsed = canonical.parse(opening[0])
+    except ProtocolError:
+        return None  # reported by the leaf check
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _check_intervals(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Report,
@@ -629,7 +644,7 @@ def _verify_since(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, 
     firsts = [r[0] for r in conn.execute("SELECT leaf FROM intervals WHERE iv BETWEEN ? AND ?",
                                          (min(touched, default=0), max(touched, default=-1))) if _int(r[0])]
     start = min([cp.size] + [f for f in firsts if f >= 0])  # an interval's leaves start at its result leaf
-    hashes, leaves = _load_leaves(conn, report, start)
+    hashes, leaves = _load_leaves(conn, report, start, keep_all=True)
     new = hashes[cp.size - start:]
     report.leaves = len(new)
     stored = _signed_after(conn, origin, key, cp, report)
