@@ -5,7 +5,8 @@
 set -eu
 
 PEERS="mosquitto:mosquitto mosquitto_pub:mosquitto-clients mbpoll:mbpoll socat:socat
-       victoria-metrics:victoria-metrics openssl:openssl systemd-analyze:systemd chromium:chromium"
+       victoria-metrics:victoria-metrics openssl:openssl systemd-analyze:systemd chromium:chromium
+       /lib/ld-linux.so.2:libc6-i386"
 
 missing=""
 # `make test` creates .venv with python3 -m venv; Debian ships that part of Python apart.

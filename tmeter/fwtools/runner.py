@@ -17,7 +17,22 @@ from tmeter.fwtools import ROOT
 
 
 
-def find_micropython() -> str:
+# The 32-bit unix port vendored in tools/ (its README says how it was built): its objects have
+# the ESP32 port's sizes, so a heap measured there is a board's heap; the 64-bit port's objects
+# take about twice the room. TMETER_MICROPYTHON_BITS=32 picks it where no argument can be passed
+# (a test's meters are started by tests/firmware/harness.py).
+MICROPYTHON_32 = ROOT / "tools" / "micropython-i386" / "micropython"
+
+
+def find_micropython(bits: int | None = None) -> str:
+    """The MicroPython unix port to run: 64-bit (the PyPI package) or 32-bit (vendored)."""
+    bits = bits or int(os.environ.get("TMETER_MICROPYTHON_BITS", "64"))
+    if bits == 32:
+        if not MICROPYTHON_32.exists():
+            raise FileNotFoundError(f"{MICROPYTHON_32} missing (vendored with the repository)")
+        return str(MICROPYTHON_32)
+    if bits != 64:
+        raise ValueError(f"bits must be 32 or 64, not {bits}")
     # Beside this interpreter first: a virtual environment's bin folder need not be on PATH
     # (`.venv/bin/tmeter demo` from the Makefile).
     beside = Path(sys.executable).parent / "micropython"
