@@ -173,8 +173,8 @@ def test_rollback_with_rows_removed_is_caught_by_a_given_note_or_a_meters_witnes
     signed = live.notes[latest].read_bytes()
     cp = note.parse_checkpoint(note.split(signed)[0])
     status = {"cp": {"size": cp.size, "root": cp.root_b64}}
-    live.conn.execute("INSERT OR REPLACE INTO meter_status VALUES ('m001', ?, 0)", (json.dumps(status),))
-    live.conn.execute("INSERT OR REPLACE INTO meter_status VALUES ('m000', ?, 0)",
+    live.conn.execute("INSERT OR REPLACE INTO meter_status(meter, body, received) VALUES ('m001', ?, 0)", (json.dumps(status),))
+    live.conn.execute("INSERT OR REPLACE INTO meter_status(meter, body, received) VALUES ('m000', ?, 0)",
                       (json.dumps({"cp": {"size": earlier, "root": base64.b64encode(bytes(root)).decode()}}),))
     out = live.verify()
     failed(out, f"witness m001: signs {latest} leaves but the log holds {earlier}")
