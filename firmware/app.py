@@ -29,6 +29,8 @@ from protocols.errors import ProtocolError
 # cp_malformed): they cost the device a string each, not a slot in the name pool.
 _COUNTERS = const(("records", "acked", "rejected", "q_depth", "q_drop", "q_bad", "bids",
                    "bid_skip", "heap_free", "cp_rollback", "cp_malformed"))
+# The firmware version in the status, major * 10000 + minor * 100 + patch.
+_VERSION = const(10300)
 
 
 class App:
@@ -43,6 +45,10 @@ class App:
         self.c = {}
         for k in _COUNTERS:
             self.c[k] = 0
+        # In every status: machine.reset_cause() of this boot (boards; 0 elsewhere) and the
+        # firmware version, as u32 counters (protocols/meterlink.py), no schema change.
+        self.c["rst"] = board.rst
+        self.c["fw"] = _VERSION
         community = cfg["community"]
         self.t_reading = topics.meter_topic(community, self.meter_id, "reading")
         self.t_bid = topics.meter_topic(community, self.meter_id, "bid")
@@ -97,6 +103,10 @@ class App:
                 self.board.log("state: witnessed checkpoint unreadable, dropped")
                 self.state.cp = None
         self.boot = self.state.next_boot()
+        if not self.board.time_ok() and self.state.t_ms:
+            # A board before NTP: its clock runs on from the last reading's time (hal_esp32
+            # resume; firmware/README.md, "Clock").
+            self.board.resume(self.state.t_ms)
         now = self.board.now_ms()
         iv = now // self.interval_ms
         if self.state.iv is not None and self.state.iv >= iv:
@@ -375,8 +385,8 @@ class App:
 
     async def ticker(self):
         """Wake the forwarder twice a second (it re-sends what was not acknowledged in time) and
-        the status task every status_s; sync the clock (boards: NTP) every 30 s until it is
-        valid, then hourly."""
+        the status task every status_s; sync the clock (boards: NTP) every 30 s until it
+        succeeds, then every ntp_s (default hourly: an ESP32 RTC drifts seconds a day)."""
         period = self.cfg["status_s"] * 1000
         last = synced = self.board.ticks_ms()
         sync_every = 0
@@ -384,8 +394,8 @@ class App:
             now = self.board.ticks_ms()
             if self.board.ticks_diff(now, synced) >= sync_every:
                 synced = now
-                ok = self.board.time_ok() or await self.board.sync_time()
-                sync_every = 3600000 if ok else 30000
+                ok = await self.board.sync_time()
+                sync_every = (self.cfg.get("ntp_s") or 3600) * 1000 if ok else 30000
             if self.board.ticks_diff(now, last) >= period:
                 last = now
                 self._wake_status.set()

@@ -1,5 +1,7 @@
 # Hardware layer for ESP32 MicroPython (the product): machine.UART with a DE/RE pin for the
 # RS-485 transceiver, network.WLAN, SNTP, machine.WDT, files on LittleFS at the flash root.
+# Checked against the port's sources (micropython ports/esp32, v1.22 to v1.26); in tests it runs
+# under the unix port on the stand-in modules of tests/firmware/esp32/.
 import asyncio
 import gc
 import random
@@ -14,6 +16,9 @@ from firmware.files import Files
 # ESP32 ports before v1.22 count from 2000-01-01; the wire protocol counts from 1970.
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
 _NTP_DELTA = 2208988800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
+_STAT_GOT_IP = 1010      # network.STAT_GOT_IP (ports/esp32/network_wlan.c)
+_STAT_CONNECTING = 1001  # connect() requested, the driver is (re)trying by itself
+_STAT_IDLE = 1000        # no connect() requested, or after disconnect()
 
 
 class UartLink:
@@ -33,17 +38,23 @@ class UartLink:
 
     async def send(self, frame):
         self.discard()
-        if self._de is not None:
-            self._de.value(1)
+        if self._de is None:
+            self._uart.write(frame)
+            return
+        self._de.value(1)
         self._uart.write(frame)
-        # Keep the driver on until the last stop bit has left the shift register, or the
-        # frame's tail is cut; wait_tx_done polls without blocking the loop for long.
-        chars_us = (len(frame) * 11 * 1000000) // self.baud
-        await asyncio.sleep_ms(chars_us // 1000)
+        # Release the driver the moment the last stop bit has left (UART.txdone():
+        # uart_wait_tx_done with no wait, machine_uart.c), without yielding: any task the loop
+        # ran in between (DNS, a TLS handshake, a flash write) would keep the driver on while
+        # the meter answers, and its answer would be lost (it may start after t3.5, 4 ms at
+        # 9600 baud). The spin lasts the frame's line time, 9 ms for 8 bytes at 9600 baud;
+        # bounded at twice that plus 5 ms in case txdone never turns true.
+        limit = (len(frame) * 22000000) // self.baud + 5000
+        start = time.ticks_us()
         while not self._uart.txdone():
-            await asyncio.sleep_ms(0)
-        if self._de is not None:
-            self._de.value(0)
+            if time.ticks_diff(time.ticks_us(), start) > limit:
+                break
+        self._de.value(0)
 
     async def recv(self, n, timeout_ms):
         start = time.ticks_ms()
@@ -59,6 +70,14 @@ class UartLink:
             self._uart.read()
 
 
+def _host_port(spec, port):
+    # "host" or "host:port" (a test's SNTP server on a free port).
+    if ":" in spec:
+        spec, p = spec.rsplit(":", 1)
+        return spec, int(p)
+    return spec, port
+
+
 class Board(Files):
     runtime = "esp32"
 
@@ -66,7 +85,12 @@ class Board(Files):
         self.cfg = cfg
         self.base = base_dir
         self._synced = False
+        self._last = 0            # the last now_ms() returned: the clock never goes back
+        self._dns = {}            # (host, port) -> address, until a connection to it fails
         self._wlan = network.WLAN(network.STA_IF)
+        # machine.reset_cause(): 1 power-on (and brownout: modmachine.c maps ESP_RST_BROWNOUT
+        # to PWRON_RESET), 2 hard reset / panic, 3 watchdog, 4 deep sleep, 5 soft reset.
+        self.rst = machine.reset_cause()
         self.quiet = False
 
     # -- time ------------------------------------------------------------------------------
@@ -77,11 +101,29 @@ class Board(Files):
         return time.ticks_diff(a, b)
 
     def now_ms(self):
-        # time.time() has 1 s resolution; ticks give the milliseconds within the second.
-        return (time.time() + _EPOCH_OFFSET) * 1000 + time.ticks_ms() % 1000
+        """Milliseconds of unix time, monotonic. time.time_ns() (v1.22+, gettimeofday) is aligned
+        with the RTC second, unlike time() plus ticks_ms() % 1000 (steps of -999..+1001 ms). A
+        backward NTP correction holds the clock until real time catches up: a reading's t1
+        never precedes its t0, an interval is never closed twice."""
+        ms = time.time_ns() // 1000000 + _EPOCH_OFFSET * 1000
+        if ms < self._last:
+            return self._last
+        self._last = ms
+        return ms
 
     def time_ok(self):
         return self._synced
+
+    def resume(self, ms):
+        """Unsynchronised boot with a saved state: run the RTC on from the last time recorded
+        (a power-on resets it to 2000-01-01, 26 years behind the saved interval, and no interval
+        would close until NTP answers). Readings stay flagged FLAG_TIME_UNSYNCED until NTP."""
+        if not self._synced and ms > self.now_ms():
+            self._set_rtc(ms // 1000)
+
+    def _set_rtc(self, secs):
+        tm = time.gmtime(secs - _EPOCH_OFFSET)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
 
     # Not coroutines: a sleeping task holds no frame for them (asyncio.sleep_ms allocates nothing).
     def sleep_ms(self, ms):
@@ -90,12 +132,24 @@ class Board(Files):
     def sleep_sim_ms(self, sim_ms):
         return self.sleep_ms(sim_ms)
 
+    def _resolve(self, host, port):
+        # One DNS query (lwIP's getaddrinfo blocks the interpreter) per host until a connection
+        # to the address fails; a numeric address costs none.
+        key = (host, port)
+        addr = self._dns.get(key)
+        if addr is None:
+            addr = socket.getaddrinfo(host, port)[0][-1]
+            self._dns[key] = addr
+        return addr
+
     async def sync_time(self):
-        """One SNTP exchange (RFC 4330) on a non-blocking UDP socket; ntptime blocks the loop."""
-        host = self.cfg.get("ntp_host") or "pool.ntp.org"
+        """One SNTP exchange (RFC 4330) on a non-blocking UDP socket; ntptime blocks the loop.
+        The application calls it at its configured period (ntp_s), and every 30 s until it
+        succeeds."""
+        host, port = _host_port(self.cfg.get("ntp_host") or "pool.ntp.org", 123)
         sock = None
         try:
-            addr = socket.getaddrinfo(host, 123)[0][-1]
+            addr = self._resolve(host, port)
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setblocking(False)
             query = bytearray(48)
@@ -107,14 +161,17 @@ class Board(Files):
                 except OSError:
                     data = None
                 if data and len(data) >= 48:
-                    secs = struct.unpack("!I", data[40:44])[0] - _NTP_DELTA - _EPOCH_OFFSET
-                    tm = time.gmtime(secs)
-                    machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
+                    secs = struct.unpack("!I", data[40:44])[0] - _NTP_DELTA
+                    frac = struct.unpack("!I", data[44:48])[0]
+                    tm = time.gmtime(secs - _EPOCH_OFFSET)
+                    machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5],
+                                            (frac * 1000000) >> 32))
                     self._synced = True
                     return True
                 await asyncio.sleep_ms(10)
+            self._dns.pop((host, port), None)  # no answer: ask DNS again next time
         except Exception:  # noqa: BLE001 - no network, DNS failure: stay unsynced, retry later
-            pass
+            self._dns.pop((host, port), None)
         finally:
             if sock is not None:
                 sock.close()
@@ -122,24 +179,41 @@ class Board(Files):
 
     # -- network ---------------------------------------------------------------------------
     async def network_up(self):
-        if self._wlan.isconnected():
+        """True once the station has an address. connect() is called once per boot (or after
+        the driver gave up, STAT_IDLE or a final error): the port's driver reconnects by itself
+        after a loss (network_wlan.c, reconnects forever by default), and a new connect() would
+        restart its association from scratch. Waits up to 10 s after its own connect() only."""
+        wlan = self._wlan
+        if wlan.isconnected():
             return True
+        if wlan.status() == _STAT_CONNECTING:
+            return False  # the driver is at it: say so now (the MQTT keepalive drops the session)
         wifi = self.cfg.get("wifi") or {}
-        self._wlan.active(True)
+        wlan.active(True)
         try:
-            self._wlan.connect(wifi.get("ssid", ""), wifi.get("password", ""))
+            wlan.connect(wifi.get("ssid", ""), wifi.get("password", ""))
         except OSError:
             pass
         for _ in range(100):
-            if self._wlan.isconnected():
+            if wlan.isconnected():
                 return True
             await asyncio.sleep_ms(100)
         return False
 
     async def open_connection(self, host, port, ssl_ctx=None):
-        if ssl_ctx is None:
-            return await asyncio.open_connection(host, port)
-        return await asyncio.open_connection(host, port, ssl=ssl_ctx)
+        try:
+            addr = self._resolve(host, port)
+        except OSError:
+            raise OSError("DNS failed")
+        # The port gives ("a.b.c.d", port); the unix port (tests) a struct sockaddr_in.
+        ip = addr[0] if type(addr) is tuple else "%d.%d.%d.%d" % tuple(addr[4:8])
+        try:
+            if ssl_ctx is None:
+                return await asyncio.open_connection(ip, port)
+            return await asyncio.open_connection(ip, port, ssl=ssl_ctx, server_hostname=host)
+        except Exception:
+            self._dns.pop((host, port), None)  # the address may have moved: resolve again
+            raise
 
     # -- Modbus link -----------------------------------------------------------------------
     def open_link(self, mb):

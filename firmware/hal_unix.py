@@ -120,6 +120,7 @@ class Board(Files):
                                        None if epoch is None else int(epoch * 1000),
                                        clk.get("speed"), _real_ms())
         self.quiet = False
+        self.rst = 0  # no reset cause off a board (hal_esp32: machine.reset_cause())
 
     # -- time ------------------------------------------------------------------------------
     def ticks_ms(self):
@@ -133,6 +134,9 @@ class Board(Files):
 
     def time_ok(self):
         return True  # the host clock is NTP-disciplined by the host (or is the simulator's)
+
+    def resume(self, ms):
+        pass  # the host's clock is never unsynchronised (hal_esp32.resume)
 
     # The sleeps return what asyncio's sleep returns rather than awaiting it in a coroutine of
     # their own: a sleeping task then holds no frame for them (on MicroPython, sleep_ms

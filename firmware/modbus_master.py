@@ -62,10 +62,13 @@ class Master:
         want = 0
         while True:
             left = self.timeout_ms - self.board.ticks_diff(self.board.ticks_ms(), start)
-            if left <= 0:
+            # Past the timeout, one look without waiting at what the UART has buffered: the
+            # answer may have come in time while something blocked the interpreter (DNS, a
+            # TLS handshake), and then it is not lost.
+            chunk = await self.link.recv(rtu.MAX_ADU - len(buf), left if left > 0 else 0)
+            if not chunk and left <= 0:
                 self._last_io = self.board.ticks_ms()
                 raise ModbusError("timeout")
-            chunk = await self.link.recv(rtu.MAX_ADU - len(buf), left)
             if chunk:
                 buf += chunk
                 if not want:

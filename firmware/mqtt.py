@@ -243,6 +243,9 @@ class Client:
                 continue
             now = self.board.ticks_ms()
             try:
+                # A lost Wi-Fi link is noticed here, not after 1.5 keepalives of silence.
+                if not await self.board.network_up():
+                    raise OSError("network down")
                 if self.board.ticks_diff(now, self._last_rx) > ka + ka // 2:
                     raise OSError("keepalive timeout")
                 if self.board.ticks_diff(now, self._last_tx) >= ka // 2:
@@ -250,13 +253,16 @@ class Client:
                 await self._retransmit(True)
             except Exception as e:  # noqa: BLE001 - whatever failed, the link is unusable
                 self.board.log("mqtt: connection lost: " + repr(e))
-                self._drop()
+                await self._drop()
 
     # -- connection --------------------------------------------------------------------------
     async def _connect(self):
-        ssl_ctx = _tls_context(self.ca) if self.tls else None
+        if self.tls is True:
+            # One context for the client's life: a new SSLContext per reconnect would load
+            # the CA again and, on the device, fragment the heap with mbedTLS state.
+            self.tls = _tls_context(self.ca)
         self._r, self._w = await asyncio.wait_for(
-            self.board.open_connection(self.host, self.port, ssl_ctx), 15)
+            self.board.open_connection(self.host, self.port, self.tls or None), 15)
         will = self.will() if self.will is not None else None
         # Clean session 0 (3.1.2.4): the broker keeps our subscriptions and queues acks and
         # awards sent while we are away; we re-send our unacknowledged QoS 1 messages.
@@ -286,14 +292,18 @@ class Client:
         self.connected = True
         await self._retransmit(False)
 
-    def _drop(self):
+    async def _drop(self):
         self.connected = False
         w = self._w
         self._r = self._w = None
         if w is not None:
             try:
                 w.close()
-            except Exception:  # noqa: BLE001
+                # MicroPython's Stream.close() does nothing (extmod/asyncio/stream.py): only
+                # wait_closed() closes the socket. Without it every reconnect leaks an lwIP
+                # socket (an ESP32 has a handful) and, with TLS, the mbedTLS buffers.
+                await asyncio.wait_for(w.wait_closed(), 5)
+            except Exception:  # noqa: BLE001 - a broken socket is closed all the same
                 pass
 
     async def run(self):
@@ -312,7 +322,7 @@ class Client:
                 except Exception as e:  # noqa: BLE001 - any failure means: drop and reconnect
                     if self.connected or failures == 0:
                         self.board.log("mqtt: connection lost: " + repr(e))
-                self._drop()
+                await self._drop()
                 if self._stop:
                     break
                 self.c["reconnects"] += 1
@@ -338,5 +348,5 @@ class Client:
                 await self._send(bytes((_DISCONNECT, 0)))  # 3.14: will is discarded
             except Exception:  # noqa: BLE001
                 pass
-        self._drop()
+        await self._drop()
 

@@ -19,7 +19,7 @@ VERSION = const(1)
 MAX_PAYLOAD = const(4096)
 MAX_CURVE_POINTS = const(16)
 MAX_TRADES = const(64)
-MAX_COUNTERS = const(24)
+MAX_COUNTERS = const(32)
 
 U16 = const(0xFFFF)
 U32 = const(0xFFFFFFFF)
@@ -125,7 +125,7 @@ def _check_trades(trades, lo, hi):
 
 def _check_counters(counters, hi):
     if type(counters) is not dict or len(counters) > MAX_COUNTERS:
-        raise ProtocolError("bad_field", "counters must be an object of at most 24")
+        raise ProtocolError("bad_field", "counters must be an object of at most 32")
     for name in counters:
         if not topics.valid_id(name):
             raise ProtocolError("bad_field", "counter name")
