@@ -55,6 +55,10 @@ class TcpLink:
         if w is not None:
             try:
                 w.close()
+                # MicroPython's Stream.close() does nothing (only wait_closed() closes, and this
+                # is no coroutine): close its socket, or each reopen after a timeout leaks one.
+                if _UPY:
+                    w.s.close()
             except Exception:  # noqa: BLE001 - closing a broken socket may fail; it is gone
                 pass
 

@@ -299,3 +299,40 @@ def test_watchdog_reset_of_a_stalled_loop_is_reported(tmp_path, mosquitto, gatew
     b.start()
     wait(lambda: online(gateway), 30, "online after the watchdog reset", b)
     assert statuses(gateway)[-1]["c"]["rst"] == 3
+
+
+def test_unix_tcp_link_closes_what_it_reopens(micropython):
+    """The unix hal's simulated bus link reopens after every timeout; on MicroPython its
+    Stream.close() alone would leave each old socket open."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    conns: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    code = (
+        "import asyncio, os\n"
+        "from firmware.hal_unix import TcpLink\n"
+        "async def main():\n"
+        "    link = TcpLink('127.0.0.1', %d, 9600)\n"
+        "    for i in range(40):\n"
+        "        await link.send(b'x')\n"
+        "        link.close()\n"
+        "        if i == 0:\n"
+        "            first = len(os.listdir('/proc/self/fd'))\n"
+        "    print(first, len(os.listdir('/proc/self/fd')))\n"
+        "asyncio.run(main())\n") % srv.getsockname()[1]
+    try:
+        first, last = map(int, micropython(code).stdout.split()[-2:])
+    finally:
+        srv.close()
+        for c in conns:
+            c.close()
+    assert last <= first, f"{last - first} sockets left open by 39 reopens"
