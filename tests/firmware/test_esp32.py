@@ -336,3 +336,34 @@ def test_unix_tcp_link_closes_what_it_reopens(micropython):
         for c in conns:
             c.close()
     assert last <= first, f"{last - first} sockets left open by 39 reopens"
+
+
+def test_one_tls_context_for_the_client_life(tmp_path, monkeypatch):
+    """Reconnects reuse the client's SSLContext: a new one per attempt loads the CA again
+    and, on the device, leaves mbedTLS state behind for the collector."""
+    import asyncio
+
+    from firmware import mqtt
+    from firmware.hal_unix import Board as UnixBoard
+
+    key, ca = tmp_path / "ca.key", tmp_path / "ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(ca), "-subj", "/CN=test-ca", "-days", "1"],
+                   check=True, capture_output=True)
+    made = []
+    real = mqtt._tls_context
+    monkeypatch.setattr(mqtt, "_tls_context", lambda path: made.append(path) or real(path))
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = mqtt.Client(UnixBoard({}, str(tmp_path)), {"host": "127.0.0.1", "port": port,
+                                                        "tls": True, "ca": str(ca)}, "tm-m01")
+
+    async def attempts() -> None:
+        for _ in range(3):
+            with pytest.raises(OSError):
+                await client._connect()
+            await client._drop()
+
+    asyncio.run(attempts())
+    assert made == [str(ca)]
