@@ -367,3 +367,32 @@ def test_one_tls_context_for_the_client_life(tmp_path, monkeypatch):
 
     asyncio.run(attempts())
     assert made == [str(ca)]
+
+
+def test_now_ms_is_monotonic_and_second_aligned(tmp_path):
+    """hal_esp32's clock read 1 ms apart for 2.5 s: every step between 0 and a few ms (time()
+    plus ticks_ms() % 1000 stepped -999..+1001 ms at each second), and a backward RTC
+    correction of 2 s holds it rather than taking it back."""
+    code = (
+        "import time, machine\n"
+        "from firmware.hal_esp32 import Board\n"
+        "b = Board({}, '')\n"
+        "prev = b.now_ms()\n"
+        "lo = hi = 0\n"
+        "for i in range(2500):\n"
+        "    time.sleep_ms(1)\n"
+        "    t = b.now_ms()\n"
+        "    lo, hi = min(lo, t - prev), max(hi, t - prev)\n"
+        "    prev = t\n"
+        "s = time.time() - 2\n"
+        "tm = time.gmtime(s)\n"
+        "machine.RTC().datetime((tm[0], tm[1], tm[2], 0, tm[3], tm[4], tm[5], 0))\n"
+        "print(lo, hi, b.now_ms() - prev)\n")
+    env = dict(os.environ, MICROPYPATH=":".join(
+        [str(STANDIN), ".frozen", os.environ.get("TMETER_FW_ROOT") or str(harness.REPO)]))
+    out = subprocess.run([find_micropython(), "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lo, hi, back = map(int, out.stdout.split())
+    print("steps between reads 1 ms apart:", lo, "..", hi, "ms; after a 2 s step back:", back)
+    assert lo >= 0 and hi < 50 and back >= 0
