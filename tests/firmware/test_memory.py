@@ -143,7 +143,8 @@ def test_a_booted_meter_holds_only_the_device_side(tmp_path, layout):
     script.write_text(code)
     env = micropython_env()
     env["MICROPYPATH"] = ".frozen:" + str(layout.path)
-    out = subprocess.run([find_micropython(), "-X", "heapsize=" + layout.heapsize, str(script)], env=env,
+    cmd = [find_micropython(), "-X", "heapsize=" + layout.heapsize, str(script)]
+    out = subprocess.run(cmd, env=env,
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -184,7 +185,8 @@ def test_2000_intervals_in_small_heap(tmp_path, mosquitto, gateway, meters, layo
     print(f"{layout.name}: a running meter holds {in_use} bytes after gc.collect()"
           + (f", {in_use - BUDGET32:+} against the ESP32 budget of {BUDGET32}"
              if layout.bits == 32 else ""))
-    print(f"{layout.name}, {layout.heap} bytes of heap: free heap after gc.collect(), every 100 intervals:",
+    print(f"{layout.name}, {layout.heap} bytes of heap: free heap after gc.collect(),"
+          " every 100 intervals:",
           series)
     assert series[-1][0] >= INTERVALS
     frees = [f for _n, f in series]
