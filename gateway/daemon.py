@@ -47,6 +47,7 @@ from gateway.ingest.pump import Pump
 from gateway.interval.scheduler import Scheduler
 from gateway.ops.metrics import Scraper, TimedClear
 from gateway.web.app import create_app
+from gateway.web.member import MemberSite
 from gateway.web.runner import WebServer
 from protocols import canonical, messages, topics
 
@@ -585,7 +586,8 @@ class Gateway:
             self._dbx.shutdown(wait=True)
             raise
         if self.cfg.status.http_port is not None:
-            self.status_server = WebServer(create_app(self.snapshot, Scraper(self)), self.cfg.status.http_host,
+            app = create_app(self.snapshot, Scraper(self), MemberSite.from_gateway(self))
+            self.status_server = WebServer(app, self.cfg.status.http_host,
                                            self.cfg.status.http_port)
             await self.status_server.start()
         background = [asyncio.create_task(self._watchdog_loop())]

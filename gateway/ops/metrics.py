@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric,
@@ -33,8 +33,9 @@ from prometheus_client.registry import Collector
 
 from gateway import db
 
-if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+# The daemon's Gateway (gateway/daemon.py) is passed in, typed as Any: the daemon imports this
+# module, and an import back (even for types only) would make a circle of the two.
+Gateway = Any
 
 log = logging.getLogger("tmeter.gateway.metrics")
 

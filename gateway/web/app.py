@@ -66,14 +66,8 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
 
 
 def create_app(snapshot: Snapshot, scrape: Metrics | None = None, site: Any = None) -> web.Application:
-    """``site``: the member pages' MemberSite; None takes the gateway of ``scrape`` (the daemon's
-    metrics Scraper) when there is one, so the daemon serves the pages without more wiring."""
+    """``site``: the member pages' MemberSite (gateway/web/member.py), None for none."""
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY)
-    gw = getattr(scrape, "gw", None)
-    if site is None and gw is not None:
-        from gateway.web.member import MemberSite  # noqa: PLC0415 - the daemon's case only
-
-        site = MemberSite.from_gateway(gw)
     if site is not None:
         from gateway.web.member import add_routes  # noqa: PLC0415
 

@@ -25,7 +25,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -36,8 +36,9 @@ from gateway.web import memberdata as data
 from gateway.web import pages
 from gateway.web.auth import COOKIE, FailureLimit, Session, Sessions, fingerprint_matches, load_or_create_token
 
-if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+# The daemon's Gateway (gateway/daemon.py) is passed in, typed as Any: the daemon imports this
+# module, and an import back (even for types only) would make a circle of the two.
+Gateway = Any
 
 log = logging.getLogger("tmeter.gateway.web")
 T = TypeVar("T")
