@@ -230,10 +230,12 @@ def _check_erasures(conn: sqlite3.Connection, leaves: dict[int, Leaf], signed_si
 # --- checkpoints: stored, given, witnessed; and the checkpoint leaves
 
 
-def _stored_checkpoints(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey,
-                        report: Report) -> list[Signed]:
-    out: list[Signed] = []
-    rows = conn.execute("SELECT size, root, note FROM checkpoints ORDER BY size").fetchall()
+def _open_stored(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, report: Report,
+                 after: int = -1) -> list[note.Checkpoint]:
+    """The stored checkpoints above size ``after``, each note's signature checked and its row
+    compared with what it signs."""
+    out: list[note.Checkpoint] = []
+    rows = conn.execute("SELECT size, root, note FROM checkpoints WHERE size > ? ORDER BY size", (after,)).fetchall()
     report.checkpoints = len(rows)
     for size, root, signed in rows:
         where = f"checkpoint at size {size}"
@@ -247,8 +249,14 @@ def _stored_checkpoints(conn: sqlite3.Connection, origin: str, key: Ed25519Publi
             continue
         if cp.size != size or cp.root != root_b:
             report.fail(f"{where}: stored size/root differ from the signed note")
-        out.append(Signed(cp.size, cp.root, f"stored checkpoint at size {cp.size}"))
+        out.append(cp)
     return out
+
+
+def _stored_checkpoints(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey,
+                        report: Report) -> list[Signed]:
+    return [Signed(cp.size, cp.root, f"stored checkpoint at size {cp.size}")
+            for cp in _open_stored(conn, origin, key, report)]
 
 
 def given_checkpoints(notes: Sequence[bytes], origin: str, key: Ed25519PublicKey, report: Report) -> list[Signed]:
@@ -658,23 +666,7 @@ def _verify_since(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, 
 def _signed_after(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, cp: note.Checkpoint,
                   report: Report) -> dict[int, bytes]:
     """size -> root of the stored checkpoints from the note on, each signature checked."""
-    out = {cp.size: cp.root}
-    rows = conn.execute("SELECT size, root, note FROM checkpoints WHERE size > ? ORDER BY size", (cp.size,)).fetchall()
-    report.checkpoints = len(rows)
-    for size, root, signed in rows:
-        where = f"checkpoint at size {size}"
-        signed_b, root_b = _blob(signed, f"{where}: note", report), _blob(root, f"{where}: root", report)
-        if signed_b is None:
-            continue
-        try:
-            got = note.open_checkpoint(signed_b, origin, key)
-        except note.NoteError as exc:
-            report.fail(f"{where}: signature or format invalid ({exc})")
-            continue
-        if got.size != size or got.root != root_b:
-            report.fail(f"{where}: stored size/root differ from the signed note")
-        out[got.size] = got.root
-    return out
+    return {cp.size: cp.root, **{c.size: c.root for c in _open_stored(conn, origin, key, report, cp.size)}}
 
 
 def _extend(old: merkle.Frontier, new: list[bytes], stored: dict[int, bytes], leaves: dict[int, Leaf],
