@@ -110,6 +110,11 @@ class AloneFile:
             raise BillError(f"{path}: {exc}") from None
         return cls(rows)
 
+    def span(self) -> tuple[int, int] | None:
+        """The first and last interval the file covers (a period's default), None if empty."""
+        ivs = [iv for _, iv in self.rows]
+        return (min(ivs), max(ivs)) if ivs else None
+
     def bill(self, member: str, iv: int, imp_wh: int, exp_wh: int) -> int:  # noqa: ARG002
         try:
             return -self.rows[(member, iv)]

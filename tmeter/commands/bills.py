@@ -14,8 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--db", help="gateway database")
     src.add_argument("--config", help="gateway.toml: its database, and its grid prices for the tariff alternative")
-    parser.add_argument("--from", dest="first_iv", type=int, metavar="IV", help="first interval (default: the first settled)")
-    parser.add_argument("--to", dest="last_iv", type=int, metavar="IV", help="last interval (default: the last settled)")
+    parser.add_argument("--from", dest="first_iv", type=int, metavar="IV",
+                        help="first interval (default: the alone file's first, else the first settled)")
+    parser.add_argument("--to", dest="last_iv", type=int, metavar="IV",
+                        help="last interval (default: the alone file's last, else the last settled)")
     parser.add_argument("--alone", type=Path, metavar="CSV",
                         help="bills alone per member and interval (meter,iv,imp_wh,exp_wh,amount), e.g. the "
                              "demo's alone.csv; default: the member's metered energy at the grid prices")
@@ -27,13 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sqlite3  # noqa: PLC0415
 
-    from gateway.bills import BillError, member_bills, write_bills  # noqa: PLC0415
+    from gateway.bills import AloneFile, BillError, member_bills, write_bills  # noqa: PLC0415
 
     try:
         db, alone = _sources(args)
+        first, last = args.first_iv, args.last_iv
+        span = alone.span() if isinstance(alone, AloneFile) else None
+        if span is not None:  # the period the alone file covers, unless told otherwise
+            first = span[0] if first is None else first
+            last = span[1] if last is None else last
         conn = open_database(db)
         try:
-            bills = member_bills(conn, alone, args.first_iv, args.last_iv)
+            bills = member_bills(conn, alone, first, last)
         finally:
             conn.close()
         if args.csv:
