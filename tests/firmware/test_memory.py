@@ -166,6 +166,10 @@ def test_a_booted_meter_holds_only_the_device_side(tmp_path, layout):
 @pytest.mark.micropython
 @pytest.mark.mosquitto
 def test_2000_intervals_in_small_heap(tmp_path, mosquitto, gateway, meters, layout):
+    if layout.bits == 64:
+        # The 32-bit layouts measure a board's object sizes; the 64-bit port's long run adds
+        # 40 s to the suite and nothing they do not show (its boot test still runs).
+        pytest.skip("the long run is the 32-bit ports' (ESP32 object sizes)")
     clock = harness.sim_clock(3000)  # a 60 s interval every 20 ms
     thread, sim = harness.start_sim(1, clock)
     try:
