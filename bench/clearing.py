@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bounded import in_child  # noqa: E402
 from gateway.market import BidBook, CommunityTerms, P2PParams, clear  # noqa: E402
 
 GRID = CommunityTerms(import_price=0.30, export_price=0.08)
@@ -122,16 +123,10 @@ def _reference_job(case: Case, out: mp.Queue) -> None:
 def time_reference(case: Case, budget: float) -> tuple[float | None, float]:
     """The reference in a child process (fresh, so one case's memory does not slow the next),
     stopped after ``budget`` seconds."""
-    ctx = mp.get_context("fork")
-    out: mp.Queue = ctx.Queue()
-    proc = ctx.Process(target=_reference_job, args=(case, out))
-    proc.start()
-    proc.join(budget)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join()
+    got = in_child(_reference_job, (case,), budget)
+    if got is None:
         return None, float("nan")
-    elapsed, objective, _status = out.get()
+    elapsed, objective, _status = got
     return elapsed, objective
 
 

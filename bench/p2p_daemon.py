@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bounded import in_child  # noqa: E402
 from gateway import db  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
 from gateway.interval.clearing import MICRO, Bid, Clearing, market_clear  # noqa: E402
@@ -163,16 +164,8 @@ def _reference_job(n: int, seed: int, k: int, out: mp.Queue) -> None:
 
 
 def time_reference(n: int, seed: int, k: int, budget: float) -> tuple[float | None, float]:
-    ctx = mp.get_context("fork")
-    out: mp.Queue = ctx.Queue()
-    proc = ctx.Process(target=_reference_job, args=(n, seed, k, out))
-    proc.start()
-    proc.join(budget)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join()
-        return None, float("nan")
-    return out.get()
+    got = in_child(_reference_job, (n, seed, k), budget)
+    return (None, float("nan")) if got is None else got
 
 
 def run_size(n: int, k: int, intervals: int, budget: float, folder: Path) -> Row:

@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.ledger import note
-from tests.gateway.conftest import INTERVAL_S, Offline, populate, tmeter
-from tests.gateway.meters import MeterSpec, reading
+from tests.gateway.conftest import Offline, populate, tmeter
+from tests.gateway.test_ledger_tamper import more  # the same later intervals of readings
 
 
 @dataclass
@@ -38,13 +38,6 @@ class Copy:
         op = ">=" if after else "<"
         return self.conn.execute(f"SELECT MIN(idx) FROM leaves WHERE kind=? AND idx {op} ?",  # noqa: S608
                                  (kind, self.mid)).fetchone()[0]
-
-
-def more(off: Offline, meters: list[MeterSpec], intervals: int) -> None:
-    for _ in range(intervals):
-        iv = int(off.clock.t) // INTERVAL_S
-        off.send(*(reading(s, "c1", iv, INTERVAL_S, imp_wh=7, exp_wh=3)[:2] for s in meters))
-        off.tick((iv + 2) * INTERVAL_S)
 
 
 @pytest.fixture
