@@ -37,6 +37,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 -- extends it with the new leaves alone, so checking a day does not rehash the year before it.
 CREATE TABLE IF NOT EXISTS frontiers (size INTEGER PRIMARY KEY, nodes BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS erasures (meter TEXT PRIMARY KEY, at REAL NOT NULL, leaf INTEGER NOT NULL);
+-- Retention (`tmeter ledger prune`, deploy/README.md): the leaves before `cut` were archived and
+-- removed; `nodes` is the frontier of those `cut` leaves (as in frontiers), which the next
+-- checkpoint's signed root proves. `through`: the archived period's last checkpoint, kept with
+-- its note and frontier, from which `ledger verify` starts. No row: nothing pruned.
+CREATE TABLE IF NOT EXISTS pruned (
+    one INTEGER PRIMARY KEY CHECK (one = 1), cut INTEGER NOT NULL, nodes BLOB NOT NULL,
+    through INTEGER NOT NULL, archive_sha256 TEXT NOT NULL, at REAL NOT NULL);
 
 CREATE TABLE IF NOT EXISTS readings (
     id INTEGER PRIMARY KEY, meter TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,

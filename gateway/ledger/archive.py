@@ -8,11 +8,16 @@ auditor, is the next period's start: the archives chain like the checkpoints do.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from gateway import db
+from gateway.ledger import merkle
 
 ROW_TABLES = ("readings", "bids", "awards", "settlements", "quarantine")
 
@@ -102,3 +107,96 @@ def _intervals(src: sqlite3.Connection, dst: sqlite3.Connection, start: int, las
             rec.update(state="cleared", settled_at=None)
         dst.execute(f"INSERT INTO intervals({','.join(rec)}) VALUES ({','.join('?' * len(rec))})",  # noqa: S608
                     tuple(rec.values()))
+
+
+# --- retention: removing an archived period from the Pi
+
+
+@dataclass(frozen=True)
+class Pruning:
+    cut: int  # first leaf kept
+    through: int  # the archived period's last checkpoint (kept: `ledger verify` starts there)
+    removed: int  # leaves removed
+
+
+def archive_period(arc: sqlite3.Connection) -> tuple[int, int, int]:
+    """(first, last, start) of an archive file: the checkpoint it starts after (the size of its
+    start frontier, 0 for the log's start), its last checkpoint, its first leaf."""
+    row = arc.execute("SELECT MIN(size) FROM frontiers").fetchone()
+    first = row[0] if row and row[0] is not None else 0
+    last = arc.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0]
+    start = arc.execute("SELECT MIN(idx) FROM leaves").fetchone()[0]
+    if last is None or start is None:
+        raise ValueError("the archive holds no checkpoint or no leaves: not an archive of `tmeter ledger archive`")
+    return first, last, start
+
+
+def prune(conn: sqlite3.Connection, archive_file: Path, origin: str, key: Ed25519PublicKey) -> Pruning:
+    """Remove from the Pi's database the period an archive file holds, once the archive is proven
+    to hold it: it verifies (from its start note, which the Pi still has), it starts at or before
+    the Pi's first kept leaf, its last checkpoint note is the Pi's, and its commitments are the
+    Pi's. Kept: the leaves from the cut on (the first leaf an interval still open at the period's
+    end began at), the frontier of the leaves before the cut (table pruned), the period's last
+    checkpoint with its note and frontier (where `ledger verify` starts) and the one before the
+    cut (the next checkpoint leaf chains to it), each meter's latest reading row (ingest's
+    counter baseline), erasure rows. Removed: leaves, openings, rows and intervals before the
+    cut, the other checkpoints and frontiers before it. Refused (ValueError) otherwise.
+
+    NOT WIRED YET (issue 14): no CLI command calls this and it has no test; `ledger verify` and
+    `prove` do not yet read a pruned database (they need tlog.tree / merkle.Pruned)."""
+    from gateway.ledger import tlog, verify  # noqa: PLC0415 - verify imports this module's users
+
+    arc = db.connect_readonly(archive_file)
+    try:
+        first, last, start = archive_period(arc)
+        base = tlog.pruned_base(conn)
+        if start > base.size:
+            raise ValueError(f"the archive starts at leaf {start} but the Pi keeps leaves from {base.size}:"
+                             f" archive (and prune) the period before it first")
+        cut = period_start(conn, last)
+        if cut <= base.size:
+            raise ValueError(f"nothing to prune: the Pi keeps leaves from {base.size}, the archive ends at {last}")
+        pi_note = conn.execute("SELECT note FROM checkpoints WHERE size=?", (last,)).fetchone()
+        arc_note = arc.execute("SELECT note FROM checkpoints WHERE size=?", (last,)).fetchone()
+        if pi_note is None or arc_note is None or bytes(pi_note[0]) != bytes(arc_note[0]):
+            raise ValueError(f"the archive's last checkpoint (size {last}) is not the Pi's")
+        if first:
+            start_note = conn.execute("SELECT note FROM checkpoints WHERE size=?", (first,)).fetchone()
+            if start_note is None:
+                raise ValueError(f"the Pi has no checkpoint of size {first} to verify the archive from")
+            report = verify.verify_since(arc, origin, key, bytes(start_note[0]))
+        else:
+            report = verify.verify(arc, origin, key, witnesses=False)
+        if not report.ok:
+            raise ValueError(f"the archive does not verify, nothing pruned: {report.problems[0]}")
+        mine = conn.execute("SELECT idx, commitment FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                            (base.size, cut)).fetchall()
+        theirs = dict(arc.execute("SELECT idx, commitment FROM leaves WHERE idx >= ? AND idx < ?", (base.size, cut)))
+        if len(mine) != cut - base.size or any(theirs.get(i) != c for i, c in mine):
+            raise ValueError("the archive's leaves differ from the Pi's: not an archive of this log")
+        sha = hashlib.sha256(archive_file.read_bytes()).hexdigest()
+    finally:
+        arc.close()
+    tree = base.copy()
+    for _, com in mine:
+        tree.append(merkle.leaf_hash(bytes(com)))
+    with db.transaction(conn):
+        _remove(conn, cut, last)
+        conn.execute("INSERT OR REPLACE INTO pruned(one, cut, nodes, through, archive_sha256, at) VALUES (1,?,?,?,?,?)",
+                     (cut, tlog.pack_frontier(tree), last, sha, time.time()))
+    return Pruning(cut, last, cut - base.size)
+
+
+def _remove(conn: sqlite3.Connection, cut: int, through: int) -> None:
+    kept_iv = conn.execute("SELECT MIN(iv) FROM leaves WHERE idx >= ? AND iv IS NOT NULL", (cut,)).fetchone()[0]
+    anchor = conn.execute("SELECT MAX(size) FROM checkpoints WHERE size <= ?", (cut,)).fetchone()[0]
+    conn.execute("DELETE FROM openings WHERE idx < ?", (cut,))
+    conn.execute("DELETE FROM leaves WHERE idx < ?", (cut,))
+    for table in ROW_TABLES:
+        keep = (" AND rowid NOT IN (SELECT MAX(rowid) FROM readings GROUP BY meter)" if table == "readings" else "")
+        conn.execute(f"DELETE FROM {table} WHERE leaf < ?{keep}", (cut,))  # noqa: S608 - fixed names
+    if kept_iv is not None:
+        conn.execute("DELETE FROM intervals WHERE iv < ? AND leaf < ?", (kept_iv, cut))
+    for table in ("checkpoints", "frontiers"):
+        conn.execute(f"DELETE FROM {table} WHERE size < ? AND size NOT IN (?, ?)",  # noqa: S608 - fixed names
+                     (cut, anchor if anchor is not None else -1, through))

@@ -171,3 +171,76 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
         fn >>= 1
         sn >>= 1
     return sn == 0 and fr == old_root and sr == new_root
+
+
+class Pruned:
+    """A tree whose first ``base.size`` leaves are gone and known only by the frontier of that
+    prefix (its compact range [0, base.size): one root per perfect subtree), with the leaf hashes
+    from there on. Proofs of RFC 6962 2.1.1/2.1.2 for leaves and sizes at or after the cut need no
+    pruned leaf: every node they use lies after the cut, is a run of the frontier's subtrees, or
+    is split (at the RFC's power of two) into such pieces. A node inside one of the frontier's
+    subtrees cannot be computed: ValueError."""
+
+    def __init__(self, base: Frontier, hashes: Sequence[bytes]) -> None:
+        self.cut = base.size
+        self.hashes = hashes
+        self.spans: list[tuple[int, int, bytes]] = []
+        at = 0
+        for h, node in base._stack:  # noqa: SLF001 - (height, root), left to right
+            self.spans.append((at, at + (1 << h), node))
+            at += 1 << h
+
+    @property
+    def size(self) -> int:
+        return self.cut + len(self.hashes)
+
+    def node(self, a: int, b: int) -> bytes:
+        """MTH(D[a:b])."""
+        if a >= self.cut:
+            return root(self.hashes[a - self.cut:b - self.cut])
+        run = [(s, e, r) for s, e, r in self.spans if a <= s and e <= b]
+        if b <= self.cut and run and run[0][0] == a and run[-1][1] == b:
+            acc = run[-1][2]
+            for _, _, r in reversed(run[:-1]):
+                acc = node_hash(r, acc)
+            return acc
+        if b - a < 2 or any(s <= a and b <= e and (s, e) != (a, b) for s, e, _ in self.spans):
+            raise ValueError(f"node {a}..{b} lies inside the pruned prefix (0..{self.cut - 1})")
+        k = _split(b - a)
+        return node_hash(self.node(a, a + k), self.node(a + k, b))
+
+    def root(self, size: int | None = None) -> bytes:
+        n = self.size if size is None else size
+        return EMPTY_ROOT if n == 0 else self.node(0, n)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """PATH(index, D[size]) (RFC 6962 2.1.1) for a leaf at or after the cut."""
+        if not self.cut <= index < size <= self.size:
+            raise ValueError(f"leaf {index} is not in the kept part {self.cut}..{self.size - 1} of a tree of {size}")
+
+        def path(lo: int, hi: int) -> list[bytes]:
+            if hi - lo == 1:
+                return []
+            k = _split(hi - lo)
+            if index < lo + k:
+                return path(lo, lo + k) + [self.node(lo + k, hi)]
+            return path(lo + k, hi) + [self.node(lo, lo + k)]
+
+        return path(0, size)
+
+    def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+        """PROOF(old_size, D[size]) (RFC 6962 2.1.2) for an old size at or after the cut."""
+        if not self.cut <= old_size <= size <= self.size:
+            raise ValueError(f"cannot prove size {old_size} against {size} with leaves {self.cut}..{self.size - 1}")
+        if old_size in (0, size):
+            return []
+
+        def sub(m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
+            if m == hi - lo:
+                return [] if complete else [self.node(lo, hi)]
+            k = _split(hi - lo)
+            if m <= k:
+                return sub(m, lo, lo + k, complete) + [self.node(lo + k, hi)]
+            return sub(m - k, lo + k, hi, False) + [self.node(lo, lo + k)]
+
+        return sub(old_size, 0, size, True)

@@ -43,9 +43,32 @@ def encode_record(kind: str, fields: dict[str, Any]) -> bytes:
     return canonical.encode(dict(fields, type=kind))
 
 
-def load_hashes(conn: sqlite3.Connection) -> list[bytes]:
-    """The RFC 6962 leaf hashes of the whole log, in order."""
-    return [merkle.leaf_hash(bytes(r[0])) for r in conn.execute("SELECT commitment FROM leaves ORDER BY idx")]
+def load_hashes(conn: sqlite3.Connection, start: int = 0, end: int | None = None) -> list[bytes]:
+    """The RFC 6962 leaf hashes of leaves ``start`` .. ``end - 1`` (default: to the log's end), in order."""
+    rows = conn.execute("SELECT commitment FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                        (start, (1 << 62) if end is None else end))
+    return [merkle.leaf_hash(bytes(r[0])) for r in rows]
+
+
+def pruned_base(conn: sqlite3.Connection) -> merkle.Frontier:
+    """The frontier of the leaves `tmeter ledger prune` removed (empty: none removed). A database
+    from before retention has no ``pruned`` table, which means the same."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name='pruned'").fetchone() is None:
+        return merkle.Frontier()
+    row = conn.execute("SELECT cut, nodes FROM pruned").fetchone()
+    if row is None:
+        return merkle.Frontier()
+    base = unpack_frontier(row[0], bytes(row[1])) if isinstance(row[1], bytes) and isinstance(row[0], int) else None
+    if base is None:
+        raise ValueError("the pruned table's frontier is malformed (edited)")
+    return base
+
+
+def tree(conn: sqlite3.Connection, size: int | None = None) -> merkle.Pruned:
+    """The log's first ``size`` leaves (default: all) for proofs: the pruned prefix's frontier and
+    the kept leaves' hashes."""
+    base = pruned_base(conn)
+    return merkle.Pruned(base, load_hashes(conn, base.size, size))
 
 
 def pack_frontier(tree: merkle.Frontier) -> bytes:
@@ -71,10 +94,15 @@ class Ledger:
         self.conn = conn
         self.origin = origin
         self.signing_key = signing_key
-        self.frontier = merkle.Frontier()
-        for h in load_hashes(conn):
-            self.frontier.append(h)
+        self.frontier = self._load()
         self._pending: list[bytes] | None = None
+
+    def _load(self) -> merkle.Frontier:
+        # A pruned log resumes from the frontier of its removed prefix.
+        tree = pruned_base(self.conn)
+        for h in load_hashes(self.conn, tree.size):
+            tree.append(h)
+        return tree
 
     @property
     def size(self) -> int:
@@ -101,9 +129,7 @@ class Ledger:
         # Another process (`tmeter ledger erase`) may have appended leaves: rebuild if so.
         n = self.conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone()[0]
         if n != self.frontier.size:
-            self.frontier = merkle.Frontier()
-            for h in load_hashes(self.conn):
-                self.frontier.append(h)
+            self.frontier = self._load()
 
     def mark(self) -> int:
         """A position inside the open transaction, for ``rollback_to`` after a SAVEPOINT rollback."""
