@@ -90,4 +90,10 @@ def parse(text):
     if len(key) != _KEY_LEN:
         raise ValueError("key must be 32 bytes in hex")
     cfg["key_bytes"] = key
+    # Optional (over-the-air updates, protocols/ota.py): the community's release key, which
+    # signs update manifests; release_kid (default 1) names it, ota_trial_s (default 600) is
+    # how long a new bundle may run unacknowledged before the meter rolls back.
+    rk = cfg.get("release_key")
+    if rk is not None and (type(rk) is not str or len(unhexlify(rk)) != _KEY_LEN):
+        raise ValueError("release_key must be 32 bytes in hex")
     return cfg

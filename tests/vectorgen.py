@@ -1,4 +1,4 @@
-"""Generates protocols/vectors/messages.json from independent CPython references.
+"""Generates protocols/vectors/messages.json and ota.json from independent CPython references.
 
 Expected bytes come from the standard library (``json.dumps`` with sorted keys, ``hmac``),
 not from protocols/, so the vectors check the implementation rather than restate it. Run
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parent.parent / "protocols" / "vectors" / "messages.json"
+OTA_OUT = OUT.with_name("ota.json")
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 C = "c1"
@@ -232,6 +233,137 @@ def generate() -> str:
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
+# -- over-the-air update (protocols/ota.py) -------------------------------------------------
+RELEASE_KEY = bytes(range(100, 132))
+FILES = [["firmware/app.mpy", 5, hashlib.sha256(b"hello").hexdigest()],
+         ["firmware/main.mpy", 0, hashlib.sha256(b"").hexdigest()],
+         ["protocols/sub/x.mpy", 3, hashlib.sha256(b"abc").hexdigest()]]
+MANIFEST = {"v": 1, "type": "ota_manifest", "version": 10400, "target": "unix", "rkid": 7,
+            "files": FILES}
+GET = {"v": 1, "type": "ota_get", "meter": "m01", "version": 10400, "file": 2, "off": 1536,
+       "n": 1536}
+
+
+def _chunk_body(data: bytes, **changes: Any) -> bytes:
+    import base64
+    msg = {"v": 1, "type": "ota_chunk", "version": 10400, "file": 0, "off": 0,
+           "data": base64.b64encode(data).decode()}
+    msg.update(changes)
+    return body(msg)
+
+
+def _text_or_hex(payload: bytes) -> dict[str, str]:
+    try:
+        return {"payload": payload.decode("ascii")}
+    except UnicodeDecodeError:
+        return {"payload_hex": payload.hex()}
+
+
+def ota_vectors() -> list[dict[str, Any]]:
+    key = RELEASE_KEY.hex()
+    signed = frame(body(MANIFEST), kid=7, key=RELEASE_KEY)
+    out: list[dict[str, Any]] = [
+        {"name": "manifest-encode", "op": "encode_manifest", "in": {"msg": MANIFEST, "key": key},
+         "out": signed.decode()},
+        {"name": "manifest-decode", "op": "decode_manifest",
+         "in": {"payload": signed.decode(), "rkid": 7, "key": key}, "out": MANIFEST},
+    ]
+    raw = body(MANIFEST)
+    bad_decode = [
+        ("forged", frame(raw, kid=7, key=KEY), 7, "bad_tag"),
+        ("tampered", signed.replace(b"10400", b"10401"), 7, "bad_tag"),
+        ("other-release-kid", signed, 8, "unknown_key"),
+        ("meter-key-instead", frame(raw, kid=1, key=KEY), 7, "unknown_key"),
+        ("truncated", signed[:-3], 7, "bad_frame"),
+        ("oversize", raw + b" " * 7200 + signed[len(raw):], 7, "too_large"),
+        ("rkid-mismatch", frame(body(with_(MANIFEST, rkid=8)), kid=7, key=RELEASE_KEY), 7,
+         "topic_mismatch"),
+        ("not-canonical", frame(json.dumps(MANIFEST).encode(), kid=7, key=RELEASE_KEY), 7,
+         "bad_json"),
+    ]
+    for name, payload, rkid, code in bad_decode:
+        out.append({"name": f"manifest-decode-{name}", "op": "decode_manifest",
+                    "in": {**_text_or_hex(payload), "rkid": rkid, "key": key}, "error": code})
+    bad_msg = [
+        ("version-0", with_(MANIFEST, version=0), "out_of_range"),
+        ("bad-target", with_(MANIFEST, target="esp8266"), "bad_field"),
+        ("no-files", with_(MANIFEST, files=[]), "bad_field"),
+        ("unsorted", with_(MANIFEST, files=FILES[::-1]), "bad_field"),
+        ("dup-file", with_(MANIFEST, files=[FILES[0], FILES[0]]), "bad_field"),
+        ("dotdot", with_(MANIFEST, files=[["firmware/../x.mpy", 1, FILES[0][2]]]), "bad_field"),
+        ("absolute", with_(MANIFEST, files=[["/firmware/a.mpy", 1, FILES[0][2]]]), "bad_field"),
+        ("outside", with_(MANIFEST, files=[["boot.py", 1, FILES[0][2]]]), "bad_field"),
+        ("bad-ext", with_(MANIFEST, files=[["firmware/a.txt", 1, FILES[0][2]]]), "bad_field"),
+        ("upper-hash", with_(MANIFEST, files=[["firmware/a.mpy", 1, FILES[0][2].upper()]]),
+         "bad_field"),
+        ("short-hash", with_(MANIFEST, files=[["firmware/a.mpy", 1, "ab"]]), "bad_field"),
+        ("file-too-big", with_(MANIFEST, files=[["firmware/a.mpy", 65537, FILES[0][2]]]),
+         "out_of_range"),
+        ("bundle-too-big", with_(MANIFEST, files=[[f"firmware/m{i:02d}.mpy", 65536, FILES[0][2]]
+                                                  for i in range(4)]), "too_large"),
+        ("extra-field", with_(MANIFEST, meter="m01"), "unknown_field"),
+        ("missing-files", with_(MANIFEST, files=_DROP), "missing_field"),
+        ("wrong-type", with_(MANIFEST, type="reading"), "bad_type"),
+        ("v2", with_(MANIFEST, v=2), "bad_version"),
+    ]
+    for name, msg, code in bad_msg:
+        out.append({"name": f"manifest-{name}", "op": "decode_manifest",
+                    "in": {"payload": frame(body(msg), kid=7, key=RELEASE_KEY).decode(),
+                           "rkid": 7, "key": key}, "error": code})
+    out.append({"name": "request", "op": "request",
+                "in": {"meter": "m01", "version": 10400, "file": 2, "off": 1536, "n": 1536},
+                "out": body(GET).decode()})
+    out.append({"name": "request-decode", "op": "decode_request", "in": {"payload": body(GET).decode()},
+                "out": GET})
+    for name, msg, code in [("n-0", with_(GET, n=0), "out_of_range"),
+                            ("n-huge", with_(GET, n=4096), "out_of_range"),
+                            ("file-64", with_(GET, file=64), "out_of_range"),
+                            ("bad-meter", with_(GET, meter="m/1"), "bad_field")]:
+        out.append({"name": f"request-{name}", "op": "decode_request",
+                    "in": {"payload": body(msg).decode()}, "error": code})
+    data = bytes(range(256)) * 6
+    chunk = _chunk_body(data, off=1536)
+    out.append({"name": "chunk", "op": "chunk",
+                "in": {"version": 10400, "file": 0, "off": 1536, "data_hex": data.hex()},
+                "out": chunk.decode()})
+    out.append({"name": "chunk-decode", "op": "decode_chunk", "in": {"payload": chunk.decode()},
+                "out": {"msg": json.loads(chunk), "data_hex": data.hex()}})
+    out.append({"name": "chunk-empty", "op": "decode_chunk", "in": {"payload": _chunk_body(b"").decode()},
+                "out": {"msg": json.loads(_chunk_body(b"")), "data_hex": ""}})
+    out.append({"name": "chunk-too-big", "op": "chunk",
+                "in": {"version": 10400, "file": 0, "off": 0, "data_hex": "00" * 2049},
+                "error": "too_large"})
+    for name, payload, code in [
+            ("not-base64", body({**json.loads(_chunk_body(b"abc")), "data": "!!!!"}), "bad_field"),
+            ("base64-unpadded", body({**json.loads(_chunk_body(b"abc")), "data": "YWJjZA"}), "bad_field"),
+            ("oversize-data", _chunk_body(bytes(2052)), "bad_field"),
+            ("truncated", _chunk_body(b"hello")[:-5], "bad_json"),
+            ("bad-type", _chunk_body(b"x", type="ota_get"), "bad_type")]:
+        out.append({"name": f"chunk-{name}", "op": "decode_chunk", "in": _text_or_hex(payload),
+                    "error": code})
+    for kind in ("down", "up"):
+        t = f"tm/v1/{C}/ota/m01/{kind}"
+        out.append({"name": f"topic-{kind}", "op": "topic",
+                    "in": {"community": C, "meter": "m01", "kind": kind}, "out": t})
+        out.append({"name": f"parse-topic-{kind}", "op": "parse_topic", "in": {"topic": t},
+                    "out": [C, "m01", kind]})
+    out.append({"name": "topic-bad-kind", "op": "topic",
+                "in": {"community": C, "meter": "m01", "kind": "offer"}, "error": "bad_topic"})
+    for name, t in [("meters", f"tm/v1/{C}/meters/m01/up"), ("wildcard", f"tm/v1/{C}/ota/+/up"),
+                    ("long", f"tm/v1/{C}/ota/m01/up/x")]:
+        out.append({"name": f"parse-topic-{name}", "op": "parse_topic", "in": {"topic": t},
+                    "error": "bad_topic"})
+    for d in (b"", b"abc", bytes(range(256)) * 4):
+        out.append({"name": f"sha256-{len(d)}", "op": "sha256", "in": {"data_hex": d.hex()},
+                    "out": hashlib.sha256(d).hexdigest()})
+    return out
+
+
+def generate_ota() -> str:
+    return json.dumps({"ops": "ota_ops", "vectors": ota_vectors()}, indent=1, sort_keys=True) + "\n"
+
+
 if __name__ == "__main__":
     OUT.write_text(generate())
-    print(f"wrote {OUT}")
+    OTA_OUT.write_text(generate_ota())
+    print(f"wrote {OUT} and {OTA_OUT}")
