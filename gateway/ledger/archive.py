@@ -17,7 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import db
-from gateway.ledger import merkle
+from gateway.ledger import merkle, tlog
+from gateway.ledger.tlog import Ledger
 
 ROW_TABLES = ("readings", "bids", "awards", "settlements", "quarantine")
 
@@ -53,6 +54,10 @@ def export(conn: sqlite3.Connection, first: int, last: int, out: Path) -> Period
     if out.exists():
         raise ValueError(f"{out} exists: an archive is written once")
     start = period_start(conn, first)
+    kept = tlog.pruned_base(conn).size
+    if start < kept:
+        raise ValueError(f"leaves before {kept} were archived and pruned from this database: the period"
+                         f" {first}..{last} starts before them (archive from a later checkpoint)")
     dst = db.connect(out, "FULL")
     try:
         with db.transaction(dst):
@@ -131,24 +136,22 @@ def archive_period(arc: sqlite3.Connection) -> tuple[int, int, int]:
     return first, last, start
 
 
-def prune(conn: sqlite3.Connection, archive_file: Path, origin: str, key: Ed25519PublicKey) -> Pruning:
+def prune(ledger: Ledger, archive_file: Path, key: Ed25519PublicKey) -> Pruning:
     """Remove from the Pi's database the period an archive file holds, once the archive is proven
     to hold it: it verifies (from its start note, which the Pi still has), it starts at or before
     the Pi's first kept leaf, its last checkpoint note is the Pi's, and its commitments are the
     Pi's. Kept: the leaves from the cut on (the first leaf an interval still open at the period's
     end began at), the frontier of the leaves before the cut (table pruned), the period's last
     checkpoint with its note and frontier (where `ledger verify` starts) and the one before the
-    cut (the next checkpoint leaf chains to it), each meter's latest reading row (ingest's
-    counter baseline), erasure rows. Removed: leaves, openings, rows and intervals before the
-    cut, the other checkpoints and frontiers before it. Refused (ValueError) otherwise.
-
-    NOT WIRED YET (issue 14): no CLI command calls this and it has no test; `ledger verify` and
-    `prove` do not yet read a pruned database (they need tlog.tree / merkle.Pruned)."""
-    from gateway.ledger import tlog, verify  # noqa: PLC0415 - verify imports this module's users
-
-    arc = db.connect_readonly(archive_file)
-    try:
-        first, last, start = archive_period(arc)
+    cut, each meter's latest reading row (ingest's counter baseline), erasure rows. Removed:
+    leaves, openings, rows and intervals before the cut, the other checkpoints and frontiers
+    before it. A prune leaf, signed by a checkpoint in the same transaction, records the cut, the
+    period's end and the archive's SHA-256, so the log itself says what left it (`ledger verify`
+    checks the pruned row against it). Refused (ValueError, nothing removed) otherwise."""
+    conn = ledger.conn
+    first, last, start, sha = _checked_archive(conn, archive_file, ledger.origin, key)
+    with ledger.transaction():
+        # Inside the write lock: the daemon cannot add a leaf to an interval the cut is made for.
         base = tlog.pruned_base(conn)
         if start > base.size:
             raise ValueError(f"the archive starts at leaf {start} but the Pi keeps leaves from {base.size}:"
@@ -156,10 +159,56 @@ def prune(conn: sqlite3.Connection, archive_file: Path, origin: str, key: Ed2551
         cut = period_start(conn, last)
         if cut <= base.size:
             raise ValueError(f"nothing to prune: the Pi keeps leaves from {base.size}, the archive ends at {last}")
+        mine = conn.execute("SELECT idx, commitment FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                            (base.size, cut)).fetchall()
+        arc = db.connect_readonly(archive_file)
+        try:
+            theirs = dict(arc.execute("SELECT idx, commitment FROM leaves WHERE idx >= ? AND idx < ?",
+                                      (base.size, cut)))
+        finally:
+            arc.close()
+        if len(mine) != cut - base.size or any(theirs.get(i) != c for i, c in mine):
+            raise ValueError("the archive's leaves differ from the Pi's: not an archive of this log")
+        tree = base.copy()
+        for _, com in mine:
+            tree.append(merkle.leaf_hash(bytes(com)))
+        _remove(conn, cut, last)
+        conn.execute("INSERT OR REPLACE INTO pruned(one, cut, nodes, through, archive_sha256, at) VALUES (1,?,?,?,?,?)",
+                     (cut, tlog.pack_frontier(tree), last, sha, time.time()))
+        record = tlog.encode_record("prune", {"cut": cut, "through": last, "archive_sha256": sha,
+                                              "leaves": cut - base.size, "from": first})
+        ledger.append("prune", None, None, record)
+        ledger._checkpoint_in(conn)  # noqa: SLF001 - signed in the same transaction, as an erasure is
+    return Pruning(cut, last, cut - base.size)
+
+
+def _checked_archive(conn: sqlite3.Connection, archive_file: Path, origin: str,
+                     key: Ed25519PublicKey) -> tuple[int, int, int, str]:
+    """(first, last, start, sha256) of an archive file that verifies and ends at a checkpoint of
+    this log; ValueError naming what is wrong otherwise."""
+    from gateway.ledger import verify  # noqa: PLC0415
+
+    if not archive_file.is_file():
+        raise ValueError(f"no archive file {archive_file}")
+    sha = hashlib.sha256(archive_file.read_bytes()).hexdigest()
+    arc = db.connect_readonly(archive_file)
+    try:
+        try:
+            tables = {r[0] for r in arc.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{archive_file} is not an archive (not a SQLite database: {exc})") from None
+        if not {"leaves", "openings", "checkpoints", "frontiers"} <= tables:
+            raise ValueError(f"{archive_file} is not an archive of `tmeter ledger archive` (tables missing)")
+        first, last, start = archive_period(arc)
+        done = conn.execute("SELECT through FROM pruned").fetchone()
+        if done is not None and done[0] >= last:
+            raise ValueError(f"nothing to prune: the Pi's log was pruned through checkpoint {done[0]} already"
+                             f" and this archive ends at {last}")
         pi_note = conn.execute("SELECT note FROM checkpoints WHERE size=?", (last,)).fetchone()
         arc_note = arc.execute("SELECT note FROM checkpoints WHERE size=?", (last,)).fetchone()
         if pi_note is None or arc_note is None or bytes(pi_note[0]) != bytes(arc_note[0]):
-            raise ValueError(f"the archive's last checkpoint (size {last}) is not the Pi's")
+            raise ValueError(f"the archive's last checkpoint (size {last}) is not one of the Pi's: an archive of"
+                             f" another log, or of a period already pruned")
         if first:
             start_note = conn.execute("SELECT note FROM checkpoints WHERE size=?", (first,)).fetchone()
             if start_note is None:
@@ -169,22 +218,9 @@ def prune(conn: sqlite3.Connection, archive_file: Path, origin: str, key: Ed2551
             report = verify.verify(arc, origin, key, witnesses=False)
         if not report.ok:
             raise ValueError(f"the archive does not verify, nothing pruned: {report.problems[0]}")
-        mine = conn.execute("SELECT idx, commitment FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
-                            (base.size, cut)).fetchall()
-        theirs = dict(arc.execute("SELECT idx, commitment FROM leaves WHERE idx >= ? AND idx < ?", (base.size, cut)))
-        if len(mine) != cut - base.size or any(theirs.get(i) != c for i, c in mine):
-            raise ValueError("the archive's leaves differ from the Pi's: not an archive of this log")
-        sha = hashlib.sha256(archive_file.read_bytes()).hexdigest()
     finally:
         arc.close()
-    tree = base.copy()
-    for _, com in mine:
-        tree.append(merkle.leaf_hash(bytes(com)))
-    with db.transaction(conn):
-        _remove(conn, cut, last)
-        conn.execute("INSERT OR REPLACE INTO pruned(one, cut, nodes, through, archive_sha256, at) VALUES (1,?,?,?,?,?)",
-                     (cut, tlog.pack_frontier(tree), last, sha, time.time()))
-    return Pruning(cut, last, cut - base.size)
+    return first, last, start, sha
 
 
 def _remove(conn: sqlite3.Connection, cut: int, through: int) -> None:

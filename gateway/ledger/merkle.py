@@ -183,6 +183,7 @@ class Pruned:
 
     def __init__(self, base: Frontier, hashes: Sequence[bytes]) -> None:
         self.cut = base.size
+        self.base = base.copy()
         self.hashes = hashes
         self.spans: list[tuple[int, int, bytes]] = []
         at = 0

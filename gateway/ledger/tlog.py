@@ -66,8 +66,18 @@ def pruned_base(conn: sqlite3.Connection) -> merkle.Frontier:
 
 def tree(conn: sqlite3.Connection, size: int | None = None) -> merkle.Pruned:
     """The log's first ``size`` leaves (default: all) for proofs: the pruned prefix's frontier and
-    the kept leaves' hashes."""
+    the kept leaves' hashes. An archive file (`tmeter ledger archive`) has no pruned row and no
+    leaf 0: its start checkpoint's stored frontier is the base, the leaves after it its own."""
     base = pruned_base(conn)
+    if base.size == 0:
+        first = conn.execute("SELECT MIN(idx) FROM leaves").fetchone()[0]
+        if first:
+            row = conn.execute("SELECT size, nodes FROM frontiers WHERE size >= ? ORDER BY size LIMIT 1",
+                               (first,)).fetchone()
+            start = unpack_frontier(row[0], bytes(row[1])) if row else None
+            if start is None:
+                raise ValueError(f"the database starts at leaf {first} and holds no frontier to prove from")
+            base = start
     return merkle.Pruned(base, load_hashes(conn, base.size, size))
 
 

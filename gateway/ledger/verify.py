@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.ledger import merkle, note
+from gateway.ledger import merkle, note, tlog
 from gateway.ledger.tlog import commitment, unpack_frontier
 from protocols import canonical
 from protocols.errors import ProtocolError
@@ -28,6 +28,7 @@ from protocols.errors import ProtocolError
 MAX_PROBLEMS = 50
 TABLES = ("leaves", "openings", "checkpoints", "erasures", "readings", "bids", "awards", "settlements",
           "intervals", "meter_status")
+PRUNE_FIELDS = ("cut", "through", "archive_sha256")
 
 # Stored row -> the record fields it must equal: table, key columns, the leaf kind, columns.
 ROW_CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -52,6 +53,7 @@ class Report:
     given: int = 0
     since: int | None = None  # verify_since: the size of the note it started from
     rehashed_prefix: bool = False  # verify_since: no stored frontier, the leaves before the note were hashed
+    pruned: int | None = None  # the leaves before this were archived and removed (tmeter ledger prune)
     witnesses: list[str] = field(default_factory=list)  # one line per meter that reported a checkpoint
     problems: list[str] = field(default_factory=list)
 
@@ -84,7 +86,17 @@ class Signed:
     source: str
 
 
-KEEP_FIELDS = ("checkpoint", "erasure", "result", "interval", "settlement", "award")
+KEEP_FIELDS = ("checkpoint", "erasure", "result", "interval", "settlement", "award", "prune")
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """The ``pruned`` row (gateway/db.py): leaves before ``cut`` archived and removed; ``base``
+    their frontier, proven by the kept checkpoint ``through`` (the archived period's end)."""
+    cut: int
+    base: merkle.Frontier
+    through: int
+    archive_sha256: str
 
 
 def _describe(kind: object, meter: object, iv: object) -> str:
@@ -521,7 +533,14 @@ def _verify(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, given:
         report.fail(f"tables missing: {', '.join(missing)} (not a gateway database, or tables were dropped)")
         if {"leaves", "openings", "checkpoints"} & set(missing):
             return
+    pruned = _pruned_row(conn, present, report)
+    if pruned is not None:
+        _verify_pruned(conn, origin, key, given, witnesses and "meter_status" in present, pruned, report)
+        return
     hashes, leaves = _load_leaves(conn, report)
+    for leaf in leaves.values():
+        if leaf.kind == "prune":
+            report.fail(f"leaf {leaf.idx} (prune) records a pruning, but the pruned table has no row (deleted)")
     stored = _stored_checkpoints(conn, origin, key, report)
     seen = list(_witnessed(conn, report)) if witnesses and "meter_status" in present else []
     _check_against(stored + given + seen, hashes, leaves, report)
@@ -633,25 +652,40 @@ def verify_since(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, s
 
 
 def _verify_since(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, since: bytes,
-                  report: Report) -> None:
+                  report: Report, pruned: Pruned | None = None) -> Since | None:
     try:
         cp = note.open_checkpoint(since, origin, key)
     except note.NoteError as exc:
         report.fail(f"--since note: not a checkpoint of this log ({origin}, this key): {exc}")
-        return
+        return None
     report.since = cp.size
     n = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone()[0]
     if cp.size > n:
         report.fail(f"--since note: signs {cp.size} leaves but the log holds {n}: rolled back or truncated")
-        return
+        return None
+    whole = pruned is not None  # the whole kept part: from the pruned cut on
+    if pruned is None:
+        present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        pruned = _pruned_row(conn, present, report)
+    if pruned is not None and cp.size < pruned.through:
+        report.fail(f"--since note (size {cp.size}): the leaves before {pruned.cut} were archived and pruned from"
+                    f" this database (archive sha256 {pruned.archive_sha256[:16]}...): verify that archive from"
+                    f" the note, then --since its last checkpoint (size {pruned.through})")
+        return None
     old = _frontier_at(conn, cp, report)
     if old is None:
-        return
+        return None
+    floor = pruned.cut if pruned is not None else 0
     touched = {r[0] for r in conn.execute("SELECT DISTINCT iv FROM leaves WHERE idx >= ? AND iv IS NOT NULL",
                                           (cp.size,)) if _int(r[0])}
-    firsts = [r[0] for r in conn.execute("SELECT leaf FROM intervals WHERE iv BETWEEN ? AND ?",
-                                         (min(touched, default=0), max(touched, default=-1))) if _int(r[0])]
-    start = min([cp.size] + [f for f in firsts if f >= 0])  # an interval's leaves start at its result leaf
+    firsts = {r[0]: r[1] for r in conn.execute("SELECT iv, leaf FROM intervals WHERE iv BETWEEN ? AND ?",
+                                               (min(touched, default=0), max(touched, default=-1)))
+              if r[0] in touched and _int(r[1])}
+    # An interval whose result leaf was pruned (a late reading after its period was archived) is
+    # checked in its archive; here only its new leaves are.
+    touched -= {iv for iv, leaf in firsts.items() if leaf < floor}
+    # An interval's leaves start at its result leaf.
+    start = floor if whole else min([cp.size] + [f for f in firsts.values() if f >= floor])
     hashes, leaves = _load_leaves(conn, report, start, keep_all=True)
     new = hashes[cp.size - start:]
     report.leaves = len(new)
@@ -661,6 +695,115 @@ def _verify_since(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, 
                     report, cp.size)
     _check_rows(conn, leaves, report, start)
     _check_intervals(conn, leaves, report, touched)
+    return Since(start, hashes, leaves, stored)
+
+
+@dataclass
+class Since:
+    """What ``_verify_since`` read: leaves ``start`` on, their hashes and the signed roots."""
+    start: int
+    hashes: list[bytes]
+    leaves: dict[int, Leaf]
+    stored: dict[int, bytes]
+
+
+# --- a pruned database (tmeter ledger prune): what is on the Pi, from the archived period's end
+
+
+def _pruned_row(conn: sqlite3.Connection, present: set[str], report: Report) -> Pruned | None:
+    if "pruned" not in present:
+        return None
+    rows = conn.execute("SELECT cut, nodes, through, archive_sha256 FROM pruned").fetchall()
+    if not rows:
+        return None
+    cut, nodes, through, sha = rows[0]
+    base = unpack_frontier(cut, nodes) if _int(cut) and cut >= 0 and isinstance(nodes, bytes) else None
+    if base is None or not _int(through) or through < cut or not isinstance(sha, str):
+        raise ValueError("the pruned table's row is malformed (edited)")
+    return Pruned(cut, base, through, sha)
+
+
+def _verify_pruned(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, given: list[Signed],
+                   witnesses: bool, pruned: Pruned, report: Report) -> None:
+    """The whole of what the Pi keeps: everything after the archived period's last checkpoint as
+    `verify --since` checks it, the kept leaves before that checkpoint against its signed root
+    from the pruned prefix's frontier, the prune leaf that must record the pruned row, and the
+    given and witnessed checkpoints the kept part can prove (older ones: their archive)."""
+    report.pruned = pruned.cut
+    row = conn.execute("SELECT note FROM checkpoints WHERE size=?", (pruned.through,)).fetchone()
+    if row is None or not isinstance(row[0], bytes):
+        report.fail(f"pruned: the archived period's last checkpoint (size {pruned.through}), from which the kept"
+                    f" leaves are verified, is missing (deleted)")
+        return
+    seen = _verify_since(conn, origin, key, row[0], report, pruned)
+    if seen is None:
+        return
+    report.since = None
+    report.leaves = len(seen.hashes)
+    tree = merkle.Pruned(pruned.base, seen.hashes)
+    if tree.root(pruned.through) != seen.stored[pruned.through]:
+        report.fail(f"pruned: the frontier of the pruned leaves 0..{pruned.cut - 1} and the kept leaves do not"
+                    f" have the root checkpoint {pruned.through} signs (pruned row or kept leaves edited)")
+        return
+    _check_prune_leaf(seen.leaves, pruned, max(seen.stored), report)
+    older = [Signed(cp.size, cp.root, f"stored checkpoint at size {cp.size}")
+             for cp in _open_stored_before(conn, origin, key, pruned.through, report)]
+    points = older + given + (_witnessed(conn, report) if witnesses else [])
+    _check_against_pruned(points, tree, report)
+
+
+def _open_stored_before(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, through: int,
+                        report: Report) -> list[note.Checkpoint]:
+    counted = report.checkpoints
+    out = [cp for cp in _open_stored(conn, origin, key, report) if cp.size < through]
+    report.checkpoints = counted
+    return out
+
+
+def _check_prune_leaf(leaves: dict[int, Leaf], pruned: Pruned, signed: int, report: Report) -> None:
+    """The latest prune leaf names the pruned row, and a checkpoint signs it: a pruned row outside
+    the signed log is a deletion someone dressed up as retention."""
+    marks = [lf for lf in leaves.values() if lf.kind == "prune" and lf.fields is not None]
+    want = {"cut": pruned.cut, "through": pruned.through, "archive_sha256": pruned.archive_sha256}
+    if not marks or {k: marks[-1].fields.get(k) for k in PRUNE_FIELDS} != want:  # type: ignore[union-attr]
+        report.fail(f"pruned row (leaves before {pruned.cut} removed, archive {pruned.archive_sha256[:16]}...):"
+                    f" no signed prune leaf records it: leaves were deleted outside `tmeter ledger prune`")
+    elif marks[-1].idx >= signed:
+        report.fail(f"prune leaf {marks[-1].idx}: not signed by any checkpoint, and prune signs one at once: forged")
+
+
+def _check_against_pruned(points: list[Signed], tree: merkle.Pruned, report: Report) -> None:
+    """As ``_check_against``, for the sizes the kept part holds; older points are checked against
+    the archive that holds their leaves, and are named (a given one fails: it was asked for)."""
+    n, full = tree.size, tree.root()
+    prefix: dict[int, bytes] = {}
+    grow = tree.base.copy()
+    for size in sorted({p.size for p in points if tree.cut <= p.size <= n}):
+        while grow.size < size:
+            grow.append(tree.hashes[grow.size - tree.cut])
+        prefix[size] = grow.root()
+    for p in sorted(points, key=lambda q: q.size):
+        if p.size > n:
+            report.fail(f"{p.source}: signs {p.size} leaves but the log holds {n}: rolled back or truncated")
+            continue
+        if p.size < tree.cut:
+            line = f"{p.source}: checkpoint at size {p.size} is in the archived part (leaves before {tree.cut})"
+            if p.source.startswith("witness "):
+                report.witnesses.append(line + ": check it against the archive")
+            elif not p.source.startswith("stored "):
+                report.fail(line + ": check it against the archive that holds it")
+            continue
+        ok = prefix[p.size] == p.root
+        if ok and not p.source.startswith("stored "):
+            ok = merkle.verify_consistency(p.size, n, p.root, full, tree.consistency_proof(p.size, n))
+        if p.source.startswith("witness "):
+            report.witnesses.append(f"{p.source}: checkpoint at size {p.size} "
+                                    + ("is a prefix of the log" if ok else "is NOT a prefix of the log"))
+        if not ok:
+            report.fail(f"{p.source}: root does not match leaves 0..{p.size - 1} (the pruned prefix's frontier and"
+                        f" the kept leaves {tree.cut}..{p.size - 1}): a record among them was edited, removed or"
+                        f" reordered")
+
 
 
 def _signed_after(conn: sqlite3.Connection, origin: str, key: Ed25519PublicKey, cp: note.Checkpoint,
@@ -736,13 +879,18 @@ class InclusionProof:
 
 
 def prove_leaf(conn: sqlite3.Connection, idx: int, size: int) -> InclusionProof:
-    hashes = [merkle.leaf_hash(bytes(r[0])) for r in
-              conn.execute("SELECT commitment FROM leaves WHERE idx < ? ORDER BY idx", (size,))]
-    com, salt, record = conn.execute(
+    """PATH(idx, D[size]) from what the database holds: the whole log, or a pruned one's (or an
+    archive's) frontier and leaves from there (tlog.tree); a leaf before that: ValueError."""
+    tree = tlog.tree(conn, size)
+    row = conn.execute(
         "SELECT l.commitment, o.salt, o.record FROM leaves l LEFT JOIN openings o ON o.idx=l.idx WHERE l.idx=?",
         (idx,)).fetchone()
+    if row is None or idx < tree.cut:
+        raise ValueError(f"leaf {idx} is not in this database (it keeps leaves {tree.cut}..{tree.size - 1}):"
+                         f" prove it from the archive that holds it")
+    com, salt, record = row
     return InclusionProof(idx, size, bytes(com), salt and bytes(salt), record and bytes(record),
-                          merkle.inclusion_proof(idx, hashes))
+                          tree.inclusion_proof(idx, size))
 
 
 def check_inclusion(proof: InclusionProof, root: bytes) -> bool:
@@ -756,8 +904,10 @@ def check_inclusion(proof: InclusionProof, root: bytes) -> bool:
 def consistency(conn: sqlite3.Connection, old_size: int, new_size: int) -> list[bytes]:
     if not 0 <= old_size <= new_size:
         raise ValueError(f"the old size {old_size} must be between 0 and the new size {new_size}")
-    hashes = [merkle.leaf_hash(bytes(r[0])) for r in
-              conn.execute("SELECT commitment FROM leaves WHERE idx < ? ORDER BY idx", (new_size,))]
-    if len(hashes) != new_size:
+    tree = tlog.tree(conn, new_size)
+    if tree.size != new_size:
         raise ValueError(f"the log has fewer than {new_size} leaves")
-    return merkle.consistency_proof(old_size, hashes)
+    if old_size < tree.cut:
+        raise ValueError(f"size {old_size} is before the leaves this database keeps ({tree.cut} on, the rest archived"
+                         f" and pruned): prove it from the archive, then from its last checkpoint")
+    return tree.consistency_proof(old_size, new_size)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from gateway import db
 from gateway.bills import Tariff
-from gateway.ledger import merkle, verify
+from gateway.ledger import merkle, tlog, verify
 from gateway.registry import token_hash
 
 T = TypeVar("T")
@@ -180,37 +180,40 @@ def proof_document(conn: sqlite3.Connection, meter: str, iv: int, size: int) -> 
             "verified": all(verify.check_inclusion(p, root) for p in proofs)}
 
 
-def audit_paths(hashes: list[bytes], targets: list[int]) -> dict[int, list[bytes]]:
+def audit_paths(source: list[bytes] | merkle.Pruned, targets: list[int]) -> dict[int, list[bytes]]:
     """PATH(m, D[n]) of RFC 6962 2.1.1 for every m in ``targets`` in one walk of the tree: a
     subtree holding no target is hashed once (its root is a sibling), one holding some is split
     as the RFC splits it. One tree's hashing for any number of records, where calling
     merkle.inclusion_proof per record hashes the tree each time."""
+    tree = source if isinstance(source, merkle.Pruned) else merkle.Pruned(merkle.Frontier(), source)
+    size = tree.size
     paths: dict[int, list[bytes]] = {t: [] for t in targets}
 
     def walk(lo: int, n: int, inside: list[int]) -> bytes:
         if n == 1:
-            return hashes[lo]
+            return tree.node(lo, lo + 1)
         k = 1 << ((n - 1).bit_length() - 1)  # the largest power of two below n (RFC 6962 2.1)
         left_t = [t for t in inside if t < lo + k]
         right_t = [t for t in inside if t >= lo + k]
-        left = walk(lo, k, left_t) if left_t else merkle.root(hashes[lo:lo + k])
-        right = walk(lo + k, n - k, right_t) if right_t else merkle.root(hashes[lo + k:lo + n])
+        # A subtree without a target is one node, from the kept leaves or the pruned frontier.
+        left = walk(lo, k, left_t) if left_t else tree.node(lo, lo + k)
+        right = walk(lo + k, n - k, right_t) if right_t else tree.node(lo + k, lo + n)
         for t in left_t:
             paths[t].append(right)  # deeper siblings first: the path runs from the leaf up
         for t in right_t:
             paths[t].append(left)
         return merkle.node_hash(left, right)
 
-    if hashes and targets:
-        walk(0, len(hashes), sorted(set(targets)))
+    if size and targets:
+        walk(0, size, sorted(set(targets)))
     return paths
 
 
 def prove_leaves(conn: sqlite3.Connection, idxs: list[int], size: int) -> list[verify.InclusionProof]:
     """verify.prove_leaf for several leaves of one tree of ``size``, its leaves read and hashed once."""
-    hashes = [merkle.leaf_hash(bytes(r[0])) for r in
-              conn.execute("SELECT commitment FROM leaves WHERE idx < ? ORDER BY idx", (size,))]
-    paths = audit_paths(hashes, idxs)
+    tree = tlog.tree(conn, size)  # a pruned database proves its kept leaves from the pruned frontier
+    idxs = [i for i in idxs if i >= tree.cut]
+    paths = audit_paths(tree, idxs)
     out = []
     for i in idxs:
         com, salt, record = conn.execute(

@@ -60,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="checkpoint size the period ends at")
     arch.add_argument("--out", required=True, metavar="FILE",
                       help="the archive, a new SQLite file: leaves, openings, rows, intervals, checkpoints, no keys")
+    prune = sub.add_parser("prune", help="remove an archived period from this database (retention): refused unless"
+                                          " the archive verifies and holds every leaf it removes")
+    common(prune)
+    prune.add_argument("--archive", required=True, metavar="FILE",
+                       help="the period's archive from `tmeter ledger archive`, verified here before anything goes;"
+                            " keep it (and its last checkpoint note) off the Pi")
     erase = sub.add_parser("erase", help="erase one member's salts and records (GDPR); the log stays verifiable")
     common(erase)
     erase.add_argument("--meter", required=True, help="the member whose records go; it cannot be undone")
@@ -74,8 +80,8 @@ class _Ctx:
 
         self.cfg = config.load(args.config) if args.config else None
         path = args.db or (self.cfg.db if self.cfg else "gateway.db")
-        # Only erasure writes; every other command reads, so an auditor's copy is never changed.
-        self.conn = open_database(path, writable=args.ledger_command == "erase")
+        # Only erasure and pruning write; every other command reads, so an auditor's copy is never changed.
+        self.conn = open_database(path, writable=args.ledger_command in ("erase", "prune"))
         self.key_path = self.cfg.key_path if self.cfg else Path(f"{path}.ledger-key.pem")
         self.args = args
 
@@ -137,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         ctx = _Ctx(args)
         return {"verify": _verify, "prove": _prove, "export-checkpoint": _export,
-                "consistency": _consistency, "erase": _erase, "archive": _archive}[args.ledger_command](ctx)
+                "consistency": _consistency, "erase": _erase, "archive": _archive,
+                "prune": _prune}[args.ledger_command](ctx)
     except (UsageError, note.NoteError, sqlite3.DatabaseError, OSError) as exc:
         # verify answers a broken database with a verdict; the other commands need a sound one.
         print(f"tmeter ledger {args.ledger_command}: {one_line(exc)}", file=sys.stderr)
@@ -169,7 +176,8 @@ def _verify(ctx: _Ctx) -> int:
         print(f"FAIL: {problem}")
     for line in result.witnesses:
         print(line)
-    summary = (f"{result.leaves} leaves ({result.erased} erased), {result.checkpoints} checkpoints,"
+    kept = f" from leaf {result.pruned} (the leaves before it archived and pruned)" if result.pruned else ""
+    summary = (f"{result.leaves} leaves{kept} ({result.erased} erased), {result.checkpoints} checkpoints,"
                f" {result.unsigned_tail} leaves after the latest checkpoint, {len(given)} given checkpoints,"
                f" {len(result.witnesses)} witnesses")
     ok = report.ok and result.ok
@@ -209,6 +217,22 @@ def _archive(ctx: _Ctx) -> int:
           f" {period.path}")
     check = f"--since START.note (the checkpoint of size {period.first}, kept since)" if period.first else ""
     print(f"verify later: tmeter ledger verify --db {period.path} --pubkey PUB.pem --origin {ctx.origin()} {check}")
+    return 0
+
+
+def _prune(ctx: _Ctx) -> int:
+    from gateway.ledger import archive, note  # noqa: PLC0415
+    from gateway.ledger.tlog import Ledger  # noqa: PLC0415
+
+    if not ctx.key_path.is_file():  # the prune leaf is signed with the gateway's key, never a new one
+        raise UsageError(f"no ledger key {ctx.key_path}: pruning signs a checkpoint with the gateway's key")
+    ledger = Ledger(ctx.conn, ctx.origin(), note.load_or_create_signing_key(ctx.key_path))
+    try:
+        done = archive.prune(ledger, Path(ctx.args.archive), ctx.public_key())
+    except ValueError as exc:
+        raise UsageError(f"nothing pruned: {exc}") from None
+    print(f"pruned {done.removed} leaves (the log now keeps leaves {done.cut} on); verify the rest from the"
+          f" checkpoint at size {done.through}, kept with its note; the archive {ctx.args.archive} holds the period")
     return 0
 
 
