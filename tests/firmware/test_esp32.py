@@ -2,7 +2,10 @@
 (tests/firmware/esp32/: machine.UART on a pty the simulator serves, Pin, WDT, RTC, reset_cause,
 network.WLAN, a blocking DNS), against a real Mosquitto and the fake gateway.
 
-TMETER_STORM_RESTARTS sets the broker restarts of the storm (default 200, under a minute)."""
+TMETER_STORM_RESTARTS sets the broker restarts of the storm. CI runs 40, about 11 s: some 8
+reconnects, and firmware/mqtt.py without its wait_closed() (one descriptor leaked per
+reconnect) ends 8 descriptors up and fails. Issue 13 asks for 200 (42 s):
+TMETER_STORM_RESTARTS=200."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from tests.firmware import harness
 from tmeter.fwtools.runner import find_micropython
 
 STANDIN = Path(__file__).resolve().parent / "esp32"
-RESTARTS = int(os.environ.get("TMETER_STORM_RESTARTS", "200"))
+RESTARTS = int(os.environ.get("TMETER_STORM_RESTARTS", "40"))
 
 pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto]
 
