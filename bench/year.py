@@ -13,6 +13,13 @@ readings of the interval just ended, a tick after the settlement grace (settleme
 checkpoint). A full year of 100 meters takes this machine hours, so the run stops at --days or
 --budget seconds, whichever comes first, and the year is extrapolated from the measured growth
 (the output says which figures are measured and which extrapolated).
+
+Retention (deploy/README.md): every --period-days the bench runs what the operator's weekly job
+runs, `tmeter ledger archive` of the period since the last one, ending at the checkpoint that
+closed the interval the settlement window (ingest.settlement_window_s, 7 days) ago, then
+`tmeter ledger prune --archive` (the archive verified, a signed prune leaf), so the Pi holds the
+settlement window plus at most one period. --no-prune keeps everything (the figure without
+retention is measured before the first prune either way).
 """
 
 from __future__ import annotations
@@ -74,6 +81,47 @@ class Rig:
     clock: SimClock
     specs: list[MeterSpec]
     counters: Counter[str] = field(default_factory=Counter)
+    sizes: list[int] = field(default_factory=list)  # after interval k: the latest checkpoint's size
+
+
+@dataclass
+class Retention:
+    """The weekly archive and prune, as measured: archives leave the Pi xz-compressed."""
+    period: int  # intervals per archive
+    window: int  # intervals kept for late readings (the settlement window)
+    through: int = 0  # the last archived checkpoint (0: none yet)
+    archives: int = 0
+    archive_xz: int = 0  # bytes of the xz-compressed archives
+    archive_s: float = 0.0
+    prune_s: float = 0.0
+    pruned: int = 0  # leaves removed
+    before_first: tuple[int, int] | None = None  # (bytes, intervals done) just before the first prune
+    peak: int = 0  # the largest file + WAL seen after a prune: what the SD card must hold
+
+    def due(self, k: int) -> bool:
+        return k >= self.window + self.period and (k - self.window) % self.period == 0
+
+
+def retain(rig: Rig, ret: Retention, k: int, folder: Path) -> None:
+    """Archive the checkpoints up to the one after interval k - window, verify it, prune it."""
+    last = rig.sizes[k - ret.window]
+    if last <= ret.through:
+        return
+    if ret.before_first is None:
+        ret.before_first = (db_bytes(rig), k + 1)
+    out = folder / f"archive-{ret.archives:03d}.db"
+    t0 = time.perf_counter()
+    archive.export(rig.conn, ret.through, last, out)
+    ret.archive_s += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    done = archive.prune(rig.ledger, out, rig.ledger.signing_key.public_key())  # type: ignore[union-attr]
+    ret.prune_s += time.perf_counter() - t0
+    ret.archive_xz += len(lzma.compress(out.read_bytes(), preset=6))
+    out.unlink()  # it left the Pi
+    ret.pruned += done.removed
+    ret.through = last
+    ret.archives += 1
+    ret.peak = max(ret.peak, db_bytes(rig))
 
 
 def build(folder: Path, meters: int) -> Rig:
@@ -215,6 +263,29 @@ def archive_table(rig: Rig, day_note: bytes, meters: int) -> Table:
     return t
 
 
+def retention_table(rig: Rig, args: argparse.Namespace, ret: Retention, size: int, done: int) -> Table:
+    """The Pi with the weekly archive and prune: its file stops growing once the settlement window
+    and one period are on it (SQLite reuses the pages a prune frees), so a year leaves the peak."""
+    t = Table(title=f"with retention: archive + prune every {ret.period / PER_DAY:g} days,"
+                    f" {ret.window / PER_DAY:g} days kept for late readings")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    peak = max(ret.peak, size)
+    kept = rig.conn.execute("SELECT COUNT(*) FROM leaves").fetchone()[0]
+    t.add_row(f"archives written, verified and pruned ({ret.pruned:,} leaves removed)", f"{ret.archives}")
+    t.add_row(f"leaves on the Pi at the end ({done / PER_DAY:.1f} days run)", f"{kept:,}")
+    t.add_row("file + WAL on the Pi, largest after a prune, measured", f"{peak / 1e6:.2f} MB")
+    t.add_row("  per meter, for a year and on (steady state)", f"{peak / args.meters / 1e6:.2f} MB")
+    free = rig.conn.execute("PRAGMA freelist_count").fetchone()[0] * rig.conn.execute("PRAGMA page_size").fetchone()[0]
+    t.add_row("  of it free pages at the end (the next days reuse them)", f"{free / 1e6:.2f} MB")
+    t.add_row("archive + prune time per period (wall s)",
+              f"{ret.archive_s / ret.archives:.1f} + {ret.prune_s / ret.archives:.1f}")
+    days = ret.through / max(1, rig.ledger.size) * done / PER_DAY
+    t.add_row("archives off the Pi, xz, per meter-year, extrapolated",
+              f"{ret.archive_xz / max(1e-9, days) * 365 / args.meters / 1e6:.2f} MB")
+    return t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--meters", type=int, default=100, help="provisioned meters (100)")
@@ -222,6 +293,8 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=600, help="stop after this many wall seconds (600)")
     ap.add_argument("--quick", action="store_true", help="10 meters, 1 day: a smoke run")
     ap.add_argument("--keep", help="folder for the database (default: a temporary one)")
+    ap.add_argument("--period-days", type=float, default=7, help="archive and prune every this many days (7)")
+    ap.add_argument("--no-prune", action="store_true", help="no retention: keep every period on the Pi")
     args = ap.parse_args()
     if args.quick:
         args.meters, args.days = 10, 1
@@ -239,18 +312,22 @@ def run(folder: Path, args: argparse.Namespace) -> int:
     days: list[Step] = []
     t_start = time.perf_counter()
     done = 0
+    ret = Retention(int(args.period_days * PER_DAY), rig.cfg.ingest.settlement_window_s // INTERVAL_S)
     for k in range(wanted):
         if time.perf_counter() - t_start > args.budget and done >= 2 * PER_DAY:
             break
         if k % PER_DAY == 0:
             days.append(Step())
         run_interval(rig, iv0 + k, k, days[-1])
+        rig.sizes.append(rig.conn.execute("SELECT COALESCE(MAX(size), 0) FROM checkpoints").fetchone()[0])
         done += 1
+        if not args.no_prune and ret.due(done):
+            retain(rig, ret, done - 1, folder)
     wall = time.perf_counter() - t_start
     total = Step()
     for d in days:
         _merge(total, d)
-    return report(rig, args, done, wall, empty, days[0], days[-1], total, _note_before(rig, done))
+    return report(rig, args, done, wall, empty, days[0], days[-1], total, _note_before(rig, done), ret)
 
 
 def _merge(into: Step, s: Step) -> Step:
@@ -269,10 +346,11 @@ def _note_before(rig: Rig, done: int) -> bytes:
 
 
 def report(rig: Rig, args: argparse.Namespace, done: int, wall: float, empty: int, first: Step, last: Step,
-           total: Step, day_note: bytes) -> int:
+           total: Step, day_note: bytes, ret: Retention) -> int:
     size = db_bytes(rig)
     meter_intervals = done * args.meters
-    per_mi = (size - empty) / max(1, meter_intervals)
+    grown, grown_over = ret.before_first or (size, done)  # without pruning: the growth before the first prune
+    per_mi = (grown - empty) / max(1, grown_over * args.meters)
     per_meter_year = per_mi * PER_DAY * 365
     console.rule(f"[bold]a year of operation: {args.meters} meters, {done} intervals"
                  f" ({done / PER_DAY:.1f} days simulated in {wall:.0f} s)")
@@ -282,11 +360,15 @@ def report(rig: Rig, args: argparse.Namespace, done: int, wall: float, empty: in
     t = Table(title="database")
     t.add_column("figure")
     t.add_column("value", justify="right")
-    t.add_row("file + WAL after checkpoint, measured", f"{size / 1e6:.2f} MB")
-    t.add_row("per meter and interval, measured", f"{per_mi:.0f} B")
-    t.add_row("per meter-year (x 35,040 intervals), extrapolated", f"{per_meter_year / 1e6:.2f} MB")
-    t.add_row(f"{args.meters} meters, one year, extrapolated", f"{per_meter_year * args.meters / 1e9:.2f} GB")
+    t.add_row("file + WAL after checkpoint at the end, measured", f"{size / 1e6:.2f} MB")
+    t.add_row(f"without pruning: per meter and interval, measured over {grown_over / PER_DAY:.1f} days",
+              f"{per_mi:.0f} B")
+    t.add_row("without pruning: per meter-year (x 35,040 intervals), extrapolated", f"{per_meter_year / 1e6:.2f} MB")
+    t.add_row(f"without pruning: {args.meters} meters, one year, extrapolated",
+              f"{per_meter_year * args.meters / 1e9:.2f} GB")
     console.print(t)
+    if ret.archives:
+        console.print(retention_table(rig, args, ret, size, done))
     objs = Table(title="where the bytes go (dbstat)")
     for c in ("table / index", "bytes", "rows", "B per meter-interval", "share"):
         objs.add_column(c, justify="right" if c != "table / index" else "left")

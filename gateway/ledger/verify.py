@@ -132,9 +132,11 @@ def _load_leaves(conn: sqlite3.Connection, report: Report, start: int = 0,
     ``keep_all`` keeps every parsed record (a bounded range), not just the kinds checked further."""
     hashes: list[bytes] = []
     leaves: dict[int, Leaf] = {}
-    rows = conn.execute("SELECT l.idx, l.commitment, l.kind, l.meter, l.iv, l.erased, o.idx, o.salt, o.record"
-                        " FROM leaves l LEFT JOIN openings o ON o.idx = l.idx WHERE l.idx >= ? ORDER BY l.idx",
-                        (start,))
+    cur = conn.cursor()
+    cur.row_factory = None  # plain tuples: sqlite3.Row costs a third of reading a day's leaves
+    rows = cur.execute("SELECT l.idx, l.commitment, l.kind, l.meter, l.iv, l.erased, o.idx, o.salt, o.record"
+                       " FROM leaves l LEFT JOIN openings o ON o.idx = l.idx WHERE l.idx >= ? ORDER BY l.idx",
+                       (start,))
     for idx, com, kind, meter, iv, erased, o_idx, salt, record in rows:
         if idx != start + len(hashes):
             report.fail(f"leaf {start + len(hashes)} is missing (the log jumps to leaf {idx}): a record was deleted")
@@ -370,17 +372,13 @@ def _check_checkpoint_leaves(leaves: dict[int, Leaf], stored: list[Signed], hash
 # --- stored rows against their leaves
 
 
-def _row_fields(row: sqlite3.Row, columns: tuple[str, ...]) -> dict[str, Any]:
-    out = {}
-    for c in columns:
-        v = row[c]
-        if c in JSON_COLUMNS:
-            try:
-                v = json.loads(v)
-            except (TypeError, ValueError):
-                v = ("unreadable JSON", v)
-        out[c] = v
-    return out
+def _row_values(values: list[Any], json_at: list[int]) -> list[Any]:
+    for i in json_at:
+        try:
+            values[i] = json.loads(values[i])
+        except (TypeError, ValueError):
+            values[i] = ("unreadable JSON", values[i])
+    return values
 
 
 def _check_rows(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Report, start: int = 0) -> None:
@@ -389,24 +387,31 @@ def _check_rows(conn: sqlite3.Connection, leaves: dict[int, Leaf], report: Repor
         seen: set[object] = set()
         last: tuple[int, int] | None = None  # (leaf, rowid) of the largest leaf so far in row order
         where = "WHERE leaf >= ? " if start else ""
-        for row in conn.execute(f"SELECT rowid AS rid, * FROM {table} {where}ORDER BY rowid",  # noqa: S608 - fixed names
-                                (start,) if start else ()):
-            seen.add(row["leaf"])
-            what = f"{table} row {tuple(row[c] for c in columns[:3])} (leaf {row['leaf']})"
-            record = _opened_record(conn, leaves, row["leaf"], what, report)
+        defaults = [ADDED_FIELDS.get(c) for c in columns]
+        json_at = [i for i, c in enumerate(columns) if c in JSON_COLUMNS]
+        cur = conn.cursor()
+        cur.row_factory = None  # plain tuples: a day of rows is read here, and sqlite3.Row costs a third
+        sql = f"SELECT rowid, leaf, {', '.join(columns)} FROM {table} {where}ORDER BY rowid"  # noqa: S608 - fixed names
+        for rid, idx, *values in cur.execute(sql, (start,) if start else ()):
+            seen.add(idx)
+            leaf = leaves.get(idx) if _int(idx) else None
+            record = leaf.fields if leaf is not None else None
             if record is None:
-                continue
-            if record.get("type") != kind or any(record.get(c, ADDED_FIELDS.get(c)) != v
-                                                 for c, v in _row_fields(row, columns).items()):
-                report.fail(f"{what}: differs from its ledger record (edited)")
+                what = f"{table} row {tuple(values[:3])} (leaf {idx})"
+                record = _opened_record(conn, leaves, idx, what, report)
+                if record is None:
+                    continue
+            if record.get("type") != kind or [record.get(c, d) for c, d in zip(columns, defaults, strict=True)] \
+                    != _row_values(values, json_at):
+                report.fail(f"{table} row {tuple(values[:3])} (leaf {idx}): differs from its ledger record (edited)")
             # Rows and leaves are written together, so row order is log order: an inversion is a
             # swap or a re-commit, and it names the exact leaves where the roots can only name a range.
-            if _int(row["leaf"]):
-                if last is not None and row["leaf"] < last[0]:
-                    report.fail(f"{table}: leaf {row['leaf']} was stored after leaf {last[0]} but sits before it"
-                                f" in the log: leaves {row['leaf']} and {last[0]} were swapped or re-committed")
-                if last is None or row["leaf"] > last[0]:
-                    last = (row["leaf"], row["rid"])
+            if _int(idx):
+                if last is not None and idx < last[0]:
+                    report.fail(f"{table}: leaf {idx} was stored after leaf {last[0]} but sits before it"
+                                f" in the log: leaves {idx} and {last[0]} were swapped or re-committed")
+                if last is None or idx > last[0]:
+                    last = (idx, rid)
         for leaf in leaves.values():
             if leaf.kind == kind and leaf.opened and leaf.idx not in seen:
                 report.fail(f"leaf {leaf.idx} ({kind}): its {table} row is missing (deleted)")
