@@ -23,11 +23,11 @@ from tests.gateway.test_storage_faults import Meters, gateway_toml, health, stat
 
 pytestmark = pytest.mark.mosquitto
 HOURS_3 = 3 * 3600
-INTERVAL_S = 20
+INTERVAL_S = 10  # short intervals: the first session waits three of them; the offsets are hours
 
 
 def config(tmp_path: Path, broker: MosquittoBroker) -> GatewayConfig:
-    cfg = make_config(tmp_path, broker, interval_s=INTERVAL_S, gate_closure_s=5)
+    cfg = make_config(tmp_path, broker, interval_s=INTERVAL_S, gate_closure_s=3)
     cfg.settlement.grace_s = 1
     return cfg
 
