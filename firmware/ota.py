@@ -1,0 +1,280 @@
+# Over-the-air update on the meter (issue 13): take an offered bundle into a staging slot, verify
+# it, switch to it, and keep it only once the gateway has acknowledged a reading made by it.
+#
+# Not resident: app.py imports this module when an offer arrives (or on a boot on trial) and it
+# unloads itself when done, so a meter that is not being updated pays nothing for it (names
+# included: tests/firmware/test_memory.py). The boot side, which picks the slot to run, is the
+# factory firmware/main.py: it never imports staged code before it has chosen to run it.
+#
+# Flash layout (the meter's folder; LittleFS on a board):
+#   ota/pointer   [slot, prev, trial, version, refused, prev_version], written via temporary
+#                 file + rename (LittleFS renames atomically), read by firmware/main.py at boot.
+#                 slot 0 is the factory bundle (the board's /firmware and /protocols), 1 and 2
+#                 the staging slots ota/1/ and ota/2/; trial: boots left before the new bundle
+#                 counts as failed (0: committed); refused: the last version rolled back.
+#   ota/<n>/firmware/..., ota/<n>/protocols/...   a whole bundle, as `tmeter fw build` makes it
+#
+# Crash safety, the same rule as firmware/outbox.py: the pointer is the only file that decides
+# what boots, and it changes in one rename. Until that rename the staging slot is scratch (a
+# power cut mid-download leaves a torn slot nobody boots; the next offer wipes it); after it the
+# new bundle boots on trial and firmware/main.py rolls back by itself when the trial boots run
+# out (a bundle that crashes) or when it fails to import; run() below rolls back when no reading
+# of the new boot is acknowledged within ota_trial_s.
+import hashlib
+import json
+import sys
+from binascii import hexlify, unhexlify
+
+from protocols import ota as msgs
+from protocols.errors import ProtocolError
+
+POINTER = "ota/pointer"
+TRIAL_BOOTS = 3      # the pointer's trial at the switch: two boots on trial, the third rolls back
+CHUNK = 1024         # bytes per request: a chunk's message, parsed, is ~4 KB of heap
+TRIES = 5            # requests of one chunk before the update is abandoned
+WAIT_MS = 3000       # for each answer
+_BLOCK = 512         # read size when hashing a staged file again
+
+_job = None          # the update in progress (one at a time)
+
+
+def pointer(board):
+    """The pointer as a list, [0, 0, 0, 0, 0, 0] if there is none (never updated)."""
+    raw = board.read(POINTER)
+    try:
+        p = json.loads(raw)
+        if type(p) is list and len(p) == 6:
+            return p
+    except Exception:  # noqa: BLE001 - absent; a torn one cannot exist (rename)
+        pass
+    return [0, 0, 0, 0, 0, 0]
+
+
+def write_pointer(board, p):
+    board.mkdir("ota")
+    board.write_atomic(POINTER, json.dumps(p).encode())
+
+
+def rolled_back(p):
+    """The pointer after a failed bundle: back to the previous slot, the failed version refused."""
+    return [p[1], 0, 0, p[5], p[3], 0]
+
+
+def _count(app, name):
+    app.c[name] = app.c.get(name, 0) + 1
+
+
+def _unload():
+    # Drop this module and the protocol's: their code and data go back to the heap.
+    if _job is not None:
+        return
+    for name in ("firmware.ota", "protocols.ota"):
+        sys.modules.pop(name, None)
+        pkg, _, attr = name.rpartition(".")
+        parent = sys.modules.get(pkg)
+        if parent is not None and hasattr(parent, attr):
+            delattr(parent, attr)
+
+
+# -- on the meter's down topic -----------------------------------------------------------------
+def receive(app, payload):
+    """A message on tm/v1/<c>/ota/<meter>/down: an offer (manifest) or a chunk."""
+    try:
+        if msgs.kind(payload) == "chunk":
+            if _job is not None:
+                _job.take(payload)
+            return
+        offer(app, payload)
+    except ProtocolError as e:
+        _count(app, "ota_bad")
+        app.board.log("ota: refused: " + str(e))
+    if _job is None:
+        _unload()
+
+
+def offer(app, payload):
+    global _job
+    cfg = app.cfg
+    key = cfg.get("release_key")
+    if key is None:
+        raise ProtocolError("unknown_key", "no release key provisioned")
+    m = msgs.decode_manifest(payload, cfg.get("release_kid") or 1, unhexlify(key))
+    board = app.board
+    if board.runtime == "cpython":
+        raise ProtocolError("bad_target", "no updates of a CPython fleet process")
+    target = "xtensawin" if board.runtime == "esp32" else "unix"
+    if m["target"] != target:
+        raise ProtocolError("bad_target", "a %s bundle on a %s meter" % (m["target"], target))
+    v = m["version"]
+    # Versions only go up: a replayed manifest of the running or an older release is refused,
+    # and so is the release this meter rolled back from (until a newer one is offered).
+    if v <= app.c["fw"]:
+        raise ProtocolError("stale", "version %d is not newer than %d" % (v, app.c["fw"]))
+    p = pointer(board)
+    if v == p[4]:
+        raise ProtocolError("stale", "version %d was rolled back" % v)
+    if _job is not None:
+        if _job.version == v:
+            return  # the offer again (the tool repeats it until the download starts)
+        _job.cancel()
+    import asyncio
+    _job = Job(app, m, 2 if p[0] == 1 else 1)
+    _job.task = asyncio.create_task(_job.run())
+    board.log("ota: version %d offered, %d files into slot %d" % (v, len(m["files"]), _job.slot))
+
+
+def _wipe(board, path):
+    import os
+    for name in board.listdir(path):
+        sub = path + "/" + name
+        try:
+            os.remove(board.path(sub))
+        except OSError:
+            _wipe(board, sub)
+    try:
+        os.rmdir(board.path(path))
+    except OSError:
+        pass
+
+
+def _append(board, name, data):
+    # One chunk onto the end of a staged file (LittleFS commits it when the file closes).
+    with open(board.path(name), "ab") as f:
+        f.write(data)
+
+
+class Job:
+    def __init__(self, app, m, slot):
+        import asyncio
+        self.app = app
+        self.files = m["files"]
+        self.version = m["version"]
+        self.slot = slot
+        self.dir = "ota/%d" % slot
+        self.want = None     # (file, off, n) of the chunk awaited
+        self.data = None
+        self.got = asyncio.Event()
+        self.task = None
+        self.up = "tm/v1/%s/ota/%s/up" % (app.cfg["community"], app.meter_id)
+
+    def cancel(self):
+        if self.task is not None:
+            self.task.cancel()
+
+    def take(self, payload):
+        msg, data = msgs.decode_chunk(payload)
+        w = self.want
+        if w is None or msg["version"] != self.version or msg["file"] != w[0] \
+                or msg["off"] != w[1]:
+            return  # late or duplicate answer to an earlier request: not counted
+        if len(data) != w[2]:
+            raise ProtocolError("bad_chunk", "chunk of %d bytes, asked %d" % (len(data), w[2]))
+        self.data = data
+        self.want = None
+        self.got.set()
+
+    async def fetch(self, i, off, n):
+        """The n bytes at ``off`` of file ``i``, asked again on silence; None after TRIES."""
+        app = self.app
+        for _ in range(TRIES):
+            self.data = None
+            self.want = (i, off, n)
+            self.got.clear()
+            if app.client.connected:
+                await app.client.publish(self.up, msgs.request(app.meter_id, self.version, i,
+                                                               off, n), 1)
+            start = app.board.ticks_ms()
+            while self.data is None and \
+                    app.board.ticks_diff(app.board.ticks_ms(), start) < WAIT_MS:
+                await app.board.sleep_ms(50)
+            if self.data is not None:
+                return self.data
+        return None
+
+    def _hash(self, name):
+        h = hashlib.sha256()
+        with open(self.app.board.path(name), "rb") as f:
+            while True:
+                block = f.read(_BLOCK)
+                if not block:
+                    break
+                h.update(block)
+        return hexlify(h.digest()).decode()
+
+    async def run(self):
+        global _job
+        app = self.app
+        board = app.board
+        try:
+            board.mkdir("ota")
+            _wipe(board, self.dir)
+            board.mkdir(self.dir)
+            for i in range(len(self.files)):
+                path, size, want = self.files[i]
+                name = self.dir + "/" + path
+                parts = name.split("/")
+                for k in range(3, len(parts)):
+                    board.mkdir("/".join(parts[:k]))
+                with open(board.path(name), "wb"):
+                    pass
+                h = hashlib.sha256()
+                off = 0
+                while off < size:
+                    data = await self.fetch(i, off, min(CHUNK, size - off))
+                    if data is None:
+                        raise ProtocolError("no_answer", "no chunk for %s at %d" % (path, off))
+                    _append(board, name, data)
+                    h.update(data)
+                    off += len(data)
+                if hexlify(h.digest()).decode() != want:
+                    raise ProtocolError("bad_hash", path)
+            # Everything again as it reads back from flash: what boots is what was verified.
+            for path, size, want in self.files:
+                if self._hash(self.dir + "/" + path) != want:
+                    raise ProtocolError("bad_hash", path + " on flash")
+            p = pointer(board)
+            write_pointer(board, [self.slot, p[0], TRIAL_BOOTS, self.version, p[4], p[3]])
+            board.log("ota: version %d staged in slot %d, restarting on trial"
+                      % (self.version, self.slot))
+            board.reset()
+        except ProtocolError as e:
+            _count(app, "ota_bad")
+            board.log("ota: update to %d abandoned: %s" % (self.version, e))
+            _wipe(board, self.dir)
+        except OSError as e:  # flash full or failing: the slot is scratch, nothing boots it
+            _count(app, "ota_bad")
+            board.log("ota: update to %d abandoned: flash: %r" % (self.version, e))
+            _wipe(board, self.dir)
+        finally:
+            if _job is self:
+                _job = None
+            _unload()
+
+
+# -- on a boot on trial ------------------------------------------------------------------------
+async def run(app):
+    """On a boot on trial: roll back if no reading of this boot is acknowledged in time."""
+    board = app.board
+    limit = (app.cfg.get("ota_trial_s") or 600) * 1000
+    start = board.ticks_ms()
+    board.log("ota: version %d on trial, %d boots left" % (app.c["fw"], app.c["ota_trial_n"] - 1))
+    while app.c.get("ota_trial_n"):
+        if board.ticks_diff(board.ticks_ms(), start) >= limit:
+            write_pointer(board, rolled_back(pointer(board)))
+            board.log("ota: version %d not acknowledged in %d s, rolling back"
+                      % (app.c["fw"], limit // 1000))
+            board.reset()
+        await board.sleep_ms(500)
+
+
+def ack(app):
+    """The gateway acknowledged a reading of this boot: the new bundle works, keep it."""
+    board = app.board
+    p = pointer(board)
+    if p[2]:
+        p[2] = 0
+        write_pointer(board, p)
+        board.log("ota: version %d committed" % p[3])
+    app.c["ota_trial_n"] = 0
+    _count(app, "ota_ok")
+    _unload()
