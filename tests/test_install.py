@@ -119,9 +119,11 @@ def test_ledger_verify(core: Core, tmp_path: Path) -> None:
     out = core.tmeter("ledger", "verify", "--db", "gateway.db", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.startswith("ledger OK: 4 leaves (0 erased), 1 checkpoints"), out.stdout  # 3 + the checkpoint leaf
+    from gateway.ledger import records  # noqa: PLC0415 - stored compressed: edited as its bytes
+
     with sqlite3.connect(tmp_path / "gateway.db") as conn:  # so OK means checked: one edit fails it
         [record] = conn.execute("SELECT record FROM openings WHERE idx = 1").fetchone()
-        edited = bytes(record).replace(b'"members":0', b'"members":1')
+        edited = records.pack(records.unpack(bytes(record)).replace(b'"members":0', b'"members":1'))
         conn.execute("UPDATE openings SET record = ? WHERE idx = 1", (edited,))
     out = core.tmeter("ledger", "verify", "--db", "gateway.db", cwd=tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr

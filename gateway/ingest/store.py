@@ -34,6 +34,7 @@ from gateway.clock import Clock
 from gateway.ingest.codec import AckOrder, AckTagger, KeyCache, MeterDecoder, Outgoing, Verified
 from gateway.config import GatewayConfig
 from gateway.ops.influx import Export, enqueue
+from gateway.ledger import records
 from gateway.ledger.tlog import Ledger, encode_record
 from gateway.registry import Registry
 from protocols import canonical, messages
@@ -213,7 +214,7 @@ class Ingest:
     def _repeat(self, body: bytes, leaf: int, counts: Counter[str], nested: bool) -> str:
         stored = self.conn.execute("SELECT record FROM openings WHERE idx=?", (leaf,)).fetchone()
         if stored is not None:
-            record = bytes(stored[0])
+            record = records.unpack(bytes(stored[0]))
             if nested:  # a quarantined leaf wraps the meter's message
                 record = canonical.encode(canonical.parse(record)["record"])
             if record != body:
@@ -283,7 +284,7 @@ class Ingest:
     def _opened(self, leaf: int) -> dict[str, Any] | None:
         """A stored reading's own message (t0, t1 are kept only there); None once erased."""
         rec = self.conn.execute("SELECT record FROM openings WHERE idx=?", (leaf,)).fetchone()
-        return canonical.parse(bytes(rec[0])) if rec else None
+        return canonical.parse(records.unpack(bytes(rec[0]))) if rec else None
 
     def _check_reading(self, meter: str, msg: dict[str, Any], before: Prev | None, in_order: bool) -> None:
         iv, interval = msg["iv"], self.cfg.interval_s

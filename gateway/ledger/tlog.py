@@ -3,7 +3,8 @@
 Leaf i of the tree is the 32-byte commitment SHA-256(salt_i || record_i), hashed into the tree as
 RFC 6962 leaf SHA-256(0x00 || commitment). ``record`` is canonical JSON: the exact body a meter
 signed for readings and bids, the gateway's own canonical encoding for clearings, awards and
-settlement lines. Salts and records are kept apart from commitments (table ``openings``), so
+settlement lines, stored compressed (gateway/ledger/records.py: the exact bytes come back). Salts
+and records are kept apart from commitments (table ``openings``), so
 erasing a member removes what identifies them while every root and proof stays valid; the
 random salt stops anyone from confirming a guessed record against a bare commitment.
 
@@ -28,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway import db
-from gateway.ledger import merkle, note
+from gateway.ledger import merkle, note, records
 from protocols import canonical
 
 SALT_LEN = 16
@@ -158,7 +159,7 @@ class Ledger:
         c = commitment(salt, record)
         self.conn.execute("INSERT INTO leaves(idx, commitment, kind, meter, iv) VALUES (?,?,?,?,?)",
                           (idx, c, kind, meter, iv))
-        self.conn.execute("INSERT INTO openings(idx, salt, record) VALUES (?,?,?)", (idx, salt, record))
+        self.conn.execute("INSERT INTO openings(idx, salt, record) VALUES (?,?,?)", (idx, salt, records.pack(record)))
         self._pending.append(merkle.leaf_hash(c))
         return idx
 

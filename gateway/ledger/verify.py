@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.ledger import merkle, note, tlog
+from gateway.ledger import merkle, note, records, tlog
 from gateway.ledger.tlog import commitment, unpack_frontier
 from protocols import canonical
 from protocols.errors import ProtocolError
@@ -162,6 +162,11 @@ def _open_leaf(leaf: Leaf, what: str, com: bytes | None, salt: object, record: o
                keep_all: bool = False) -> None:
     salt_b, rec_b = _blob(salt, f"{what}: salt", report), _blob(record, f"{what}: record", report)
     if salt_b is None or rec_b is None or com is None:
+        return
+    try:
+        rec_b = records.unpack(rec_b)
+    except records.RecordError as exc:
+        report.fail(f"{what}: {exc}")
         return
     if commitment(salt_b, rec_b) != com:
         report.fail(f"{what}: record does not match its commitment (edited)")
@@ -429,8 +434,8 @@ def _opened_record(conn: sqlite3.Connection, leaves: dict[int, Leaf], idx: objec
             report.fail(f"{what}: no ledger record behind it")
         return None  # a TEXT record is reported by the leaf check
     try:
-        parsed = canonical.parse(opening[0])
-    except ProtocolError:
+        parsed = canonical.parse(records.unpack(opening[0]))
+    except (ProtocolError, records.RecordError):
         return None  # reported by the leaf check
     return parsed if isinstance(parsed, dict) else None
 
@@ -894,7 +899,7 @@ def prove_leaf(conn: sqlite3.Connection, idx: int, size: int) -> InclusionProof:
         raise ValueError(f"leaf {idx} is not in this database (it keeps leaves {tree.cut}..{tree.size - 1}):"
                          f" prove it from the archive that holds it")
     com, salt, record = row
-    return InclusionProof(idx, size, bytes(com), salt and bytes(salt), record and bytes(record),
+    return InclusionProof(idx, size, bytes(com), salt and bytes(salt), record and records.unpack(bytes(record)),
                           tree.inclusion_proof(idx, size))
 
 

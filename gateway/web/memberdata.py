@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from gateway import db
 from gateway.bills import Tariff
-from gateway.ledger import merkle, tlog, verify
+from gateway.ledger import merkle, records, tlog, verify
 from gateway.registry import token_hash
 
 T = TypeVar("T")
@@ -219,8 +219,8 @@ def prove_leaves(conn: sqlite3.Connection, idxs: list[int], size: int) -> list[v
         com, salt, record = conn.execute(
             "SELECT l.commitment, o.salt, o.record FROM leaves l LEFT JOIN openings o ON o.idx = l.idx WHERE l.idx=?",
             (i,)).fetchone()
-        out.append(verify.InclusionProof(i, size, bytes(com), salt and bytes(salt), record and bytes(record),
-                                         paths[i]))
+        opened = records.unpack(bytes(record)) if record else None
+        out.append(verify.InclusionProof(i, size, bytes(com), salt and bytes(salt), opened, paths[i]))
     return out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ledger import merkle, note, verify
+from gateway.ledger import merkle, note, records, verify
 from gateway.ledger.tlog import commitment, load_hashes
 from tests.gateway.conftest import Offline, populate
 
@@ -54,7 +54,8 @@ def test_edited_reading_row_is_named(filled: Offline) -> None:
 def test_edited_record_fails_its_commitment(filled: Offline) -> None:
     leaf = _reading_leaf(filled)
     rec = filled.conn.execute("SELECT record FROM openings WHERE idx=?", (leaf,)).fetchone()[0]
-    filled.conn.execute("UPDATE openings SET record=? WHERE idx=?", (bytes(rec).replace(b'"imp_wh":0', b'"imp_wh":9'), leaf))
+    edited = records.pack(records.unpack(bytes(rec)).replace(b'"imp_wh":0', b'"imp_wh":9'))
+    filled.conn.execute("UPDATE openings SET record=? WHERE idx=?", (edited, leaf))
     problems = report(filled).problems
     assert any(f"leaf {leaf} " in p and "does not match its commitment" in p for p in problems), problems
 
@@ -62,7 +63,7 @@ def test_edited_record_fails_its_commitment(filled: Offline) -> None:
 def test_record_rewritten_with_new_commitment_breaks_the_signed_root(filled: Offline) -> None:
     leaf = _reading_leaf(filled)
     salt, rec = filled.conn.execute("SELECT salt, record FROM openings WHERE idx=?", (leaf,)).fetchone()
-    forged = bytes(rec).replace(b'"exp_wh":50', b'"exp_wh":90')
+    forged = records.unpack(bytes(rec)).replace(b'"exp_wh":50', b'"exp_wh":90')
     filled.conn.execute("UPDATE openings SET record=? WHERE idx=?", (forged, leaf))
     filled.conn.execute("UPDATE leaves SET commitment=? WHERE idx=?", (commitment(bytes(salt), forged), leaf))
     filled.conn.execute("UPDATE readings SET exp_wh=90 WHERE leaf=?", (leaf,))

@@ -16,7 +16,7 @@ import pytest
 from gateway.ledger import note
 from gateway.web import memberdata
 from tests.gateway.conftest import INTERVAL_S, Offline, make_config, populate, tmeter
-from tests.gateway.test_ledger_tamper import more
+from tests.gateway.test_ledger_tamper import edit_record, more
 
 
 @dataclass
@@ -158,8 +158,7 @@ def test_a_bad_archive_is_refused_in_one_line_and_nothing_goes(pi: Pi, tmp_path:
     edited = pi.archive(0, mid)
     conn = sqlite3.connect(edited)
     idx = conn.execute("SELECT MIN(idx) FROM leaves WHERE kind='settlement'").fetchone()[0]
-    conn.execute("UPDATE openings SET record = replace(record, '\"amount\":', '\"amount\":1') WHERE idx=?", (idx,))
-    conn.commit()
+    edit_record(conn, idx, b'"amount":', b'"amount":1')
     conn.close()
     refused(pi.cli("prune", "--archive", str(edited)), "does not verify")
     # Another log's archive (same origin name, another key).

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ledger import note
+from gateway.ledger import note, records
 from gateway.ledger.tlog import commitment, encode_record
 from tests.gateway.conftest import INTERVAL_S, Offline, populate
 from tests.gateway.meters import MeterSpec, reading
@@ -70,6 +70,15 @@ def failed(out: subprocess.CompletedProcess[str], *needles: str) -> None:
 
 def passed(out: subprocess.CompletedProcess[str]) -> None:
     assert out.returncode == 0 and "ledger OK" in verdict(out), out.stdout + out.stderr
+
+
+def edit_record(conn: sqlite3.Connection, idx: int, old: bytes, new: bytes) -> None:
+    """Edit a stored record's bytes as someone with the database file would (it is stored
+    compressed, gateway/ledger/records.py), leaving its commitment as it was."""
+    rec = records.unpack(bytes(conn.execute("SELECT record FROM openings WHERE idx=?", (idx,)).fetchone()[0]))
+    assert old in rec, rec
+    conn.execute("UPDATE openings SET record=? WHERE idx=?", (records.pack(rec.replace(old, new, 1)), idx))
+    conn.commit()
 
 
 def more(off: Offline, meters: list[MeterSpec], intervals: int = 2) -> None:
@@ -136,7 +145,7 @@ def test_text_null_and_numbers_in_any_column_get_a_verdict(live: Copy, edit: str
 def test_a_record_stored_as_text_is_named(live: Copy) -> None:
     # What `sqlite3 gateway.db "UPDATE openings SET record = '...'"` produces: the old verifier raised TypeError.
     rec = live.conn.execute("SELECT record FROM openings WHERE idx = 3").fetchone()[0]
-    live.conn.execute("UPDATE openings SET record = ? WHERE idx = 3", (bytes(rec).decode(),))
+    live.conn.execute("UPDATE openings SET record = ? WHERE idx = 3", (records.unpack(bytes(rec)).decode(),))
     failed(live.verify(), "leaf 3 (", "record is stored as TEXT")
 
 
@@ -198,9 +207,9 @@ def test_a_deleted_checkpoint_row_is_named_from_the_database_alone(live: Copy, w
 
 def _recommit(live: Copy, leaf: int, old: bytes, new: bytes) -> None:
     salt, rec = live.conn.execute("SELECT salt, record FROM openings WHERE idx=?", (leaf,)).fetchone()
-    forged = bytes(rec).replace(old, new)
-    assert forged != bytes(rec)
-    live.conn.execute("UPDATE openings SET record=? WHERE idx=?", (forged, leaf))
+    forged = records.unpack(bytes(rec)).replace(old, new)
+    assert forged != records.unpack(bytes(rec))
+    live.conn.execute("UPDATE openings SET record=? WHERE idx=?", (records.pack(forged), leaf))
     live.conn.execute("UPDATE leaves SET commitment=? WHERE idx=?", (commitment(bytes(salt), forged), leaf))
 
 
@@ -255,7 +264,7 @@ def test_a_real_erasure_names_its_leaves_and_verifies(offline: Offline) -> None:
     assert offline.ledger.erase("m001") == len(idxs)
     (record,) = offline.conn.execute("SELECT o.record FROM leaves l JOIN openings o ON o.idx=l.idx"
                                      " WHERE l.kind='erasure'").fetchone()
-    assert json.loads(record)["idxs"] == idxs
+    assert json.loads(records.unpack(record))["idxs"] == idxs
     out = run("ledger", "verify", "--db", offline.cfg.db)
     passed(out)
     assert f"({len(idxs)} erased)" in out.stdout
@@ -379,7 +388,7 @@ def test_late_readings_for_an_interval_settled_without_members_verify(offline: O
     offline.tick((iv + 1) * INTERVAL_S + 10)  # interval iv cleared and settled with nobody in it
     offline.send(*(reading(s, "c1", iv, INTERVAL_S, imp_wh=5, exp_wh=1)[:2] for s in specs))
     offline.tick((iv + 1) * INTERVAL_S + 20)
-    revs = [json.loads(r[0])["rev"] for r in offline.conn.execute(
+    revs = [json.loads(records.unpack(r[0]))["rev"] for r in offline.conn.execute(
         "SELECT o.record FROM leaves l JOIN openings o ON o.idx=l.idx WHERE l.kind='interval' AND l.iv=?", (iv,))]
     assert revs == [0, 1]
     passed(run("ledger", "verify", "--db", offline.cfg.db))

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.interval.clearing import Bid, Clearing
 from gateway.config import MarketConfig
-from gateway.ledger import verify
+from gateway.ledger import records, verify
 from protocols import messages
 from protocols.money import amount as money
 from tests.gateway.conftest import INTERVAL_S, Offline, provision
@@ -58,7 +58,7 @@ def test_a_member_with_more_than_64_trades_has_every_trade_ledgered_and_settled(
     row = offline.conn.execute("SELECT trades, leaf FROM awards WHERE iv=? AND meter='m000'", (iv,)).fetchone()
     assert [tuple(t) for t in json.loads(row[0])] == expected
     record = offline.conn.execute("SELECT record FROM openings WHERE idx=?", (row[1],)).fetchone()[0]
-    assert len(json.loads(record)["trades"]) == HUB_PEERS
+    assert len(json.loads(records.unpack(record))["trades"]) == HUB_PEERS
     # The message to the meter carries the net award and the 64 largest trades; the cut is counted and logged.
     keys = {s.meter: s.key for s in specs}
     awards = [messages.decode(o.topic, o.payload, lambda m, k: keys[m])[2] for o in out if o.topic.endswith("/award")]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ledger import verify
+from gateway.ledger import records, verify
 from protocols import canonical, messages, topics
 from sim_hardware.harness.mosquitto import MosquittoBroker
 from tests.gateway.conftest import INTERVAL_S, Offline, make_config, provision
@@ -153,7 +153,7 @@ def test_readings_the_market_never_ran_for_are_quarantined_and_open_no_interval(
     # ledger still verifies.
     leaves = offline.conn.execute("SELECT o.record FROM leaves l JOIN openings o ON o.idx = l.idx"
                                   " WHERE l.kind='quarantined' ORDER BY l.idx").fetchall()
-    assert canonical.encode(canonical.parse(bytes(leaves[0][0]))["record"]) == epoch[1].rsplit(b"\n", 1)[0]
+    assert canonical.encode(canonical.parse(records.unpack(bytes(leaves[0][0])))["record"]) == epoch[1].rsplit(b"\n", 1)[0]
     offline.tick(offline.clock.t + 1)
     report = verify.verify(offline.conn, offline.cfg.origin, offline.ledger.signing_key.public_key())
     assert report.ok, report.problems

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.ledger import note
 from tests.gateway.conftest import Offline, populate, tmeter
-from tests.gateway.test_ledger_tamper import more  # the same later intervals of readings
+from tests.gateway.test_ledger_tamper import edit_record, more  # the same later intervals of readings
 
 
 @dataclass
@@ -78,8 +78,7 @@ def test_the_untouched_log_passes_since_each_note_and_counts_only_new_leaves(liv
 
 def test_a_tampered_leaf_after_the_note_is_named(live: Copy) -> None:
     idx = live.leaf_of("reading", after=True)
-    live.conn.execute("UPDATE openings SET record = replace(record, '\"imp_wh\":', '\"imp_wh\":9') WHERE idx=?",
-                      (idx,))
+    edit_record(live.conn, idx, b'"imp_wh":', b'"imp_wh":9')
     fails(live.since(), f"leaf {idx} (reading")
 
 
@@ -91,8 +90,7 @@ def test_a_tampered_row_or_interval_after_the_note_is_named(live: Copy) -> None:
 
 def test_a_tampered_leaf_before_the_note_is_not_rechecked_but_the_full_verify_names_it(live: Copy) -> None:
     idx = live.leaf_of("reading", after=False)
-    live.conn.execute("UPDATE openings SET record = replace(record, '\"imp_wh\":', '\"imp_wh\":9') WHERE idx=?",
-                      (idx,))
+    edit_record(live.conn, idx, b'"imp_wh":', b'"imp_wh":9')
     live.conn.execute("UPDATE leaves SET commitment = zeroblob(32) WHERE idx=?", (idx - 1,))
     ok(live.since())  # the note's root still proves the old leaves' commitments; they are not opened
     out = live.full()
@@ -172,8 +170,7 @@ def test_an_archived_period_verifies_later_from_its_start_note_and_holds_no_keys
     assert conn.execute("SELECT COUNT(*) FROM meters").fetchone()[0] == 0
     assert conn.execute("SELECT MIN(size), MAX(size) FROM checkpoints").fetchone() == (first, last)
     idx = conn.execute("SELECT MIN(idx) FROM leaves WHERE kind='settlement' AND idx >= ?", (first,)).fetchone()[0]
-    conn.execute("UPDATE openings SET record = replace(record, '\"amount\":', '\"amount\":1') WHERE idx=?", (idx,))
-    conn.commit()
+    edit_record(conn, idx, b'"amount":', b'"amount":1')
     fails(verify_file(live, out, "--since", str(live.notes[first])), f"leaf {idx} (settlement")
     following = archive(live, last, sizes[-1])  # the period's end note starts the next: they chain
     ok(verify_file(live, following, "--since", str(live.notes[last])))
