@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -80,6 +82,35 @@ def expected_amounts(conn, market: MarketConfig) -> dict[tuple[int, str], int]: 
     return out
 
 
+def wait_for_acks_to_pause(acks: AckCollector, quiet_s: float = 0.5, most_s: float = 5.0) -> None:
+    """Until no ack came for ``quiet_s`` (at least that long, at most ``most_s``): the meters
+    resend what is left then, as the firmware does on its ack timeout. Resending the whole
+    backlog every 0.5 s buried the restarted gateway in duplicates (drains of 10 to 28 s)."""
+    sent = time.monotonic()
+    time.sleep(quiet_s)
+    while time.monotonic() - sent < most_s and time.monotonic() - acks.last < quiet_s:
+        time.sleep(0.1)
+
+
+def settled_sums(conn) -> dict[tuple[int, str], int]:  # noqa: ANN001
+    return dict(((iv, m), a) for iv, m, a in conn.execute("SELECT iv, meter, SUM(amount) FROM settlements"
+                                                          " GROUP BY iv, meter"))
+
+
+def wait_settled(path: str, market: MarketConfig, most_s: float) -> None:
+    """Until every interval holding readings is settled once, as metered (late readings'
+    revisions included), at most ``most_s``: the test's assertions then read a settled ledger
+    without a fixed wait; a double settlement never gets there and fails them after most_s."""
+    deadline = time.monotonic() + most_s
+    while time.monotonic() < deadline:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as c:
+            unsettled = c.execute("SELECT COUNT(*) FROM (SELECT DISTINCT iv FROM readings) r LEFT JOIN"
+                                  " intervals i ON i.iv = r.iv WHERE i.state IS NOT 'settled'").fetchone()[0]
+            if unsettled == 0 and settled_sums(c) == expected_amounts(c, market):
+                return
+        time.sleep(0.5)
+
+
 def test_sigkill_at_random_points_loses_nothing_and_settles_once(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
     rng = random.Random(6)
     cfg = make_config(tmp_path, mosquitto, interval_s=4, gate_closure_s=1)
@@ -116,11 +147,11 @@ def test_sigkill_at_random_points_loses_nothing_and_settles_once(tmp_path: Path,
     deadline = time.monotonic() + 60
     while fleet.unacked and time.monotonic() < deadline:
         fleet.send(pub)
-        time.sleep(0.5)
+        wait_for_acks_to_pause(acks)
         with acks.lock:
             acked_ever.update(acks.acks)
         fleet.forget_acked(acks.acks)
-    time.sleep(3 * cfg.interval_s)  # let the last intervals settle
+    wait_settled(cfg.db, cfg.market, 3 * cfg.interval_s)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
     pub.loop_stop()
@@ -139,7 +170,7 @@ def test_sigkill_at_random_points_loses_nothing_and_settles_once(tmp_path: Path,
     rows = conn.execute("SELECT (SELECT COUNT(*) FROM readings) + (SELECT COUNT(*) FROM quarantine)").fetchone()[0]
     assert len(stored) == produced == rows
     assert {r for (r,) in conn.execute("SELECT DISTINCT reason FROM quarantine")} <= {"before_first_interval"}
-    sums = dict(((iv, m), a) for iv, m, a in conn.execute("SELECT iv, meter, SUM(amount) FROM settlements GROUP BY iv, meter"))
+    sums = settled_sums(conn)
     assert sums and sums == expected_amounts(conn, cfg.market)
     for iv, m, revs in conn.execute("SELECT iv, meter, GROUP_CONCAT(rev) FROM settlements GROUP BY iv, meter"):
         assert sorted(int(r) for r in revs.split(",")) == list(range(len(revs.split(","))))
