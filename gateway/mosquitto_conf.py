@@ -24,10 +24,16 @@ from gateway.registry import Registry, gateway_logins, mosquitto_hash
 from protocols import topics
 
 
+def ota_login(gateway_user: str) -> str:
+    """The OTA rollout's own login (`tmeter fw ota`): with use_username_as_clientid it cannot
+    share one of the gateway's, whose sessions it would take over."""
+    return f"{gateway_user}-ota"
+
+
 def check_meter_ids(meters: Iterable[str], gateway_user: str, ha_user: str = "") -> None:
     """A meter id equal to one of the gateway's logins (or Home Assistant's) would share its
     session: refused."""
-    reserved = set(gateway_logins(gateway_user)) | ({ha_user} if ha_user else set())
+    reserved = set(gateway_logins(gateway_user)) | {ota_login(gateway_user)} | ({ha_user} if ha_user else set())
     for meter in meters:
         if meter in reserved:
             raise ValueError(f"meter id {meter!r} collides with the gateway's MQTT login {meter!r}"
@@ -39,7 +45,9 @@ def password_file(registry: Registry, community: str, gateway_user: str, gateway
     hashes = registry.mqtt_hashes(community)
     ha_user = ha.user if ha is not None and ha.enabled else ""
     check_meter_ids(hashes, gateway_user, ha_user)
-    lines = [f"{login}:{mosquitto_hash(gateway_password)}" for login in gateway_logins(gateway_user)]
+    # The OTA rollout (`tmeter fw ota`) logs in as <gateway user>-ota with the gateway's password.
+    logins = (*gateway_logins(gateway_user), ota_login(gateway_user))
+    lines = [f"{login}:{mosquitto_hash(gateway_password)}" for login in logins]
     if ha_user and ha is not None:
         lines.append(f"{ha_user}:{mosquitto_hash(ha.password)}")
     lines += [f"{meter}:{hashed}" for meter, hashed in hashes.items()]
@@ -76,6 +84,16 @@ def acl_file(community: str, gateway_user: str, ha: HomeAssistantConfig | None =
         f"pattern read {root}/market/+/result",
         f"pattern read {root}/gateway/status",
         f"pattern read {root}/ledger/checkpoint",
+        # Over-the-air updates (protocols/ota.py): offers and chunks down, chunk requests up.
+        f"pattern read {root}/ota/%u/down",
+        f"pattern write {root}/ota/%u/up",
+        "",
+        "# The OTA rollout (`tmeter fw ota`): offers and chunks to every meter, their requests and",
+        "# retained statuses; nothing of the gateway's.",
+        f"user {ota_login(gateway_user)}",
+        f"topic write {root}/ota/+/down",
+        f"topic read {root}/ota/+/up",
+        f"topic read {root}/meters/+/status",
         *_home_assistant(root, gateway_user, ha),
     ]
     return "\n".join(rules) + "\n"

@@ -345,3 +345,137 @@ def test_an_unacknowledged_bundle_rolls_back_after_its_trial_time(device):
     assert pointer(folder) == [0, 0, 0, 0, NEW, 0]
     log, _rc = boot(folder, factory)
     assert running(log) == (0, OLD) and "boot 2 " in log, log
+
+
+# -- end to end: a community of 5 MicroPython meters, the real Mosquitto, `tmeter fw ota` -------
+class Supervised:
+    """A meter's firmware process restarted whenever it ends (exit 3 is Board.reset()), as a
+    board restarts after machine.reset(); counts its restarts."""
+
+    def __init__(self, cfg: Path, build: Path) -> None:
+        import threading
+
+        self.meter = harness.Meter(cfg, build=build)
+        self.exits: list[int] = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping:
+            self.meter.start()
+            assert self.meter.proc is not None
+            rc = self.meter.proc.wait()
+            if self.stopping:
+                break
+            self.exits.append(rc)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.meter.kill()
+        self.thread.join(10)
+
+
+def community(tmp_path: Path, mosquitto, sim, clock, build: Path, n: int = 5) -> list[tuple[str, Path, Supervised]]:
+    out = []
+    for i in range(n):
+        meter = f"m{i + 1:02d}"
+        cfg = harness.write_config(tmp_path / meter, meter, mosquitto.port, harness.device_link(sim, i),
+                                   clock, release_key=RELEASE_KEY.hex(), ota_trial_s=30)
+        out.append((meter, cfg.parent, Supervised(cfg, build)))
+    return out
+
+
+def assert_no_reading_lost(gateway, meter: str, folder: Path) -> list[dict]:
+    """Stored readings run 0..n without a gap or a duplicate, each starting where the last ended
+    (no energy lost across the reboots), and what is still queued on the meter fills no gap."""
+    readings = gateway.snapshot(meter)
+    seqs = [r["seq"] for r in readings]
+    assert seqs == list(range(len(seqs))), f"{meter}: gap or duplicate: {seqs}"
+    for a, b in zip(readings, readings[1:]):
+        assert b["t0"] == a["t1"] and b["cnt_imp_wh"] - a["cnt_imp_wh"] == b["imp_wh"], (meter, a, b)
+    queued = sorted(int(p.name.split("-")[0]) for p in (folder / "q").iterdir() if not p.name.endswith(".tmp"))
+    # Killed at the end, a meter may still hold a stored reading whose ack was on its way.
+    assert set(seqs) | set(queued) == set(range(max(seqs + queued) + 1)), (meter, queued, seqs)
+    assert gateway.rejected.get("conflict", 0) == 0
+    return readings
+
+
+def rollout(mosquitto, meters: list[str], bundle: Path, version: int, wave: int, timeout: float):
+    msg, offer = tool.signed_offer(bundle, version, RELEASE_KEY)
+    r = tool.Rollout(tool.Broker(mosquitto.host, mosquitto.port, "c1"), meters, tool.Server(bundle, msg), offer)
+    try:
+        r.settle(0.5)
+        results = [r.wave(meters[i:i + wave], version, timeout) for i in range(0, len(meters), wave)]
+        return results, dict(r.meters)
+    finally:
+        r.close()
+
+
+@pytest.fixture
+def sim5(clock):
+    thread, sim = harness.start_sim(5, clock)
+    yield sim
+    thread.stop()
+
+
+@pytest.mark.micropython
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("broken", [False, True], ids=["new-version", "broken-bundle"])
+def test_ota_of_a_running_community(tmp_path, mosquitto, sim5, clock, gateway, fw_build, broken):
+    """An update of 5 running meters in waves of 2 succeeds on all; a bundle that fails at import
+    rolls back on every meter. No reading is lost either way."""
+    factory = fw_build / "unix"
+    bundle = broken_bundle(factory, tmp_path / "broken") if broken else factory
+    fleet = community(tmp_path, mosquitto, sim5, clock, factory)
+    names = [m for m, _f, _s in fleet]
+    try:
+        gateway.wait_for(lambda g: all(len(g.snapshot(m)) >= 2 for m in names), 30, "readings before")
+        results, states = rollout(mosquitto, names, bundle, NEW, 5 if broken else 2, 40)
+        if broken:
+            assert results == [False]
+            for m in names:
+                assert states[m].fw == OLD and states[m].refused == NEW, states[m]
+        else:
+            assert results == [True, True, True], states
+            assert all(states[m].fw == NEW and states[m].trial == 0 for m in names), states
+        # Readings go on after the update: a few more intervals stored by every meter.
+        counts = {m: len(gateway.snapshot(m)) for m in names}
+        gateway.wait_for(lambda g: all(len(g.snapshot(m)) >= counts[m] + 2 for m in names), 30,
+                         "readings after")
+    finally:
+        for _m, _f, s in fleet:
+            s.stop()
+    for meter, folder, s in fleet:
+        readings = assert_no_reading_lost(gateway, meter, folder)
+        log = s.meter.output()
+        assert "Traceback" not in log.replace("fails to boot", ""), log[-3000:]
+        if broken:
+            assert "fails to boot: rolled back" in log and s.exits.count(3) == 2, (s.exits, log[-2000:])
+            assert json.loads((folder / "ota" / "pointer").read_text()) == [0, 0, 0, 0, NEW, 0]
+        else:
+            assert "committed" in log and s.exits == [3], (s.exits, log[-2000:])
+            assert json.loads((folder / "ota" / "pointer").read_text()) == [1, 0, 0, NEW, 0, 0]
+        assert len({r["boot"] for r in readings}) >= 2  # readings from before and after the reboot
+
+
+def test_fw_ota_answers_a_bad_key_bundle_version_or_meter_in_one_line(tmp_path, fw_build):
+    key = tmp_path / "release.key"
+    key.write_text(RELEASE_KEY.hex() + "\n")
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("abcd\n")
+    bundle = str(fw_build / "unix")
+    base = ["--broker", "127.0.0.1:1", "--version", "1.4.0", "--meters", "m01"]
+    cases = [
+        (["--bundle", bundle, "--key", str(bad_key)], "release key must be 32 bytes"),
+        (["--bundle", bundle, "--key", str(tmp_path / "none.key")], "cannot read the release key"),
+        (["--bundle", str(tmp_path), "--key", str(key)], "not a firmware bundle"),
+        (["--bundle", bundle, "--key", str(key), "--version", "1.4"], "expected MAJOR.MINOR.PATCH"),
+        (["--bundle", bundle, "--key", str(key), "--meters", "m/1"], "meter id 'm/1'"),
+        (["--bundle", bundle, "--key", str(key)], "broker 127.0.0.1:1"),
+    ]
+    for extra, want in cases:
+        out = subprocess.run([sys.executable, "-m", "tmeter", "fw", "ota", *base, *extra],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and want in out.stderr, (extra, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr

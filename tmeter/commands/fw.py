@@ -3,6 +3,9 @@
   tmeter fw build [--out DIR]                       mpy-cross: xtensawin + unix bytecode
   tmeter fw deploy --port PORT [--config FILE]      mpremote: copy build and config to a board
   tmeter fw run --config FILE [--state-dir DIR]     one meter under the unix port (or CPython)
+  tmeter fw ota --bundle DIR --key FILE --version X.Y.Z --meters m01,m02 [--wave N] [--timeout S]
+                                                    over-the-air update in waves (tmeter/fwtools/ota.py)
+  tmeter fw versions --meters m01,m02               each meter's version from its retained status
 
 A device config that the firmware would refuse is answered before anything starts or is copied:
 one line naming the file and the problem, exit code 2.
@@ -34,6 +37,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the MicroPython unix port (as on a board) or CPython (%(default)s)")
     r.add_argument("--heapsize", default=None, help="MicroPython heap, e.g. 128K")
     r.add_argument("--build", type=Path, help="run a `fw build` output instead of the sources")
+    o = sub.add_parser("ota", help="update meters over the air, in waves")
+    o.add_argument("--bundle", type=Path, required=True,
+                   help="a `fw build` target: build/firmware/xtensawin (boards) or .../unix")
+    o.add_argument("--key", type=Path, required=True, help="the release key file (64 hex digits)")
+    o.add_argument("--key-id", type=int, default=1, help="the release key's id (%(default)s)")
+    o.add_argument("--version", required=True, help="the bundle's version, MAJOR.MINOR.PATCH")
+    o.add_argument("--status", action="store_true", help="report versions only (as fw versions)")
+    v = sub.add_parser("versions", help="each meter's firmware version from its retained status")
+    for p in (o, v):
+        p.add_argument("--meters", required=True, help="comma-separated meter ids")
+        p.add_argument("--config", type=Path, help="gateway.toml: broker, community, MQTT login")
+        p.add_argument("--broker", help="HOST:PORT of an anonymous broker instead of --config")
+        p.add_argument("--community", default="c1", help="with --broker (%(default)s)")
+    o.add_argument("--wave", type=int, default=1, help="meters per wave (%(default)s)")
+    o.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds a wave may take, commit included (%(default)s)")
 
 
 def build(out: Path) -> dict:
@@ -94,6 +113,13 @@ def run(args: argparse.Namespace) -> int:
         for target, files in built.items():
             print(f"{target}: {len(files)} modules in {args.out / target}")
         return 0
+    if args.fw_command in ("ota", "versions"):
+        from tmeter.fwtools.ota import OtaError
+        try:
+            return ota(args)
+        except OtaError as exc:
+            print(f"tmeter: {exc}", file=sys.stderr)
+            return 2
     if args.fw_command == "deploy":
         if args.config is not None and _refused(args.config, on_host=False):
             return 2
@@ -121,3 +147,65 @@ def run(args: argparse.Namespace) -> int:
         return subprocess.run(cmd, env=env, cwd=state).returncode
     except KeyboardInterrupt:
         return 130
+
+
+def _broker(args: argparse.Namespace):
+    from tmeter.fwtools import ota as fw_ota
+
+    if args.broker:
+        host, _, port = args.broker.rpartition(":")
+        if not host or not port.isdigit():
+            raise fw_ota.OtaError(f"--broker {args.broker}: expected HOST:PORT")
+        return fw_ota.Broker(host, int(port), args.community)
+    if args.config is None:
+        raise fw_ota.OtaError("give --config gateway.toml (or --broker HOST:PORT)")
+    from gateway import config as gw_config
+    from gateway.mosquitto_conf import ota_login
+
+    try:
+        cfg = gw_config.load(args.config)
+    except gw_config.ConfigError as exc:
+        raise fw_ota.OtaError(str(exc).splitlines()[0]) from None
+    m = cfg.mqtt
+    return fw_ota.Broker(m.host, m.port, cfg.community, ota_login(m.user) if m.user else None,
+                         m.password, m.tls, m.ca)
+
+
+def ota(args: argparse.Namespace) -> int:
+    """`fw ota` and `fw versions`: a table of every meter's state; exit 1 if a wave failed."""
+    from rich.console import Console
+
+    from tmeter.fwtools import ota as fw_ota
+
+    meters = [m for m in args.meters.split(",") if m]
+    if not meters:
+        raise fw_ota.OtaError("--meters: no meter ids")
+    console = Console()
+    broker = _broker(args)
+    if args.fw_command == "versions" or args.status:
+        r = fw_ota.Rollout(broker, meters)
+        try:
+            r.settle(2.0)
+            console.print(fw_ota.table(list(r.meters.values()), "firmware versions"))
+        finally:
+            r.close()
+        return 0
+    version = fw_ota.version_number(args.version)
+    key = fw_ota.read_key(args.key)
+    msg, offer = fw_ota.signed_offer(args.bundle, version, key, args.key_id)
+    server = fw_ota.Server(args.bundle, msg)
+    r = fw_ota.Rollout(broker, meters, server, offer)
+    ok = True
+    try:
+        r.settle(1.0)
+        waves = [meters[i:i + max(1, args.wave)] for i in range(0, len(meters), max(1, args.wave))]
+        for n, wave in enumerate(waves, 1):
+            console.print(f"wave {n} of {len(waves)}: {', '.join(wave)} -> {fw_ota.fw_text(version)}")
+            if not r.wave(wave, version, args.timeout):
+                ok = False
+                console.print(f"wave {n} failed: later waves not offered")
+                break
+        console.print(fw_ota.table(list(r.meters.values()), f"rollout of {fw_ota.fw_text(version)}"))
+    finally:
+        r.close()
+    return 0 if ok else 1

@@ -12,8 +12,12 @@ public key). Messages and topics: protocols/ota.py; the meter's side: firmware/o
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from protocols import canonical, meterlink, topics, trailer
 from protocols import ota as msgs
 from protocols.errors import ProtocolError
 
@@ -113,3 +117,173 @@ class Server:
         data = self.data[req["file"]][req["off"]:req["off"] + req["n"]]
         self.served[req["meter"]] = self.served.get(req["meter"], 0) + len(data)
         return req["meter"], msgs.chunk(self.version, req["file"], req["off"], data)
+
+
+# -- the rollout -------------------------------------------------------------------------------
+@dataclass
+class MeterState:
+    meter: str
+    fw: int | None = None        # from the retained status (None: no status seen)
+    online: int = 0
+    trial: int = 0
+    refused: int = 0
+    served: int = 0              # bytes of chunks served to it
+    state: str = "waiting"       # waiting, offered, fetching, done, failed
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    community: str
+    user: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca: str | None = None
+
+
+def read_status(payload: bytes) -> dict | None:
+    """The body of a meter's retained status, schema-checked. Its tag is not checked: the tool
+    holds no meter keys; only the meter may write its status topic (the broker's ACL)."""
+    try:
+        body, _kid, _tag = trailer.split(bytes(payload))
+        msg = canonical.parse(body)
+        if meterlink.validate(msg) != "status":
+            return None
+        return msg
+    except ProtocolError:
+        return None
+
+
+class Rollout:
+    """Connects to the community's broker, keeps every meter's retained status, serves chunks."""
+
+    def __init__(self, broker: Broker, meters: list[str], server: Server | None = None,
+                 offer: bytes | None = None) -> None:
+        import paho.mqtt.client as mqtt
+
+        for m in meters:
+            if not topics.valid_id(m):
+                raise OtaError(f"meter id {m!r}: expected 1-32 of A-Z a-z 0-9 _ -")
+        self.broker = broker
+        self.server = server
+        self.offer = offer
+        self.lock = threading.Lock()
+        self.meters = {m: MeterState(m) for m in meters}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=broker.user or "tmeter-ota", clean_session=True)
+        if broker.user:
+            self.client.username_pw_set(broker.user, broker.password)
+        if broker.tls:
+            self.client.tls_set(ca_certs=broker.ca or None)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self._ready = threading.Event()
+        self.client.on_subscribe = lambda *_a: self._ready.set()
+        try:
+            self.client.connect(broker.host, broker.port, keepalive=30)
+        except OSError as exc:
+            raise OtaError(f"broker {broker.host}:{broker.port}: {exc}") from None
+        self.client.loop_start()
+        if not self._ready.wait(10):
+            self.close()
+            raise OtaError(f"broker {broker.host}:{broker.port}: no subscription (login or ACL?)")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def _on_connect(self, client, _u, _f, rc, _p=None) -> None:
+        c = self.broker.community
+        client.subscribe([(topics.meter_filter(c, "status"), 1),
+                          (f"{topics.ROOT}{c}/ota/+/up", 1)])
+
+    def _on_message(self, client, _u, m) -> None:
+        try:
+            _c, meter, kind = msgs.parse_topic(m.topic)
+        except ProtocolError:
+            kind = "status"
+            meter = m.topic.split("/")[-2]
+        st = self.meters.get(meter)
+        if st is None:
+            return
+        if kind == "up":
+            answer = self.server.answer(m.payload) if self.server is not None else None
+            if answer is None or answer[0] != meter:
+                return
+            with self.lock:
+                st.served = self.server.served.get(meter, 0)
+                if st.state == "offered":
+                    st.state = "fetching"
+            client.publish(msgs.topic(self.broker.community, meter, "down"), answer[1], qos=1)
+            return
+        msg = read_status(m.payload)
+        if msg is None or msg["meter"] != meter:
+            return
+        with self.lock:
+            st.fw = msg["c"].get("fw")
+            st.online = msg["online"]
+            st.trial = msg["c"].get("ota_trial_n", 0)
+            st.refused = msg["c"].get("ota_refused", 0)
+
+    def settle(self, seconds: float) -> None:
+        """Give retained statuses time to arrive."""
+        time.sleep(seconds)
+
+    def send_offer(self, meter: str) -> None:
+        assert self.offer is not None
+        self.client.publish(msgs.topic(self.broker.community, meter, "down"), self.offer, qos=1)
+
+    def wave(self, wave: list[str], version: int, timeout: float, on_tick=None) -> bool:
+        """Offer to every meter of ``wave`` until each reports ``version``, committed and online
+        in its retained status; False if one has not by ``timeout`` (or rolled back)."""
+        deadline = time.monotonic() + timeout
+        last_offer: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            pending = 0
+            with self.lock:
+                states = [self.meters[m] for m in wave]
+            for st in states:
+                if st.fw == version and st.online and not st.trial:
+                    st.state = "done"
+                    continue
+                if st.refused == version and st.fw != version:
+                    st.state = "failed"  # it rolled back
+                    continue
+                pending += 1
+                # Offered again every 10 s until it fetches (a meter offline or reconnecting
+                # misses a non-retained offer); a meter already fetching ignores a repeat.
+                if st.state in ("waiting", "offered") and \
+                        time.monotonic() - last_offer.get(st.meter, -1e9) > 10:
+                    self.send_offer(st.meter)
+                    last_offer[st.meter] = time.monotonic()
+                    st.state = "offered"
+            if on_tick is not None:
+                on_tick()
+            if not pending:
+                break
+            time.sleep(0.2)
+        ok = True
+        for m in wave:
+            st = self.meters[m]
+            if st.state != "done":
+                st.state = "failed"
+                ok = False
+        return ok
+
+
+def table(states: list[MeterState], title: str):
+    """A rich table of the meters' OTA state."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("meter", "version", "online", "trial boots", "rolled back", "served", "state"):
+        t.add_column(col)
+    for st in states:
+        t.add_row(st.meter, fw_text(st.fw), "yes" if st.online else "no", str(st.trial),
+                  fw_text(st.refused) if st.refused else "", f"{st.served // 1024} KB", st.state)
+    return t
+
+
+def fw_text(v: int | None) -> str:
+    return "?" if not v else f"{v // 10000}.{v // 100 % 100}.{v % 100}"
