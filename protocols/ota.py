@@ -1,6 +1,6 @@
 # Over-the-air update messages, protocol v1 (issue 13): the signed manifest of an application
 # bundle, the meter's chunk request and the chunk that answers it. Read by `tmeter fw ota`
-# (tmeter.fwtools.ota) and by a meter only while it takes an update (firmware.ota imports
+# (tmeter/fwtools/ota.py) and by a meter only while it takes an update (firmware/ota.py imports
 # this module when an offer arrives and unloads it after): nothing here is resident on a meter.
 #
 # Topics, outside tm/v1/<c>/meters/ (the gateway's uplink subscribes to every meter kind there):

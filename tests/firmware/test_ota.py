@@ -1,5 +1,5 @@
 """Over-the-air update (issue 13): the signed manifest and its messages (protocols/ota.py), the
-meter's staging, verification, switch and rollback (firmware.ota, the loader in
+meter's staging, verification, switch and rollback (firmware/ota.py, the loader in
 firmware/main.py) on the MicroPython unix port, a power cut at every step of it, and the rollout
 tool (`tmeter fw ota`)."""
 
