@@ -354,7 +354,9 @@ class App:
             if iv is not None:
                 self.board.log("award for iv %d at %d" % (iv, self.board.now_ms()))
         elif topic in self.client.subscriptions[3:]:
-            # Imported only now, unloaded when done (names too: firmware/ota.py).
+            # Imported only now, unloaded when done (names too: firmware/ota.py), into a
+            # collected heap: its code and a manifest need blocks of a few KB.
+            self.board.collect()
             __import__("firmware.ota", None, None, ("receive",)).receive(self, payload)
         else:
             self._witness(topic, payload)

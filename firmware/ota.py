@@ -20,6 +20,7 @@
 # new bundle boots on trial and firmware/main.py rolls back by itself when the trial boots run
 # out (a bundle that crashes) or when it fails to import; run() below rolls back when no reading
 # of the new boot is acknowledged within ota_trial_s.
+import gc
 import hashlib
 import json
 import sys
@@ -79,6 +80,7 @@ def _unload():
 # -- on the meter's down topic -----------------------------------------------------------------
 def receive(app, payload):
     """A message on tm/v1/<c>/ota/<meter>/down: an offer (manifest) or a chunk."""
+    gc.collect()  # after this module's import; a message's parse needs a few KB in one block
     try:
         if msgs.kind(payload) == "chunk":
             if _job is not None:
