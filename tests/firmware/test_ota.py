@@ -505,3 +505,15 @@ def test_ota_in_the_32bit_heap(tmp_path, mosquitto, sim, clock, gateway, fw_buil
     assert "MemoryError" not in log, log[-3000:]
     assert results == [True] and states["m01"].fw == NEW, (states, log[-3000:])
     assert_no_reading_lost(gateway, "m01", cfg.parent)
+
+
+def test_the_broker_acl_gives_the_rollout_and_meters_only_their_ota_topics():
+    from gateway import mosquitto_conf
+
+    acl = mosquitto_conf.acl_file("c1", "gw").splitlines()
+    assert "pattern read tm/v1/c1/ota/%u/down" in acl and "pattern write tm/v1/c1/ota/%u/up" in acl
+    at = acl.index("user gw-ota")
+    assert acl[at + 1:at + 4] == ["topic write tm/v1/c1/ota/+/down", "topic read tm/v1/c1/ota/+/up",
+                                  "topic read tm/v1/c1/meters/+/status"]
+    with pytest.raises(ValueError, match="gw-ota"):
+        mosquitto_conf.check_meter_ids(["gw-ota"], "gw")
