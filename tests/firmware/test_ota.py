@@ -440,6 +440,12 @@ def test_ota_of_a_running_community(tmp_path, mosquitto, sim5, clock, gateway, f
         else:
             assert results == [True, True, True], states
             assert all(states[m].fw == NEW and states[m].trial == 0 for m in names), states
+            out = subprocess.run([sys.executable, "-m", "tmeter", "fw", "versions", "--broker",
+                                  f"{mosquitto.host}:{mosquitto.port}", "--meters", ",".join(names)],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            rows = [line for line in out.stdout.splitlines() if " m0" in line]
+            assert len(rows) == 5 and all("1.4.0" in r and "yes" in r for r in rows), out.stdout
         # Readings go on after the update: a few more intervals stored by every meter.
         counts = {m: len(gateway.snapshot(m)) for m in names}
         gateway.wait_for(lambda g: all(len(g.snapshot(m)) >= counts[m] + 2 for m in names), 30,

@@ -38,11 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--heapsize", default=None, help="MicroPython heap, e.g. 128K")
     r.add_argument("--build", type=Path, help="run a `fw build` output instead of the sources")
     o = sub.add_parser("ota", help="update meters over the air, in waves")
-    o.add_argument("--bundle", type=Path, required=True,
+    o.add_argument("--bundle", type=Path,
                    help="a `fw build` target: build/firmware/xtensawin (boards) or .../unix")
-    o.add_argument("--key", type=Path, required=True, help="the release key file (64 hex digits)")
+    o.add_argument("--key", type=Path, help="the release key file (64 hex digits)")
     o.add_argument("--key-id", type=int, default=1, help="the release key's id (%(default)s)")
-    o.add_argument("--version", required=True, help="the bundle's version, MAJOR.MINOR.PATCH")
+    o.add_argument("--version", help="the bundle's version, MAJOR.MINOR.PATCH")
     o.add_argument("--status", action="store_true", help="report versions only (as fw versions)")
     v = sub.add_parser("versions", help="each meter's firmware version from its retained status")
     for p in (o, v):
@@ -190,6 +190,8 @@ def ota(args: argparse.Namespace) -> int:
         finally:
             r.close()
         return 0
+    if args.bundle is None or args.key is None or args.version is None:
+        raise fw_ota.OtaError("fw ota needs --bundle, --key and --version (or --status)")
     version = fw_ota.version_number(args.version)
     key = fw_ota.read_key(args.key)
     msg, offer = fw_ota.signed_offer(args.bundle, version, key, args.key_id)
