@@ -179,9 +179,8 @@ class App:
 
     async def apply_award(self, iv):
         """Follow the award for ``iv`` (the current interval) or fall back to self-consumption.
-        An award on the bid's middle step (the price between its thresholds: the battery does
-        what self-consumption would) is followed in self-consumption, which tracks the real
-        load where a setpoint would carry the forecast's error."""
+        The award is the household's net export: the inverter holds the grid exchange there
+        (its grid-target mode), so the battery, not the grid, absorbs the forecast's error."""
         got = self.awards.take(iv)
         agent = self.forecast
         if got is not None:
@@ -190,20 +189,26 @@ class App:
             return
         try:
             if got is not None:
-                q = got[0]
                 if self.battery.state is None:
                     await self.battery.read()
+                # The battery absorbs the forecast's errors (bidding.curve): in the direction
+                # of its part of the award, against the forecast the bid carried, or if that is
+                # idle in the community's, which the price shows; in both when the community is
+                # balanced within itself (the error would otherwise cross the connection point).
                 plan = agent.fill
-                if plan is not None and plan[0] == iv and plan[1] <= got[1] < plan[2]:
-                    await self.battery.self_consumption()
-                    watts = 0
-                else:
-                    watts = self.battery.clamp((q - agent.get(iv)) * 3600 // self.interval_s)
-                    await self.battery.set_power(watts)
+                step = got[0] - plan[1] if plan is not None and plan[0] == iv else 0
+                if not step:
+                    prefs = self.cfg["prefs"]
+                    if got[1] >= prefs.get("import_price", prefs["import_wtp"]):
+                        step = 1   # the community imports: more discharge only saves import
+                    elif got[1] <= prefs.get("feed_in_price", 50000):
+                        step = -1  # it exports: more charge only saves export
+                watts = got[0] * 3600 // self.interval_s
+                await self.battery.set_power(watts, step)
                 self.applied_iv = iv
                 # The time in this line lets the bench check no award is applied late.
-                self.board.log("award iv %d q %d -> battery %d W at %d"
-                               % (iv, q, watts, self.board.now_ms()))
+                self.board.log("award iv %d q %d -> grid %d W at %d"
+                               % (iv, got[0], watts, self.board.now_ms()))
             elif self.applied_iv is None or self.applied_iv < iv:
                 agent.end = None
                 if self.applied_iv != -1:
@@ -224,8 +229,9 @@ class App:
         if s is not None:
             charge, discharge = bidding.battery_energy(s, s["soc_pct"], self.interval_s)
             lo, hi, q = agent.plan(iv, s, prefs)
-            agent.fill = (iv, lo, hi)
-        curve = bidding.curve(agent.get(iv, 2), prefs, charge, discharge, lo, hi, q)
+        f = agent.get(iv, 2)
+        agent.fill = (iv, f)  # what apply_award reckons the award's battery part against
+        curve = bidding.curve(f, prefs, charge, discharge, lo, hi, q)
         self.bid_n += 1
         msg = meterlink.bid(self.meter_id, self.kid, self.boot, self.bid_n, iv,
                             self.board.now_ms() // 1000, curve)

@@ -38,7 +38,7 @@ class Agent:
         self.last = 0
         self.count = 0
         self.end = None   # the award price of the interval being followed (None: no award)
-        self.fill = None  # (iv, lo, hi) of the last bid: its thresholds, for apply_award
+        self.fill = None  # (iv, forecast) of the last bid, for apply_award
 
     def index(self, iv):
         return (iv // self.step) % self.size
@@ -88,9 +88,10 @@ class Agent:
         ed = prefs.get("eta_discharge_pm", 950)
         n = self.step  # intervals per slot
         if self.count < self.size * n:
-            # No day of history: a stored Wh is worth the import price at the next deficit;
-            # no charging from the community beyond the household's own surplus.
-            return feed * ec * ed // 1000000, imp, 0
+            # No day of history: community self-consumption. It charges from a surplus the
+            # grid would buy at the feed-in price and discharges into a deficit it would sell
+            # at the import price, like every other battery, so no two work against each other.
+            return feed, imp, 0
         cap = s["capacity_wh"]
         stored = cap * s["soc_pct"] // 100
         floor = cap * s.get("min_soc_pct", 0) // 100
@@ -127,7 +128,9 @@ class Agent:
                     if not p:
                         margin = min(margin, stored - floor)
         if p > 0:
-            return p * ec * ed // 1000000, p, short * 1000 // ec
+            # Never below the feed-in price: at it the community's surplus would be exported.
+            lo = max(p * ec * ed // 1000000, feed)
+            return lo, max(p, lo * 1000000 // (ec * ed)), short * 1000 // ec
         if p < 0:
             margin = min(margin, spill)
         return feed, feed * 1000000 // (ec * ed), -(margin * ed // 1000)
@@ -154,11 +157,15 @@ def curve(forecast_wh, prefs, charge_wh, discharge_wh, lo, hi, q=0):
     - inflexible position F (forecast): an import need is bought at any price up to
       import_wtp (above it the load would rather be shed); a PV surplus is sold at any price
       from pv_price up (below it, curtail);
-    - the battery (Agent.plan's lo < hi, q): from lo to hi it does what self-consumption
-      would (covers the forecast deficit or stores the forecast surplus within its limits);
-      below lo it charges, q Wh if q > 0 (only by going idle while the household imports)
-      and all it can below the feed-in price; from hi up it discharges, -q Wh if q < 0 and
-      all it can from the import price.
+    - the battery (Agent.plan's lo < hi, q) is idle from lo to hi; below lo it charges, q Wh
+      if q > 0 (only while the household has a surplus: charging while it imports would
+      take what a neighbour's battery discharges, churn through both conversion losses), and
+      all it can from the feed-in price down; from hi up it discharges, -q Wh if q < 0, and
+      all it can from the import price up. At those two grid prices the market gives the
+      batteries, members first, what brings the community's grid exchange closest to zero
+      (gateway/market/uniform.py): community self-consumption, with no battery charging while
+      another discharges. The meter follows the award at its connection point (the inverter's
+      grid target, firmware/app.py), so the battery also absorbs the forecast's error.
     """
     steps = []  # (price, quantity added to net export when the price reaches it)
     if forecast_wh < 0:
@@ -170,18 +177,14 @@ def curve(forecast_wh, prefs, charge_wh, discharge_wh, lo, hi, q=0):
             steps.append((prefs["pv_price"], forecast_wh))
     if charge_wh or discharge_wh:
         # The battery's net export, level by level as the price rises (non-decreasing).
-        mid = min(-forecast_wh, discharge_wh) if forecast_wh < 0 else -min(forecast_wh, charge_wh)
-        # Below lo it buys what it lacks, but while the household itself imports only by
-        # going idle: charging then would take what a neighbour's battery discharges (churn,
-        # both conversion losses), idle it takes the same energy with no conversion at all.
-        low = mid if q <= 0 else (min(-min(q, charge_wh), mid) if forecast_wh >= 0 else 0)
-        high = max(min(-q, discharge_wh), mid) if q < 0 else discharge_wh
+        low = -min(q, charge_wh) if q > 0 and forecast_wh >= 0 else 0
+        high = min(-q, discharge_wh) if q < 0 else 0
         feed = min(prefs.get("feed_in_price", 50000), lo)
         top = max(prefs.get("import_price", prefs["import_wtp"]), hi)
         base -= charge_wh
         steps.append((feed, low + charge_wh))
-        steps.append((lo, mid - low))
-        steps.append((max(hi, lo), high - mid))
+        steps.append((lo, -low))
+        steps.append((max(hi, lo), high))
         steps.append((top, discharge_wh - high))
     steps.sort()
     q = base

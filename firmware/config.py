@@ -27,6 +27,8 @@ def load_plans(path, mb):
         battery = saved["battery"]
         if saved["key"] != plan_key(mb) or type(meter) is not list or len(meter) != 3:
             return None  # another config's plans, or an older format
+        if battery is not None and "grid_setpoint" not in battery[2]:
+            return None  # planned before the inverter map gained the grid target
         return meter, battery
     except (OSError, ValueError, KeyError, TypeError):
         return None

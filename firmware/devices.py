@@ -75,30 +75,21 @@ class Battery(_Device):
         self.state = s
         return s
 
-    def clamp(self, watts):
-        """``watts`` within the inverter's own limits (read from it, not configured)."""
+    async def set_power(self, watts, step=0):
+        """Hold the household's grid exchange at ``watts`` (+ export; the inverter's grid-target
+        mode), moving the battery only in the direction of ``step`` (< 0 charging, > 0
+        discharging, 0 either) within the inverter's own limits (read from it, not configured).
+        The target and its two limits are adjacent in the map: one write (fc 16), then the mode
+        (fc 06) if it changes."""
         s = self.state
-        if s is None:
-            return 0
-        if watts > s["max_discharge_w"]:
-            watts = s["max_discharge_w"]
-        if watts < -s["max_charge_w"]:
-            watts = -s["max_charge_w"]
-        if watts > 0 and s["soc_pct"] <= s["min_soc_pct"]:
-            watts = 0
-        if watts < 0 and s["soc_pct"] >= s["max_soc_pct"]:
-            watts = 0
-        # and within the 32-bit setpoint register, whatever limits the inverter reported
-        return max(-_S32_MAX, min(_S32_MAX, watts))
-
-    async def set_power(self, watts):
-        """Follow a setpoint: the 32-bit setpoint with fc 16, then the mode with fc 06."""
-        watts = self.clamp(watts)
-        _i, _offset, dtype, address = self.fields["setpoint"]
+        watts = max(-_S32_MAX, min(_S32_MAX, watts))  # the 32-bit register's range
+        _i, _offset, dtype, address = self.fields["grid_setpoint"]
         words = regcore.ordered(regcore.int_to_words(watts, dtype), self.word_order)
+        for w in (0 if step > 0 else s["max_charge_w"], 0 if step < 0 else s["max_discharge_w"]):
+            words += regcore.ordered(regcore.int_to_words(w, regcore.U32), self.word_order)
         await self.master.write_multiple(self.unit, address, words)
-        if self.state is None or self.state["mode"] != regcore.BATTERY_MODE_SETPOINT:
-            await self._set_mode(regcore.BATTERY_MODE_SETPOINT)
+        if s["mode"] != regcore.BATTERY_MODE_GRID_TARGET:
+            await self._set_mode(regcore.BATTERY_MODE_GRID_TARGET)
         return watts
 
     async def self_consumption(self):

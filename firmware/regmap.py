@@ -17,7 +17,8 @@ from protocols import regcore
 
 METER_VALUES = ("import_energy", "export_energy", "total_power")
 BATTERY_VALUES = ("soc", "max_charge_power", "max_discharge_power", "capacity", "soc_min",
-                  "soc_max", "power", "charged_energy", "discharged_energy", "mode", "setpoint")
+                  "soc_max", "power", "charged_energy", "discharged_energy", "mode",
+                  "grid_setpoint")
 
 
 def _plan(registers, regmap, names):

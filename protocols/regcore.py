@@ -21,6 +21,7 @@ LOW_FIRST = "low_first"  # register n holds bits 15..0 (many inverters and PLCs)
 # tmeter battery inverter map v1, register "mode".
 BATTERY_MODE_SETPOINT = 0  # follow the setpoint register
 BATTERY_MODE_SELF_CONSUMPTION = 1  # hold the household's grid exchange at zero within limits
+BATTERY_MODE_GRID_TARGET = 2  # hold it at register "grid_setpoint" within limits
 
 
 def width(dtype):

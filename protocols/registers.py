@@ -18,7 +18,7 @@ from protocols.rtu import MAX_READ, READ_HOLDING, READ_INPUT  # noqa: F401 - par
 # Value types, word order, conversions and the battery modes live in regcore, which the firmware
 # loads alone; they are part of this module's API too.
 from protocols.regcore import (  # noqa: F401
-    BATTERY_MODE_SELF_CONSUMPTION, BATTERY_MODE_SETPOINT, F32, HIGH_FIRST, LOW_FIRST, S16, S32,
+    BATTERY_MODE_GRID_TARGET, BATTERY_MODE_SELF_CONSUMPTION, BATTERY_MODE_SETPOINT, F32, HIGH_FIRST, LOW_FIRST, S16, S32,
     U16, U32, _int_range, float32_bits_to_scaled_int, float32_words_to_scaled_int, int_to_words,
     ordered, value_at, width, word_to_int, words_to_int)
 
@@ -360,8 +360,14 @@ BATTERY_HOLDINGS = (
     ("energy", 0x0022, U32, "Wh", "r"),  # energy stored now
     ("charged_energy", 0x0024, U32, "Wh", "r"),  # lifetime AC energy taken in
     ("discharged_energy", 0x0026, U32, "Wh", "r"),  # lifetime AC energy given out
+    # Mode 2 (an ESS "grid setpoint"): the household grid exchange the battery holds, + export,
+    # charging at most target_charge_max and discharging at most target_discharge_max (0 keeps
+    # it from that direction). One write of the three registers sets it (fc 16).
+    ("grid_setpoint", 0x0028, S32, "W", "rw"),
+    ("target_charge_max", 0x002A, U32, "W", "rw"),
+    ("target_discharge_max", 0x002C, U32, "W", "rw"),
 )
-BATTERY_WINDOWS = ((0x0000, 0x0028),)
+BATTERY_WINDOWS = ((0x0000, 0x002E),)
 
 # Register "mode" takes the BATTERY_MODE_* values (in protocols/regcore.py: the firmware needs
 # them without these tables); register "status" reads:

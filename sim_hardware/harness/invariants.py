@@ -27,7 +27,7 @@ from sim_hardware.harness.provisioning import Meter, queued
 from sim_hardware.harness.scenario import Scenario
 
 # A firmware log line; fleets of CPython meters prefix each line with the meter id.
-APPLIED = re.compile(rb"^(?:([\w-]+) )?award iv (\d+) q -?\d+ -> battery -?\d+ W at (\d+)", re.M)
+APPLIED = re.compile(rb"^(?:([\w-]+) )?award iv (\d+) q -?\d+ -> grid -?\d+ W at (\d+)", re.M)
 
 
 @dataclass

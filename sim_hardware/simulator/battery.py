@@ -14,6 +14,7 @@ from protocols import registers
 
 MODE_SETPOINT = registers.BATTERY_MODE_SETPOINT
 MODE_SELF_CONSUMPTION = registers.BATTERY_MODE_SELF_CONSUMPTION
+MODE_GRID_TARGET = registers.BATTERY_MODE_GRID_TARGET
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class Battery:
         self.t0 = t0
         self.energy_wh = spec.capacity_wh * soc_centi / 10000.0
         self.setpoint_w = 0
+        self.grid_setpoint_w = 0  # household export held in MODE_GRID_TARGET, within:
+        self.target_charge_w = spec.max_charge_w
+        self.target_discharge_w = spec.max_discharge_w
         self.mode = MODE_SETPOINT
         self.soc_min_centi = 500
         self.soc_max_centi = 10000
@@ -83,12 +87,16 @@ class Battery:
 
     def update(self, household_net_w: float) -> None:
         """Choose the AC power from now on. ``household_net_w`` is load minus PV (what the house
-        would draw from the grid without the battery), used by self-consumption."""
+        would draw from the grid without the battery), used by self-consumption and by the
+        grid target (export = battery - household_net_w, so the battery gives target + net)."""
         if not self.powered:
             self.requested_w = self.power_w = 0.0
             return
         if self.mode == MODE_SELF_CONSUMPTION:
             self.requested_w = self.clamp(household_net_w)
+        elif self.mode == MODE_GRID_TARGET:
+            p = self.clamp(household_net_w + self.grid_setpoint_w)
+            self.requested_w = min(max(p, -self.target_charge_w), self.target_discharge_w)
         else:
             self.requested_w = float(self.setpoint_w)
         p = self.requested_w
@@ -116,7 +124,9 @@ class Battery:
         """Back from a power loss: volatile settings return to their defaults (setpoint 0,
         setpoint mode), as an inverter reboots."""
         self.powered = True
-        self.setpoint_w = 0
+        self.setpoint_w = self.grid_setpoint_w = 0
+        self.target_charge_w = self.spec.max_charge_w
+        self.target_discharge_w = self.spec.max_discharge_w
         self.mode = MODE_SETPOINT
 
     def status(self) -> int:
@@ -151,4 +161,7 @@ class Battery:
             "energy": int(round(energy)),
             "charged_energy": int(charged),
             "discharged_energy": int(discharged),
+            "grid_setpoint": self.grid_setpoint_w,
+            "target_charge_max": self.target_charge_w,
+            "target_discharge_max": self.target_discharge_w,
         }

@@ -288,7 +288,12 @@ class BatteryDevice(ModbusDevice):
                 -spec.max_charge_w <= changes["setpoint"] <= spec.max_discharge_w):
             return ILLEGAL_VALUE
         if "mode" in changes and changes["mode"] not in (regs.BATTERY_MODE_SETPOINT,
-                                                         regs.BATTERY_MODE_SELF_CONSUMPTION):
+                                                         regs.BATTERY_MODE_SELF_CONSUMPTION,
+                                                         regs.BATTERY_MODE_GRID_TARGET):
+            return ILLEGAL_VALUE
+        if not 0 <= changes.get("target_charge_max", 0) <= spec.max_charge_w:
+            return ILLEGAL_VALUE
+        if not 0 <= changes.get("target_discharge_max", 0) <= spec.max_discharge_w:
             return ILLEGAL_VALUE
         soc_min = changes.get("soc_min", battery.soc_min_centi)
         soc_max = changes.get("soc_max", battery.soc_max_centi)
@@ -300,6 +305,10 @@ class BatteryDevice(ModbusDevice):
         def change(h: Household) -> None:
             battery = h.battery
             battery.setpoint_w = int(changes.get("setpoint", battery.setpoint_w))
+            battery.grid_setpoint_w = int(changes.get("grid_setpoint", battery.grid_setpoint_w))
+            battery.target_charge_w = int(changes.get("target_charge_max", battery.target_charge_w))
+            battery.target_discharge_w = int(changes.get("target_discharge_max",
+                                                         battery.target_discharge_w))
             battery.mode = int(changes.get("mode", battery.mode))
             battery.soc_min_centi = int(changes.get("soc_min", battery.soc_min_centi))
             battery.soc_max_centi = int(changes.get("soc_max", battery.soc_max_centi))

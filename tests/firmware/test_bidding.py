@@ -77,31 +77,46 @@ def test_before_a_day_of_history_the_rule_is_safe() -> None:
     a = bidding.Agent(900)
     a.update(0, -500)
     lo, hi, q = a.plan(1, battery(50), PREFS)
-    assert hi == IMPORT and q == 0  # sells only at the import price: keeps its energy for its own deficit
-    assert lo <= FEED    # buys only below the feed-in price: never grid energy to store
+    # Community self-consumption, the same thresholds on every meter: it discharges at the
+    # import price (the community imports) and charges at the feed-in price (it exports).
+    assert (lo, hi, q) == (FEED, IMPORT, 0)
 
 
-def test_while_the_household_imports_it_buys_only_by_going_idle() -> None:
-    # A deficit ahead (q = 5000 Wh lacking), the household importing 500 Wh now: below lo the
-    # battery stops covering the load (net -500, the forecast) rather than charge from the
-    # community; it charges at full power only below the feed-in price (which never comes).
+def test_between_its_thresholds_it_idles_and_it_charges_only_from_a_surplus() -> None:
+    # A deficit ahead (q = 5000 Wh lacking), the household importing 500 Wh now: from lo to hi
+    # the battery idles (net -500, the forecast); below lo it does not charge while the
+    # household imports (that would take a neighbour's discharge), except at the feed-in
+    # price, where the community exports; it discharges all it can at the import price.
     lo, hi = 157937, 175000
     points = bidding.curve(-500, PREFS, 1250, 1250, lo, hi, 5000)
-    assert points == [[-1750, FEED], [-500, FEED], [-500, lo], [0, lo], [0, hi], [750, hi],
-                      [750, IMPORT], [1250, IMPORT]]
-    # With a surplus of its own it buys what it lacks beyond it, up to its power.
+    assert points == [[-1750, FEED], [-500, FEED], [-500, IMPORT], [0, IMPORT], [1250, IMPORT]]
+    # With a surplus of its own (300 Wh) it buys what it lacks below lo, up to its power.
     points = bidding.curve(300, PREFS, 1250, 1250, lo, hi, 5000)
-    assert [-950, lo] in points  # 300 Wh surplus minus a full 1250 Wh charge
+    assert points == [[-1250, 10000], [-950, 10000], [-950, lo], [300, lo], [300, IMPORT],
+                      [1550, IMPORT]]
 
 
 # -- bids never span a spread smaller than the losses ----------------------------------------------
-def battery_prices(points: list[list[int]], forecast: int, charge: int, discharge: int,
-                   ) -> tuple[int | None, int | None]:
-    """(the highest price at which the curve charges the battery beyond self-consumption, the
-    lowest at which it discharges beyond it), from the curve alone."""
-    sc = min(-forecast, discharge) if forecast < 0 else -min(forecast, charge)
-    buy = [p for q, p in points if q < min(forecast, 0) + sc]
-    sell = [p for q, p in points if q > max(forecast, 0) + sc]
+def battery_prices(points: list[list[int]], forecast: int) -> tuple[int | None, int | None]:
+    """(the highest price at which the curve charges the battery, the lowest at which it
+    discharges), from the curve alone: the battery's part is the curve's net export minus the
+    household's own (its forecast, a deficit shed at import_wtp, a surplus curtailed below
+    pv_price)."""
+    buy, sell = [], []
+    for (q1, p1), (q2, p2) in zip(points, points[1:]):
+        if p1 == p2:
+            continue  # a step: at p1 the quantity is open, the pieces either side decide
+        if forecast < 0:
+            own = forecast if p1 < PREFS["import_wtp"] else 0
+        else:
+            own = forecast if p1 >= PREFS["pv_price"] else 0
+        battery = q1 - own  # on (p1, p2) the curve stays at q1 (= q2)
+        if battery < 0:
+            buy.append(p2)
+        elif battery > 0:
+            sell.append(p1)
+    if points[-1][0] - max(forecast, 0) > 0:
+        sell.append(points[-1][1])  # beyond the last point: its quantity
     return (max(buy) if buy else None), (min(sell) if sell else None)
 
 
@@ -127,7 +142,7 @@ def test_no_charge_and_discharge_across_less_than_the_losses(
     points = bidding.curve(forecast, prefs, charge, discharge, lo, hi, q)
     assert all(type(q) is int and type(p) is int for q, p in points)
     assert all(p1 <= p2 for (_q1, p1), (_q2, p2) in zip(points, points[1:]))
-    buy, sell = battery_prices(points, forecast, charge, discharge)
+    buy, sell = battery_prices(points, forecast)
     if buy is not None and sell is not None:
         assert sell * eta_c * eta_d >= (buy - 1) * 1000000, (points, lo, hi)
 

@@ -68,3 +68,44 @@ def test_a_plan_file_for_another_config_or_format_is_not_used(tmp_path: Path) ->
     path.write_text("{not json")
     assert config.load_plans(str(path), mb) is None
     assert config.load_plans(str(tmp_path / "missing.json"), mb) is None
+
+
+def test_a_plan_made_before_the_grid_target_is_made_again(tmp_path: Path) -> None:
+    mb = CONFIGS[0]
+    saved = regmap.export(mb)
+    del saved["battery"][2]["grid_setpoint"]
+    path = tmp_path / "regplan.json"
+    path.write_text(json.dumps(saved))
+    assert config.load_plans(str(path), mb) is None
+
+
+class Recorder:
+    """A Modbus master that keeps what it is asked to write (the encoding is what is tested)."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, list[int]]] = []
+
+    async def write_multiple(self, unit: int, address: int, words: list[int]) -> None:
+        self.writes.append((address, list(words)))
+
+    async def write_single(self, unit: int, address: int, value: int) -> None:
+        self.writes.append((address, [value]))
+
+
+@pytest.mark.parametrize("mb", CONFIGS[:2], ids=lambda mb: config.plan_key(mb))
+@pytest.mark.parametrize("step, limits", [(-5, (3000, 0)), (7, (0, 2500)), (0, (3000, 2500))])
+def test_the_grid_target_is_one_write_of_target_and_direction(
+        mb: dict, step: int, limits: tuple[int, int]) -> None:
+    import asyncio
+    rmap = registers.by_name(mb["battery_map"] if "battery_map" in mb else "battery")
+    battery = devices.Battery(Recorder(), 2, regmap.build(mb)[1])
+    battery.state = {"max_charge_w": 3000, "max_discharge_w": 2500, "mode": 0}
+    asyncio.run(battery.set_power(-4200, step))
+    (address, words), mode = battery.master.writes
+    start = rmap.find("grid_setpoint")[1][registers.ADDRESS]
+    assert address == start and len(words) == 6
+    block = (registers.READ_HOLDING, start, 6)
+    got = [rmap.scaled(name, block, words, 1)
+           for name in ("grid_setpoint", "target_charge_max", "target_discharge_max")]
+    assert got == [-4200, *limits]
+    assert mode == (rmap.find("mode")[1][registers.ADDRESS], [registers.BATTERY_MODE_GRID_TARGET])

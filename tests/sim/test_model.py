@@ -8,7 +8,7 @@ import time
 import pytest
 
 from protocols import registers
-from sim_hardware.simulator.battery import MODE_SELF_CONSUMPTION
+from sim_hardware.simulator.battery import MODE_GRID_TARGET, MODE_SELF_CONSUMPTION
 from sim_hardware.simulator.clock import SimClock
 from sim_hardware.simulator.faults import FaultSchedule
 from sim_hardware.simulator.household import Neighbourhood, Household, build_neighbourhood
@@ -88,6 +88,31 @@ def test_self_consumption_keeps_the_grid_exchange_at_zero() -> None:
     load, pv = h.profile.interval_energy_wh(NOON, later)
     values = c.battery_values(h, later)
     assert values["power"] == round(h.load_w - h.pv_w)  # the battery covers the difference
+
+
+def test_the_grid_target_holds_the_exchange_in_one_direction_only() -> None:
+    c = community()
+    h = c.households[0]
+    b = h.battery
+    later = NOON + 900
+    # Hold an export of 300 W: the battery gives net + 300 W, whatever the sign of net.
+    set_battery(c, h, NOON, mode=MODE_GRID_TARGET, grid_setpoint_w=300, soc_min_centi=0)
+    imp0, exp0 = c.meter_energy_wh(h.meter_id, NOON)
+    imp1, exp1 = c.meter_energy_wh(h.meter_id, later)
+    assert 0 < b.energy_at(later) < b.e_max
+    assert exp1 - exp0 - (imp1 - imp0) == pytest.approx(300 * 900 / 3600, abs=1e-6)
+    values = c.battery_values(h, later)
+    net_w = h.load_w - h.pv_w  # what the house draws now without the battery
+    assert values["power"] == round(net_w + 300)
+    # The same target with the battery allowed only the other way: it stays idle, the grid
+    # takes the difference (a charge-only battery never discharges to meet a target).
+    wrong_way = ({"target_discharge_w": 0} if net_w + 300 > 0 else {"target_charge_w": 0})
+    set_battery(c, h, later, **wrong_way)
+    assert c.battery_values(h, later + 600)["power"] == 0
+    set_battery(c, h, later + 600, target_charge_w=b.spec.max_charge_w,
+                target_discharge_w=b.spec.max_discharge_w)
+    values = c.battery_values(h, later + 1200)
+    assert values["power"] == round(h.load_w - h.pv_w + 300)
 
 
 def test_demand_is_the_mean_power_of_the_last_period() -> None:
