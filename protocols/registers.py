@@ -18,9 +18,10 @@ from protocols.rtu import MAX_READ, READ_HOLDING, READ_INPUT  # noqa: F401 - par
 # Value types, word order, conversions and the battery modes live in regcore, which the firmware
 # loads alone; they are part of this module's API too.
 from protocols.regcore import (  # noqa: F401
-    BATTERY_MODE_GRID_TARGET, BATTERY_MODE_SELF_CONSUMPTION, BATTERY_MODE_SETPOINT, F32, HIGH_FIRST, LOW_FIRST, S16, S32,
-    U16, U32, _int_range, float32_bits_to_scaled_int, float32_words_to_scaled_int, int_to_words,
-    ordered, value_at, width, word_to_int, words_to_int)
+    BATTERY_MODE_GRID_TARGET, BATTERY_MODE_SELF_CONSUMPTION, BATTERY_MODE_SETPOINT, F32,
+    HIGH_FIRST, LOW_FIRST, S16, S32, U16, U32, _int_range, float32_bits_to_scaled_int,
+    float32_words_to_scaled_int, int_to_words, ordered, value_at, width, word_to_int,
+    words_to_int)
 
 # An entry is (name, address, type, unit, access); access is "r", "rw" or "w".
 NAME = 0
