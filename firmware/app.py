@@ -199,9 +199,9 @@ class App:
                 step = got[0] - plan[1] if plan is not None and plan[0] == iv else 0
                 if not step:
                     prefs = self.cfg["prefs"]
-                    if got[1] >= prefs.get("import_price", prefs["import_wtp"]):
+                    if got[1] >= prefs["import_price"]:
                         step = 1   # the community imports: more discharge only saves import
-                    elif got[1] <= prefs.get("feed_in_price", 50000):
+                    elif got[1] <= prefs["feed_in_price"]:
                         step = -1  # it exports: more charge only saves export
                 watts = got[0] * 3600 // self.interval_s
                 await self.battery.set_power(watts, step)

@@ -82,8 +82,8 @@ class Agent:
         Wh, so hi = value / eta_d; buying one stores eta_c, so lo = value x eta_c, and hi / lo
         = 1 / (eta_c eta_d): never a charge and a discharge across a spread smaller than the
         losses, and never a charge at the import price (lo < the highest price there is)."""
-        imp = prefs.get("import_price", prefs["import_wtp"])
-        feed = prefs.get("feed_in_price", 50000)
+        imp = prefs["import_price"]
+        feed = prefs["feed_in_price"]
         ec = prefs.get("eta_charge_pm", 950)
         ed = prefs.get("eta_discharge_pm", 950)
         n = self.step  # intervals per slot
@@ -179,8 +179,8 @@ def curve(forecast_wh, prefs, charge_wh, discharge_wh, lo, hi, q=0):
         # The battery's net export, level by level as the price rises (non-decreasing).
         low = -min(q, charge_wh) if q > 0 and forecast_wh >= 0 else 0
         high = min(-q, discharge_wh) if q < 0 else 0
-        feed = min(prefs.get("feed_in_price", 50000), lo)
-        top = max(prefs.get("import_price", prefs["import_wtp"]), hi)
+        feed = min(prefs["feed_in_price"], lo)
+        top = max(prefs["import_price"], hi)
         base -= charge_wh
         steps.append((feed, low + charge_wh))
         steps.append((lo, -low))

@@ -45,6 +45,9 @@ def defaults():
         "prefs": {               # the household's prices for bidding
             "pv_price": 10000, "import_wtp": 300000, "battery_price_empty": 250000,
             "battery_price_full": 50000,
+            # The community's grid tariff (the gateway's market.import_price/export_price, which
+            # provisioning copies here): what a kWh from or to the grid is worth to the meter.
+            "import_price": 300000, "feed_in_price": 50000,
         },
         "clock": {"start": None, "epoch": None, "speed": 1},  # protocols/simclock.py
         "poll_s": 10,            # meter poll period, simulated

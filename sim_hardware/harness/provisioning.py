@@ -98,6 +98,7 @@ def provision(scenario: Scenario, sim: Simulator, buses: Buses, broker: Broker, 
                 clock=REAL_TIME if real_board else clock.to_dict(),
                 modbus={"link": buses.link(sim, device, index), "baud": 9600 if real_board else 115200,
                         "meter_unit": 1, "meter_model": "sdm630", "battery_unit": battery_unit},
+                prefs={"import_price": scenario.import_price, "feed_in_price": scenario.export_price},
             )
             keys[(meter_id, cfg.kid)] = cfg.key
             meter = Meter(meter_id, device, meters_dir / meter_id, board=board)

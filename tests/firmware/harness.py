@@ -51,7 +51,7 @@ def write_config(folder: Path, meter: str, broker_port: int, link: str, clock: S
         "modbus": {"link": link, "baud": 115200, "meter_unit": 1, "meter_model": "sdm630",
                    "battery_unit": 2, "timeout_ms": 150, "retries": 2},
         "prefs": {"pv_price": 10000, "import_wtp": 300000, "battery_price_empty": 250000,
-                  "battery_price_full": 50000},
+                  "battery_price_full": 50000, "import_price": 300000, "feed_in_price": 50000},
         "clock": clock.to_dict(),
         "ack_timeout_s": 3, "status_s": 2, "poll_s": 5,
     }

@@ -13,7 +13,7 @@ from firmware import bidding
 from sim_hardware.simulator.profiles import household_profile
 
 PREFS = {"pv_price": 10000, "import_wtp": 300000, "battery_price_empty": 250000,
-         "battery_price_full": 50000}
+         "battery_price_full": 50000, "import_price": 300000, "feed_in_price": 50000}
 IMPORT, FEED, ETA = 300000, 50000, 950
 
 

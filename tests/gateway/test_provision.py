@@ -25,7 +25,8 @@ LAYOUT = {
     "modbus": {"link": str, "baud": int, "meter_unit": int, "meter_model": str, "battery_unit": type(None),
                "battery_map": str, "uart_id": int, "tx_pin": int, "rx_pin": int, "de_pin": int, "timeout_ms": int,
                "retries": int, "offline_after": int},
-    "prefs": {"pv_price": int, "import_wtp": int, "battery_price_empty": int, "battery_price_full": int},
+    "prefs": {"pv_price": int, "import_wtp": int, "battery_price_empty": int, "battery_price_full": int,
+              "import_price": int, "feed_in_price": int},
     "clock": {"start": type(None), "epoch": type(None), "speed": int},
     "poll_s": int, "queue_max": int, "ack_timeout_s": int, "send_window": int, "status_s": int, "wdt_s": int,
     "heap_log": int, "max_intervals": int,
@@ -51,10 +52,24 @@ def test_cli_writes_the_device_config_the_firmware_reads(tmp_path: Path) -> None
     assert doc["meter"] == "m01" and doc["kid"] == 1 and len(bytes.fromhex(doc["key"])) == 32
     assert doc["mqtt"]["user"] == "m01" and doc["mqtt"]["port"] == 1884 and len(doc["mqtt"]["password"]) >= 16
     assert doc["prefs"] == {"pv_price": 10000, "import_wtp": 300000, "battery_price_empty": 250000,
-                            "battery_price_full": 50000}
+                            "battery_price_full": 50000, "import_price": 300000, "feed_in_price": 50000}
     assert out.stat().st_mode & 0o077 == 0  # holds the key: owner only
     reg = Registry(tmp_path / "g.db")
     assert reg.key("m01", 1) == bytes.fromhex(doc["key"])
+
+
+def test_the_meter_learns_the_community_tariff_from_the_gateway_config(tmp_path: Path) -> None:
+    # Its bids value grid energy at the community's tariff, not at a default of its own.
+    conf = tmp_path / "gateway.toml"
+    conf.write_text('community = "c1"\n[market]\nimport_price = 280000\nexport_price = 70000\n')
+    out = tmp_path / "m01.json"
+    res = subprocess.run([sys.executable, "-m", "tmeter", "provision", "m01", "--config", str(conf),
+                          "--db", str(tmp_path / "g.db"), "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    prefs = json.loads(out.read_text())["prefs"]
+    assert (prefs["import_price"], prefs["feed_in_price"]) == (280000, 70000)
+    assert prefs["import_wtp"] == 300000  # the household's own price stays its own
 
 
 def test_rotation_keeps_old_keys_until_retired(tmp_path: Path) -> None:

@@ -92,6 +92,13 @@ def device_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def _with_tariff(settings: dict[str, Any], market: Any) -> dict[str, Any]:
+    """The community's grid tariff goes to every meter: its bids value grid energy at it."""
+    settings.setdefault("prefs", {}).update(
+        import_price=market.import_price, feed_in_price=market.export_price)
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
     from gateway import config  # noqa: PLC0415
     from gateway.registry import (  # noqa: PLC0415
@@ -124,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             feeder=args.feeder, position=position, preference=preference, rotate=args.rotate,
             new_password=args.new_password, retire_old=args.retire_old, member_link=args.rotate_member_link,
             reserved=gateway_logins(cfg.mqtt.user) if cfg.mqtt.user else (), password=password,
-            **device_settings(args),
+            **_with_tariff(device_settings(args), cfg.market),
         )
         place = registry.place(args.meter)
     except RegistryError as exc:
