@@ -3,13 +3,14 @@ verify, and the report renders its plots."""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from protocols import messages, topics
 from gateway.bills import MemberBill
 from sim_hardware.harness.dashboard import live_table
 from sim_hardware.harness.observer import CommunityObserver
-from sim_hardware.harness.report import write_report
+from sim_hardware.harness.report import CAPTIONS, write_report
 
 KEY = bytes(32)
 
@@ -65,6 +66,8 @@ def test_report_and_table_render(tmp_path: Path) -> None:
     assert "<td>all</td><td>5.00</td><td>5.00</td><td>1.03</td><td>1.25</td><td>0.22</td>" in text
     for name in ("prices", "net_positions", "savings"):
         assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        # Each plot says how to read it, just above it.
+        assert text.index(html.escape(CAPTIONS[name])) < text.index(f"alt='{name}'")
     table = live_table(obs, 900, bills)
     assert table.row_count == 10
     assert "saved 0.22" in str(table.caption) and "1 of 2 households better off" in str(table.caption)

@@ -88,6 +88,17 @@ def _bills_table(bills: list[MemberBill]) -> list[str]:
             + ["</table>"])
 
 
+# How to read each plot: what a member asks first on seeing it.
+CAPTIONS = {
+    "prices": "At the import price the community imports at the margin, at the feed-in price it"
+              " exports; between the two it balances within itself.",
+    "net_positions": "What the meter of each household measured at its connection point, interval by interval.",
+    "savings": "The members' running saving against each household alone with its own battery. A dip"
+               " is energy bought for later: batteries buy the community's surplus at the feed-in"
+               " price, and the saving comes when that energy replaces import in the evening.",
+}
+
+
 def write_report(obs: CommunityObserver, interval_s: int, out_dir: Path, notes: list[str],
                  bills: list[MemberBill] | None = None, by_interval: list[tuple[int, int, int]] | None = None) -> Path:
     """Write report.html (plots inline, also saved as PNG files) and return its path."""
@@ -110,7 +121,8 @@ def write_report(obs: CommunityObserver, interval_s: int, out_dir: Path, notes: 
     for name, png in images.items():
         (out_dir / f"{name}.png").write_bytes(png)
         data = base64.b64encode(png).decode()
-        parts.append(f"<h2>{name.replace('_', ' ')}</h2><img alt='{name}' src='data:image/png;base64,{data}'>")
+        parts.append(f"<h2>{name.replace('_', ' ')}</h2><p>{html.escape(CAPTIONS[name])}</p>"
+                     f"<img alt='{name}' src='data:image/png;base64,{data}'>")
     path = out_dir / "report.html"
     path.write_text("\n".join(parts))
     return path
