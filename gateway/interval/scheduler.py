@@ -325,8 +325,8 @@ class Scheduler:
         return [settlement.Line(meter, *row) for row in rows]
 
     def _revisions(self, iv: int) -> int:
-        # Interval leaves carry no meter: "meter IS NULL" lets SQLite use leaves_meter (meter, iv)
-        # instead of scanning every leaf of the log once per interval.
+        # leaves_iv (iv, meter): one interval's few leaves, instead of a scan of every leaf of the
+        # log once per interval ("meter IS NULL": interval leaves carry no meter).
         return self.conn.execute("SELECT COUNT(*) FROM leaves WHERE meter IS NULL AND kind='interval' AND iv=?",
                                  (iv,)).fetchone()[0]
 
