@@ -42,8 +42,9 @@ from sim_hardware.simulator.profiles import household_profile  # noqa: E402
 SOC_MIN = 0.05  # the simulated inverter's floor (sim_hardware/simulator/battery.py soc_min_centi)
 
 
-def optimum_bill(sc: Scenario, stored_end_wh: float) -> tuple[np.ndarray, float]:
-    """(community grid bill per interval in micro-currency, total stored Wh at the end) with perfect
+def optimum_bill(sc: Scenario, stored_end_wh: float) -> tuple[np.ndarray, float, float]:
+    """(community grid bill per interval in micro-currency, total stored Wh at the end, its churn
+    in Wh over the period) with perfect
     foresight: the LP over every interval and battery, ending with at least ``stored_end_wh``
     in the batteries together (what the agent's run left in them), so the optimum cannot
     look better by selling the last stored energy at the feed-in price."""
@@ -74,7 +75,8 @@ def optimum_bill(sc: Scenario, stored_end_wh: float) -> tuple[np.ndarray, float]
     cons.append(cp.sum(e[:, -1]) >= stored_end_wh)
     bill = (sc.import_price * imp - sc.export_price * exp) / 1000
     cp.Problem(cp.Minimize(cp.sum(bill)), cons).solve()
-    return np.asarray(bill.value), float(np.sum(e.value[:, -1]))
+    churn = churn_from_flows_wh(c.value.T.tolist(), d.value.T.tolist())
+    return np.asarray(bill.value), float(np.sum(e.value[:, -1])), churn
 
 
 class Sampler:
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     members = bills.bills(result.community.db_path)
     per_iv = bills.by_interval(result.community.db_path)  # (iv, community, alone) micro
     stored_end = float(np.sum(sampler.at(sc.end)[:, 2]))
-    opt_iv, opt_stored = optimum_bill(sc, stored_end)
+    opt_iv, opt_stored, opt_churn = optimum_bill(sc, stored_end)
     dc, dd = sampler.flows(sc)
     with (out / "battery_flows.csv").open("w") as f:  # per interval: charged, discharged Wh
         f.write("k,charged_wh,discharged_wh\n")
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     row("all", 0, len(opt_iv))
     console.print(table)
     console.print(f"stored at the end: agent {stored_end / 1000:.1f} kWh, optimum {opt_stored / 1000:.1f} kWh "
-                  f"(at least the agent's); alone per member from the settled lines' alternative")
+                  f"(at least the agent's); the optimum's churn {opt_churn / 1000 / n_days:.2f} kWh/day; "
+                  f"alone per member from the settled lines' alternative")
     failed = "; ".join(f"{c.name}: {c.detail}" for c in result.report.failures())
     console.print(f"invariants: {failed or 'ok'}; drained: {result.drained}; "
                   f"per-interval battery flows: {out / 'battery_flows.csv'}")

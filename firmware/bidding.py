@@ -68,20 +68,26 @@ class Agent:
 
     def plan(self, iv, s, prefs):
         """(lo, hi, q): the bid buys (charges) only below lo and sells (discharges) only at hi
-        and above, from the value of a stored Wh over the next day, for q Wh (AC): q > 0 buys
-        at most q at lo (what the battery lacks to cover its deficit ahead), q < 0 sells at
-        most -q at hi (what would spill, or is not needed within the day); beyond q the value
-        is the other event's, so the rest is offered at the feed-in or the import price.
+        and above, from the value of a stored Wh over the next day; q > 0 buys at most q Wh
+        (AC) at lo, what the battery lacks to cover its deficit ahead; the rest is offered at
+        the feed-in and the import price.
 
         Walk the battery (state and limits ``s``) in self-consumption over the next day of
         slots on the forecast. If it runs empty while the household still imports, a stored
-        Wh would have saved import there: it is worth the forecast price there x eta_d; if it
-        fills and spills surplus first, a stored Wh now displaces surplus that is then
-        exported: worth feed-in / eta_c (also the value when neither happens within the day:
-        the energy is still there at its end). In AC terms selling one Wh costs 1/eta_d stored
-        Wh, so hi = value / eta_d; buying one stores eta_c, so lo = value x eta_c, and hi / lo
-        = 1 / (eta_c eta_d): never a charge and a discharge across a spread smaller than the
-        losses, and never a charge at the import price (lo < the highest price there is)."""
+        Wh would have saved import there: it is worth the forecast price there x eta_d. In AC
+        terms selling one Wh costs 1/eta_d stored Wh, so hi = value / eta_d; buying one stores
+        eta_c, so lo = value x eta_c, and hi / lo = 1 / (eta_c eta_d): never a charge and a
+        discharge across a spread smaller than the losses, and never a charge at the import
+        price (lo < the highest price there is).
+
+        If it fills and spills first, or neither happens within the day, it bids the safe
+        rule (feed-in, import). Selling what would spill at its value (feed-in / eta_c eta_d)
+        sold it to batteries expecting to run short, whose lo is up to import x eta_c eta_d:
+        one battery charging from another's discharge, 15 kWh a day for ten households on the
+        second day (bench/battery_agent.py), where the perfect-foresight optimum moves none
+        for the same saving. The room is made at the import price instead, when the community
+        imports, and the spill is taken by a battery that lacks energy when it comes, at the
+        feed-in price."""
         imp = prefs["import_price"]
         feed = prefs["feed_in_price"]
         ec = prefs.get("eta_charge_pm", 950)
@@ -99,25 +105,17 @@ class Agent:
         charge = s["max_charge_w"] * self.interval_s * n // 3600
         discharge = s["max_discharge_w"] * self.interval_s * n // 3600
         iv -= iv % n
-        margin = stored - floor  # the least it holds above its floor before the first event
         short = 0   # stored Wh it lacks once empty, until the next surplus
-        spill = 0   # stored Wh that do not fit once full, until the next deficit
-        p = 0       # the first event: its price (empty), -1 (spill), 0 (none yet)
+        p = 0       # the price where it first runs empty (0: not yet)
         for j in range(self.size):
             f = self.get(iv + j * n, j * n + 2) * n
             if f >= 0:
                 if short:
                     break
-                take = min(f, charge) * ec // 1000
-                if take > top - stored:
-                    spill += take - (top - stored)
-                    stored = top
-                    p = p or -1
-                else:
-                    stored += take
+                stored += min(f, charge) * ec // 1000
+                if stored > top:
+                    return feed, imp, 0  # it spills first
             else:
-                if spill:
-                    break
                 need = min(-f * 1000 // ed, discharge)
                 if need > stored - floor:
                     short += need - (stored - floor)
@@ -125,15 +123,11 @@ class Agent:
                     p = p or (self.price[self.index(iv + j * n)] or imp)
                 else:
                     stored -= need
-                    if not p:
-                        margin = min(margin, stored - floor)
-        if p > 0:
-            # Never below the feed-in price: at it the community's surplus would be exported.
-            lo = max(p * ec * ed // 1000000, feed)
-            return lo, max(p, lo * 1000000 // (ec * ed)), short * 1000 // ec
-        if p < 0:
-            margin = min(margin, spill)
-        return feed, feed * 1000000 // (ec * ed), -(margin * ed // 1000)
+        if not p:
+            return feed, imp, 0
+        # Never below the feed-in price: at it the community's surplus would be exported.
+        lo = max(p * ec * ed // 1000000, feed)
+        return lo, max(p, lo * 1000000 // (ec * ed)), short * 1000 // ec
 
 
 def battery_energy(limits, soc_pct, interval_s):
@@ -160,9 +154,9 @@ def curve(forecast_wh, prefs, charge_wh, discharge_wh, lo, hi, q=0):
     - the battery (Agent.plan's lo < hi, q) is idle from lo to hi; below lo it charges, q Wh
       if q > 0 (only while the household has a surplus: charging while it imports would
       take what a neighbour's battery discharges, churn through both conversion losses), and
-      all it can from the feed-in price down; from hi up it discharges, -q Wh if q < 0, and
-      all it can from the import price up. At those two grid prices the market gives the
-      batteries, members first, what brings the community's grid exchange closest to zero
+      all it can from the feed-in price down; it discharges all it can from the import price
+      (or hi above it) up. At those two grid prices the market gives the batteries, members
+      first, what brings the community's grid exchange closest to zero
       (gateway/market/uniform.py): community self-consumption, with no battery charging while
       another discharges. The meter follows the award at its connection point (the inverter's
       grid target, firmware/app.py), so the battery also absorbs the forecast's error.
@@ -178,14 +172,10 @@ def curve(forecast_wh, prefs, charge_wh, discharge_wh, lo, hi, q=0):
     if charge_wh or discharge_wh:
         # The battery's net export, level by level as the price rises (non-decreasing).
         low = -min(q, charge_wh) if q > 0 and forecast_wh >= 0 else 0
-        high = min(-q, discharge_wh) if q < 0 else 0
-        feed = min(prefs["feed_in_price"], lo)
-        top = max(prefs["import_price"], hi)
         base -= charge_wh
-        steps.append((feed, low + charge_wh))
+        steps.append((min(prefs["feed_in_price"], lo), low + charge_wh))
         steps.append((lo, -low))
-        steps.append((max(hi, lo), high))
-        steps.append((top, discharge_wh - high))
+        steps.append((max(prefs["import_price"], hi), discharge_wh))
     steps.sort()
     q = base
     points = []

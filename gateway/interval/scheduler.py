@@ -153,8 +153,16 @@ class Scheduler:
                                    "ts": iv * self.cfg.interval_s})
         out.append(Outgoing(topics.result_topic(self.cfg.community, iv), body))
         self.counters["cleared"] += 1
-        log.info("cleared interval %d: %d bids, price %d (%.0f ms: clearing %.0f)", iv, len(bids), result.price,
-                 (time.perf_counter() - started) * 1000, (cleared - started) * 1000)
+        spent = time.perf_counter() - started
+        # The gate budget: the awards must be out before their interval opens. Simulated seconds
+        # left once they are built (the publishing that follows takes milliseconds).
+        spare = iv * self.cfg.interval_s - now - spent * (self.cfg.clock.speed or 1.0)
+        log.info("cleared interval %d: %d bids, price %d (%.0f ms: clearing %.0f; %.0f s to spare)", iv, len(bids),
+                 result.price, spent * 1000, (cleared - started) * 1000, spare)
+        if spare < 0 and bids:
+            self.counters["cleared_late"] += 1
+            log.warning("interval %d: %d bids cleared %.0f s after it opened (gate closure %d s before it)",
+                        iv, len(bids), -spare, self.cfg.gate_closure_s)
         return out
 
     def _award(self, iv: int, meter: str, q_wh: int, result: Clearing, now: float) -> list[Outgoing]:

@@ -49,7 +49,7 @@ BUSY_MS = 1000
 ACCEPTED = frozenset({"stored", "duplicate", "quarantined", "bid", "status"})
 # The daemon's operational events: clearing, settlement, connections, export, the clock.
 EVENTS = frozenset({
-    "cleared", "settled", "adjusted", "clearing_failed", "p2p_unplaced", "award_trades_cut",
+    "cleared", "cleared_late", "settled", "adjusted", "clearing_failed", "p2p_unplaced", "award_trades_cut",
     "unbalanced_interval", "scheduler_error", "ingest_batches", "publish_failed", "mqtt_disconnects",
     "subscribe_refused", "keys_retired", "influx_points", "influx_errors", "db_replaced", "clock_hold",
     "clock_jump", "clock_rebased", "clock_confirmed", "up_restarts", "down_restarts", "homeassistant_failed",

@@ -4,7 +4,8 @@
    meter still holds an unacknowledged record;
 2. ``tmeter ledger verify`` passes on the database;
 3. every settled interval balances against the feeder meter within the loss tolerance;
-4. no award was applied outside its own interval.
+4. no award was applied outside its own interval;
+5. every interval with bids was cleared within its gate budget (awards out before it opened).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from sim_hardware.harness.scenario import Scenario
 
 # A firmware log line; fleets of CPython meters prefix each line with the meter id.
 APPLIED = re.compile(rb"^(?:([\w-]+) )?award iv (\d+) q -?\d+ -> grid -?\d+ W at (\d+)", re.M)
+# gateway/interval/scheduler.py, one line per clearing: its bids and the simulated seconds left
+# before the interval opened once the awards were built.
+CLEARED = re.compile(rb"cleared interval (\d+): (\d+) bids, .*; (-?\d+) s to spare\)$", re.M)
 
 
 @dataclass
@@ -81,6 +85,7 @@ def check(community: StoppedRun) -> InvariantReport:
             ledger_verifies(community.db_path),
             intervals_balance(db),
             awards_in_their_interval(community),
+            cleared_in_time(community),
         ])
 
 
@@ -159,3 +164,20 @@ def awards_in_their_interval(community: StoppedRun) -> Check:
     detail = f"{applied} awards applied, all inside their interval" if not late else "; ".join(late[:5])
     return Check("no award applied outside its interval", applied > 0 and not late,
                  detail if applied else "no award was applied at all")
+
+
+def cleared_in_time(community: StoppedRun) -> Check:
+    """Every interval with bids cleared within its gate budget: awards out before it opened."""
+    name = "every interval cleared before it opened"
+    log = community.out / "logs" / "gateway.log"
+    spare = {int(m[1]): int(m[3]) for m in CLEARED.finditer(log.read_bytes() if log.exists() else b"")
+             if int(m[2])}
+    late = sorted(iv for iv, s in spare.items() if s < 0)
+    if not spare:
+        return Check(name, False, "no interval with bids was cleared")
+    if late:
+        return Check(name, False, f"{len(late)} of {len(spare)} late, " + ", ".join(
+            f"iv {iv} by {-spare[iv]} s" for iv in late[:5]))
+    gate = community.scenario.gate_closure_s
+    return Check(name, True, f"{len(spare)} intervals, at least {min(spare.values())} s of the "
+                             f"{gate} s gate budget to spare")

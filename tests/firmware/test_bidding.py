@@ -51,18 +51,19 @@ def test_a_deficit_ahead_is_worth_the_price_there() -> None:
     assert agent_with([-1000] * 96, prices).plan(0, battery(50), PREFS)[1] == IMPORT
 
 
-def test_a_spill_ahead_is_worth_the_feed_in_price() -> None:
+def test_a_spill_ahead_sells_nothing_below_the_import_price() -> None:
     # A surplus of 1 kWh a slot into a battery at 95 %: it fills and spills in the second slot.
+    # Offering what would spill below the import price sold it to batteries that expect to run
+    # short (their lo is up to import x eta_c x eta_d): churn. It bids the safe rule instead.
     a = agent_with([1000] * 96, [FEED] * 96)
     lo, hi, q = a.plan(0, battery(95), PREFS)
-    assert lo == FEED
-    assert hi == FEED * 1000000 // (ETA * ETA)
-    # It sells at most what would not fit (here more than it holds: all 9 kWh above its
-    # floor, AC: x eta_d).
-    assert q == -(9000 * ETA // 1000)
-    # What it sells beyond that is offered at the import price, not at hi.
-    points = bidding.curve(0, PREFS, 0, 1250, lo, hi, -500)
-    assert points == [[0, hi], [500, hi], [500, IMPORT], [1250, IMPORT]]
+    assert (lo, hi, q) == (FEED, IMPORT, 0)
+    points = bidding.curve(0, PREFS, 0, 1250, lo, hi, q)
+    assert points == [[0, IMPORT], [1250, IMPORT]]
+    # A battery that runs short ahead buys only below its lo, far under the import price:
+    # the two never meet at one clearing price.
+    short = agent_with([-1000] * 96, [IMPORT] * 96).plan(0, battery(50), PREFS)
+    assert short[0] < IMPORT
 
 
 def test_the_first_event_decides_spill_before_deficit() -> None:

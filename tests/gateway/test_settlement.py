@@ -196,6 +196,20 @@ def test_clearing_failure_awards_nothing_and_keeps_going(offline: Offline) -> No
     assert first_point_clearing(iv, [], MARKET).awards == {}
 
 
+def test_a_clearing_after_its_interval_opened_is_counted_late(offline: Offline, caplog) -> None:  # noqa: ANN001
+    specs = _provision(offline, 1)
+    iv = int(offline.clock.t) // INTERVAL_S + 1
+    offline.tick(iv * INTERVAL_S - 30)
+    offline.send(bid(specs[0], "c1", iv, 0, [[25, 1000]], int(offline.clock.t)))
+    offline.tick(iv * INTERVAL_S - 5)  # inside the gate budget: in time
+    assert offline.counters["cleared"] >= 1 and offline.counters["cleared_late"] == 0
+    offline.tick((iv + 1) * INTERVAL_S - 30)
+    offline.send(bid(specs[0], "c1", iv + 1, 1, [[25, 1000]], int(offline.clock.t)))
+    offline.tick((iv + 1) * INTERVAL_S + 12)  # a tick 12 s into the interval: its awards are late
+    assert offline.counters["cleared_late"] == 1
+    assert f"interval {iv + 1}: 1 bids cleared 12 s after it opened" in caplog.text
+
+
 def test_scheduler_clears_with_the_market_engine(tmp_path) -> None:  # noqa: ANN001
     from gateway.interval.clearing import market_clear
     from tests.gateway.conftest import make_config
