@@ -129,10 +129,14 @@ def window_guard(now: float, window_s: float) -> archive.Guard:
     """``archive.prune``'s guard: refuse leaves of an interval that a late reading could still adjust."""
 
     def check(conn: sqlite3.Connection, base: int, cut: int) -> None:
+        # The intervals the prune removes: their result leaf is before the cut. The one the cut is
+        # made for keeps its row, result, awards and settlement (what a late reading adjusts);
+        # only its bids, received before its result, may go with the period (archived).
         row = conn.execute(
             "SELECT iv, state, settled_at FROM intervals WHERE iv IN (SELECT DISTINCT iv FROM leaves"
-            " WHERE idx >= ? AND idx < ? AND iv IS NOT NULL) AND (state != 'settled' OR settled_at IS NULL"
-            " OR settled_at + ? > ?) ORDER BY iv LIMIT 1", (base, cut, window_s, now)).fetchone()
+            " WHERE idx >= ? AND idx < ? AND iv IS NOT NULL) AND leaf < ? AND (state != 'settled'"
+            " OR settled_at IS NULL OR settled_at + ? > ?) ORDER BY iv LIMIT 1",
+            (base, cut, cut, window_s, now)).fetchone()
         if row is None:
             return
         iv, state, settled = row
