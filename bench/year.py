@@ -19,8 +19,9 @@ runs, `tmeter ledger archive` of the period since the last one, ending at the ch
 closed the interval the settlement window (ingest.settlement_window_s, 7 days) ago, then
 `tmeter ledger prune --before` that checkpoint (the plan, the archive verified, the settlement
 window checked, a signed prune leaf, VACUUM), so the Pi holds the settlement window plus at most
-one period; the first prune's bytes before and after and its time are printed. --no-prune keeps everything (the figure without
-retention is measured before the first prune either way).
+one period; the first prune's bytes before and after and its time are printed. --no-prune
+keeps everything (the figure without retention is measured before the first prune either way).
+The ingest rate of the last day over the first's shows whether ingest slows as the file grows.
 """
 
 from __future__ import annotations
