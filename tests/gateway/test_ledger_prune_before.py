@@ -152,6 +152,8 @@ def test_an_interval_inside_the_settlement_window_is_refused(pi: Pi, tmp_path: P
     refused(res, f"interval {first_iv} settled 2023-")
     assert "inside the settlement window (3650 days" in res.stderr and "prune --before an earlier" in res.stderr
     refused(pi.cli("prune", "--before", str(mid), "--config", str(toml), "--yes"), "settlement window")
+    arc = pi.folder / f"period-0-{mid}.db"
+    refused(pi.cli("prune", "--archive", str(arc), "--config", str(toml), "--yes"), f"interval {first_iv} settled")
     # An interval not settled at all: its leaves stay whatever its age.
     pi.off.conn.execute("UPDATE intervals SET state='cleared', settled_at=NULL WHERE iv=?", (first_iv,))
     refused(pi.cli("prune", "--before", str(mid), "--yes"), f"interval {first_iv} is cleared, not settled")
