@@ -162,11 +162,13 @@ def plan(conn: sqlite3.Connection, bound: int, now: float, window_s: float) -> P
     for a, _ in p.steps:
         _check_file(a)
     span = (base, cut)
-    p.kinds = dict(conn.execute("SELECT kind, COUNT(*) FROM leaves WHERE idx >= ? AND idx < ? GROUP BY kind", span))
+    within = "WHERE idx >= ? AND idx < ?"
+    p.kinds = dict(conn.execute(f"SELECT kind, COUNT(*) FROM leaves {within} GROUP BY kind", span))  # noqa: S608
     for table in archive.ROW_TABLES:
-        p.rows += conn.execute(f"SELECT COUNT(*) FROM {table} WHERE leaf >= ? AND leaf < ?", span).fetchone()[0]  # noqa: S608
-    p.intervals = conn.execute("SELECT COUNT(DISTINCT iv) FROM leaves WHERE idx >= ? AND idx < ? AND kind='interval'",
-                               span).fetchone()[0]
+        sql = f"SELECT COUNT(*) FROM {table} WHERE leaf >= ? AND leaf < ?"  # noqa: S608 - fixed names
+        p.rows += conn.execute(sql, span).fetchone()[0]
+    sql = f"SELECT COUNT(DISTINCT iv) FROM leaves {within} AND kind='interval'"  # noqa: S608
+    p.intervals = conn.execute(sql, span).fetchone()[0]
     p.file_bytes = db_bytes(conn)
     total = conn.execute("SELECT COUNT(*) FROM leaves").fetchone()[0]
     p.estimate = p.file_bytes * sum(p.kinds.values()) // max(1, total)
