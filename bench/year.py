@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import lzma
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -84,6 +85,7 @@ class Rig:
     specs: list[MeterSpec]
     counters: Counter[str] = field(default_factory=Counter)
     sizes: list[int] = field(default_factory=list)  # after interval k: the latest checkpoint's size
+    rates: list[float] = field(default_factory=list)  # ingest msgs/s of each whole simulated day
 
 
 @dataclass
@@ -342,6 +344,7 @@ def run(folder: Path, args: argparse.Namespace) -> int:
     total = Step()
     for d in days:
         _merge(total, d)
+    rig.rates = [d.messages / max(1e-9, d.ingest_s) for d in days if d.intervals == PER_DAY]
     return report(rig, args, done, wall, empty, days[0], days[-1], total, _note_before(rig, done), ret)
 
 
@@ -410,6 +413,13 @@ def report(rig: Rig, args: argparse.Namespace, done: int, wall: float, empty: in
         perf.add_row(f"settle tick, {name} (ms per interval)", f"{1e3 * s.settle_s / max(1, s.intervals):.1f}")
     rates = [s.messages / max(1e-9, s.ingest_s) for s in (first, last)]
     perf.add_row("ingest, last day / first day (msgs/s ratio)", f"{rates[1] / max(1e-9, rates[0]):.2f}")
+    if len(rig.rates) >= 2:
+        # One day's rate moves with the machine's other load; a week's median much less.
+        week = max(1, min(7, len(rig.rates) // 2))
+        early, late = statistics.median(rig.rates[:week]), statistics.median(rig.rates[-week:])
+        perf.add_row(f"ingest, median day of the last {week} / of the first {week} (msgs/s)",
+                     f"{late:,.0f} / {early:,.0f} = {late / max(1e-9, early):.2f}")
+        perf.add_row("ingest, slowest and fastest day (msgs/s)", f"{min(rig.rates):,.0f} .. {max(rig.rates):,.0f}")
     perf.add_row("settlement lag settled_at - due, first day (simulated s)", f"{lag(rig.conn, rig, True):.1f}")
     perf.add_row("settlement lag settled_at - due, last day (simulated s)", f"{lag(rig.conn, rig, False):.1f}")
     perf.add_row("whole run: wall s per simulated day", f"{wall * PER_DAY / max(1, done):.1f}")
