@@ -425,6 +425,7 @@ def report(rig: Rig, args: argparse.Namespace, done: int, wall: float, empty: in
     perf.add_row("whole run: wall s per simulated day", f"{wall * PER_DAY / max(1, done):.1f}")
     console.print(perf)
     console.print(archive_table(rig, day_note, args.meters))
+    console.print("ingest per day, k msgs/s: " + " ".join(f"{r / 1e3:.1f}" for r in rig.rates))
     console.print("settlement lag on the simulated clock is the bench's tick schedule (+1 s); the lag a"
                   " daemon adds is the settle tick's wall time above.")
     for r in (rep_full, rep_day):
