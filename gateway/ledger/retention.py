@@ -108,7 +108,7 @@ def resolve(conn: sqlite3.Connection, bound: str, now: float) -> int:
         size = int(text) if len(text) < 19 else -1  # SQLite integers end at 2**63
         if conn.execute("SELECT 1 FROM checkpoints WHERE size=?", (size,)).fetchone() is None:
             latest = [str(r[0]) for r in conn.execute("SELECT size FROM checkpoints ORDER BY size DESC LIMIT 3")]
-            raise Refusal(f"no checkpoint of size {text} (latest: {', '.join(latest) or 'none'})")
+            raise Refusal(f"no checkpoint of size {text[:24]} (latest: {', '.join(latest) or 'none'})")
         return size
     try:
         when = datetime.fromisoformat(text)
