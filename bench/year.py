@@ -17,9 +17,11 @@ checkpoint). A full year of 100 meters takes this machine hours, so the run stop
 Retention (deploy/README.md): every --period-days the bench runs what the operator's weekly job
 runs, `tmeter ledger archive` of the period since the last one, ending at the checkpoint that
 closed the interval the settlement window (ingest.settlement_window_s, 7 days) ago, then
-`tmeter ledger prune --archive` (the archive verified, a signed prune leaf), so the Pi holds the
-settlement window plus at most one period. --no-prune keeps everything (the figure without
-retention is measured before the first prune either way).
+`tmeter ledger prune --before` that checkpoint (the plan, the archive verified, the settlement
+window checked, a signed prune leaf, VACUUM), so the Pi holds the settlement window plus at most
+one period; the first prune's bytes before and after and its time are printed. --no-prune
+keeps everything (the figure without retention is measured before the first prune either way).
+The ingest rate of the last day over the first's shows whether ingest slows as the file grows.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import lzma
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +47,7 @@ from gateway.config import GatewayConfig  # noqa: E402
 from gateway.interval.clearing import market_clear  # noqa: E402
 from gateway.interval.scheduler import Scheduler  # noqa: E402
 from gateway.ingest.store import Ingest  # noqa: E402
-from gateway.ledger import archive, note, verify  # noqa: E402
+from gateway.ledger import archive, note, retention, verify  # noqa: E402
 from gateway.ledger.tlog import Ledger  # noqa: E402
 from gateway.registry import Registry  # noqa: E402
 from sim_hardware.harness.forged_meter import MeterSpec, bid, reading  # noqa: E402
@@ -82,6 +85,7 @@ class Rig:
     specs: list[MeterSpec]
     counters: Counter[str] = field(default_factory=Counter)
     sizes: list[int] = field(default_factory=list)  # after interval k: the latest checkpoint's size
+    rates: list[float] = field(default_factory=list)  # ingest msgs/s of each whole simulated day
 
 
 @dataclass
@@ -94,16 +98,20 @@ class Retention:
     archive_xz: int = 0  # bytes of the xz-compressed archives
     archive_s: float = 0.0
     prune_s: float = 0.0
+    vacuum_s: float = 0.0
     pruned: int = 0  # leaves removed
     before_first: tuple[int, int] | None = None  # (bytes, intervals done) just before the first prune
-    peak: int = 0  # the largest file + WAL seen after a prune: what the SD card must hold
+    first: retention.Done | None = None  # the first prune: the first period's days
+    peak: int = 0  # the largest file + WAL seen, just before a prune: what the SD card must hold
 
     def due(self, k: int) -> bool:
         return k >= self.window + self.period and (k - self.window) % self.period == 0
 
 
 def retain(rig: Rig, ret: Retention, k: int, folder: Path) -> None:
-    """Archive the checkpoints up to the one after interval k - window, verify it, prune it."""
+    """What the operator's weekly job runs: `tmeter ledger archive` of the checkpoints up to the
+    one after interval k - window, then `tmeter ledger prune --before` that checkpoint --yes
+    (the plan, the archive verified, the settlement window checked, VACUUM)."""
     last = rig.sizes[k - ret.window]
     if last <= ret.through:
         return
@@ -111,17 +119,21 @@ def retain(rig: Rig, ret: Retention, k: int, folder: Path) -> None:
         ret.before_first = (db_bytes(rig), k + 1)
     out = folder / f"archive-{ret.archives:03d}.db"
     t0 = time.perf_counter()
-    archive.export(rig.conn, ret.through, last, out)
+    retention.record(rig.conn, archive.export(rig.conn, ret.through, last, out))
     ret.archive_s += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    done = archive.prune(rig.ledger, out, rig.ledger.signing_key.public_key())  # type: ignore[union-attr]
-    ret.prune_s += time.perf_counter() - t0
+    window_s = rig.cfg.ingest.settlement_window_s
+    plan = retention.plan(rig.conn, last, rig.clock.t, window_s)
+    done = retention.execute(rig.ledger, plan, rig.ledger.signing_key.public_key(),  # type: ignore[union-attr]
+                             rig.clock.t, window_s)
+    ret.prune_s += done.prune_s
+    ret.vacuum_s += done.vacuum_s
+    ret.first = ret.first or done
+    ret.peak = max(ret.peak, done.before)
     ret.archive_xz += len(lzma.compress(out.read_bytes(), preset=6))
     out.unlink()  # it left the Pi
     ret.pruned += done.removed
     ret.through = last
     ret.archives += 1
-    ret.peak = max(ret.peak, db_bytes(rig))
 
 
 def build(folder: Path, meters: int) -> Rig:
@@ -274,12 +286,17 @@ def retention_table(rig: Rig, args: argparse.Namespace, ret: Retention, size: in
     kept = rig.conn.execute("SELECT COUNT(*) FROM leaves").fetchone()[0]
     t.add_row(f"archives written, verified and pruned ({ret.pruned:,} leaves removed)", f"{ret.archives}")
     t.add_row(f"leaves on the Pi at the end ({done / PER_DAY:.1f} days run)", f"{kept:,}")
-    t.add_row("file + WAL on the Pi, largest after a prune, measured", f"{peak / 1e6:.2f} MB")
+    if ret.first is not None:
+        f = ret.first
+        t.add_row(f"first prune, the first {ret.period / PER_DAY:g} days ({f.removed:,} leaves): file + WAL"
+                  " before -> after", f"{f.before / 1e6:.2f} -> {f.after / 1e6:.2f} MB")
+        t.add_row("  time: prune (archive verified, leaves removed) + VACUUM (wall s)",
+                  f"{f.prune_s:.1f} + {f.vacuum_s:.1f}")
+    t.add_row("file + WAL on the Pi, largest (just before a prune), measured", f"{peak / 1e6:.2f} MB")
     t.add_row("  per meter, for a year and on (steady state)", f"{peak / args.meters / 1e6:.2f} MB")
-    free = rig.conn.execute("PRAGMA freelist_count").fetchone()[0] * rig.conn.execute("PRAGMA page_size").fetchone()[0]
-    t.add_row("  of it free pages at the end (the next days reuse them)", f"{free / 1e6:.2f} MB")
-    t.add_row("archive + prune time per period (wall s)",
-              f"{ret.archive_s / ret.archives:.1f} + {ret.prune_s / ret.archives:.1f}")
+    t.add_row("archive + prune + VACUUM time per period (wall s)",
+              f"{ret.archive_s / ret.archives:.1f} + {ret.prune_s / ret.archives:.1f}"
+              f" + {ret.vacuum_s / ret.archives:.1f}")
     days = ret.through / max(1, rig.ledger.size) * done / PER_DAY
     t.add_row("archives off the Pi, xz, per meter-year, extrapolated",
               f"{ret.archive_xz / max(1e-9, days) * 365 / args.meters / 1e6:.2f} MB")
@@ -327,6 +344,7 @@ def run(folder: Path, args: argparse.Namespace) -> int:
     total = Step()
     for d in days:
         _merge(total, d)
+    rig.rates = [d.messages / max(1e-9, d.ingest_s) for d in days if d.intervals == PER_DAY]
     return report(rig, args, done, wall, empty, days[0], days[-1], total, _note_before(rig, done), ret)
 
 
@@ -393,11 +411,21 @@ def report(rig: Rig, args: argparse.Namespace, done: int, wall: float, empty: in
     for name, s in (("first day", first), ("last day", last)):
         perf.add_row(f"ingest, {name} (msgs/s)", f"{s.messages / max(1e-9, s.ingest_s):,.0f}")
         perf.add_row(f"settle tick, {name} (ms per interval)", f"{1e3 * s.settle_s / max(1, s.intervals):.1f}")
+    rates = [s.messages / max(1e-9, s.ingest_s) for s in (first, last)]
+    perf.add_row("ingest, last day / first day (msgs/s ratio)", f"{rates[1] / max(1e-9, rates[0]):.2f}")
+    if len(rig.rates) >= 2:
+        # One day's rate moves with the machine's other load; a week's median much less.
+        week = max(1, min(7, len(rig.rates) // 2))
+        early, late = statistics.median(rig.rates[:week]), statistics.median(rig.rates[-week:])
+        perf.add_row(f"ingest, median day of the last {week} / of the first {week} (msgs/s)",
+                     f"{late:,.0f} / {early:,.0f} = {late / max(1e-9, early):.2f}")
+        perf.add_row("ingest, slowest and fastest day (msgs/s)", f"{min(rig.rates):,.0f} .. {max(rig.rates):,.0f}")
     perf.add_row("settlement lag settled_at - due, first day (simulated s)", f"{lag(rig.conn, rig, True):.1f}")
     perf.add_row("settlement lag settled_at - due, last day (simulated s)", f"{lag(rig.conn, rig, False):.1f}")
     perf.add_row("whole run: wall s per simulated day", f"{wall * PER_DAY / max(1, done):.1f}")
     console.print(perf)
     console.print(archive_table(rig, day_note, args.meters))
+    console.print("ingest per day, k msgs/s: " + " ".join(f"{r / 1e3:.1f}" for r in rig.rates))
     console.print("settlement lag on the simulated clock is the bench's tick schedule (+1 s); the lag a"
                   " daemon adds is the settle tick's wall time above.")
     for r in (rep_full, rep_day):

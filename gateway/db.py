@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS erasures (meter TEXT PRIMARY KEY, at REAL NOT NULL, l
 CREATE TABLE IF NOT EXISTS pruned (
     one INTEGER PRIMARY KEY CHECK (one = 1), cut INTEGER NOT NULL, nodes BLOB NOT NULL,
     through INTEGER NOT NULL, archive_sha256 TEXT NOT NULL, at REAL NOT NULL);
+-- What `tmeter ledger archive` wrote (retention): the period first..last (checkpoint sizes), its
+-- leaves start..last-1 and intervals first_iv..last_iv, the file and its SHA-256 when written.
+-- `tmeter ledger prune --before` prunes only what a row here holds, from a file that still hashes so.
+CREATE TABLE IF NOT EXISTS archives (
+    path TEXT NOT NULL, sha256 TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
+    start INTEGER NOT NULL, first_iv INTEGER, last_iv INTEGER, bytes INTEGER NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (first, last));
 
 CREATE TABLE IF NOT EXISTS readings (
     id INTEGER PRIMARY KEY, meter TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +137,11 @@ def archive_period(arc: sqlite3.Connection) -> tuple[int, int, int]:
     return first, last, start
 
 
-def prune(ledger: Ledger, archive_file: Path, key: Ed25519PublicKey) -> Pruning:
+Guard = Callable[[sqlite3.Connection, int, int], None]
+
+
+def prune(ledger: Ledger, archive_file: Path, key: Ed25519PublicKey, through: int | None = None,
+          guard: Guard | None = None) -> Pruning:
     """Remove from the Pi's database the period an archive file holds, once the archive is proven
     to hold it: it verifies (from its start note, which the Pi still has), it starts at or before
     the Pi's first kept leaf, its last checkpoint note is the Pi's, and its commitments are the
@@ -147,9 +152,16 @@ def prune(ledger: Ledger, archive_file: Path, key: Ed25519PublicKey) -> Pruning:
     leaves, openings, rows and intervals before the cut, the other checkpoints and frontiers
     before it. A prune leaf, signed by a checkpoint in the same transaction, records the cut, the
     period's end and the archive's SHA-256, so the log itself says what left it (`ledger verify`
-    checks the pruned row against it). Refused (ValueError, nothing removed) otherwise."""
+    checks the pruned row against it). ``through``: a checkpoint inside the archive's period to
+    prune up to instead of its end (`prune --before`); ``guard(conn, base, cut)`` runs inside the
+    write transaction and raises ValueError to refuse the leaves base..cut-1 (the settlement
+    window, gateway/ledger/retention.py). Refused (ValueError, nothing removed) otherwise."""
     conn = ledger.conn
     first, last, start, sha = _checked_archive(conn, archive_file, ledger.origin, key)
+    if through is not None:
+        if not first < through <= last:
+            raise ValueError(f"checkpoint {through} is not in the archive's period {first}..{last}")
+        last = through
     with ledger.transaction():
         # Inside the write lock: the daemon cannot add a leaf to an interval the cut is made for.
         base = tlog.pruned_base(conn)
@@ -159,6 +171,8 @@ def prune(ledger: Ledger, archive_file: Path, key: Ed25519PublicKey) -> Pruning:
         cut = period_start(conn, last)
         if cut <= base.size:
             raise ValueError(f"nothing to prune: the Pi keeps leaves from {base.size}, the archive ends at {last}")
+        if guard is not None:
+            guard(conn, base.size, cut)
         mine = conn.execute("SELECT idx, commitment FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
                             (base.size, cut)).fetchall()
         arc = db.connect_readonly(archive_file)

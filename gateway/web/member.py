@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from gateway.bills import BILL_COLUMNS, Tariff
-from gateway.ledger import note
+from gateway.ledger import note, retention
 from gateway.registry import token_hash
 from gateway.web import memberdata as data
 from gateway.web import pages
@@ -202,6 +202,12 @@ async def proof(request: web.Request) -> web.Response:
     async with site._proofs:
         doc = await site.read(lambda c: data.proof_document(c, meter, iv, size), PROOF_TIMEOUT_S)
     if doc is None:
+        held = await site.read(lambda c: retention.where_pruned(c, iv))
+        if held is not None:  # the member learns which archive, not where the operator keeps it
+            return _html(404, pages.message("Pruned", f"That interval's records were archived (checkpoints"
+                                            f" {held.first}..{held.last}, SHA-256 {held.sha256[:16]}...) and"
+                                            " pruned from the gateway: ask the operator for a proof from the"
+                                            " archive."))
         return _html(404, pages.message("No proof", "No record of yours in that interval under that checkpoint."))
     return web.Response(text=json.dumps(doc, indent=1) + "\n", content_type="application/json", headers={
         **HEADERS, "Content-Disposition": f'attachment; filename="{meter}-{iv}-proof.json"'})

@@ -102,7 +102,7 @@ def test_prune_then_the_pi_verifies_proves_and_keeps_running(pi: Pi) -> None:
     first_note, mid_note = pi.note_file(sizes[0]), pi.note_file(mid)  # what an auditor kept
     arc = pi.archive(0, mid)
     before = pi.leaves()
-    out = verified(pi.cli("prune", "--archive", str(arc)), "pruned")
+    out = verified(pi.cli("prune", "--archive", str(arc), "--yes"), "pruned")
     cut, kept = pi.leaves()
     assert cut > 0 and kept < before[1] and f"keeps leaves {cut} on" in out
     assert pi.off.conn.execute("SELECT COUNT(*) FROM leaves WHERE kind='prune'").fetchone()[0] == 1
@@ -123,7 +123,9 @@ def test_prune_then_the_pi_verifies_proves_and_keeps_running(pi: Pi) -> None:
     check_proof(pi, old_proof, old_note)
     check_proof(pi, prove(pi, meter, early_iv, db=str(arc)), mid_note)
     res = pi.cli("prove", "--meter", meter, "--interval", str(early_iv))
-    assert res.returncode == 1 and "no records" in res.stderr  # gone from the Pi
+    # Gone from the Pi, and the answer says where it went.
+    assert res.returncode == 1 and f"pruned: the records of interval {early_iv}" in res.stderr, res.stderr
+    assert f"in archive {arc.resolve()}" in res.stderr and f"prove --db {arc.resolve()}" in res.stderr
     cons = pi.cli("consistency", "--old", str(mid))
     assert cons.returncode == 0 and json.loads(cons.stdout)["verified"], cons.stdout + cons.stderr
 
@@ -131,14 +133,14 @@ def test_prune_then_the_pi_verifies_proves_and_keeps_running(pi: Pi) -> None:
 def test_periods_prune_one_after_another_and_chain(pi: Pi) -> None:
     sizes = pi.sizes()
     a, b = sizes[len(sizes) // 3], sizes[2 * len(sizes) // 3]
-    verified(pi.cli("prune", "--archive", str(pi.archive(0, a))), "pruned")
+    verified(pi.cli("prune", "--archive", str(pi.archive(0, a)), "--yes"), "pruned")
     second = pi.archive(a, b)
     verified(pi.cli("verify", "--since", str(pi.note_file(a)), db=str(second)), "ledger OK since the note")
-    verified(pi.cli("prune", "--archive", str(second)), "pruned")
+    verified(pi.cli("prune", "--archive", str(second), "--yes"), "pruned")
     assert pi.off.conn.execute("SELECT through FROM pruned").fetchone()[0] == b
     more(pi.off, pi.specs, 1)
     verified(pi.cli("verify"))
-    refused(pi.cli("prune", "--archive", str(second)), "nothing to prune")
+    refused(pi.cli("prune", "--archive", str(second), "--yes"), "nothing to prune")
 
 
 def test_a_bad_archive_is_refused_in_one_line_and_nothing_goes(pi: Pi, tmp_path: Path) -> None:
@@ -147,20 +149,20 @@ def test_a_bad_archive_is_refused_in_one_line_and_nothing_goes(pi: Pi, tmp_path:
     before = pi.leaves()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all" * 100)
-    refused(pi.cli("prune", "--archive", str(junk)), "not an archive")
+    refused(pi.cli("prune", "--archive", str(junk), "--yes"), "not an archive")
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).execute("CREATE TABLE t (x)").connection.close()
-    refused(pi.cli("prune", "--archive", str(empty)), "tables missing")
-    refused(pi.cli("prune", "--archive", str(tmp_path / "missing.db")), "no archive file")
+    refused(pi.cli("prune", "--archive", str(empty), "--yes"), "tables missing")
+    refused(pi.cli("prune", "--archive", str(tmp_path / "missing.db"), "--yes"), "no archive file")
     # Partial: a later period while the first is still on the Pi.
-    refused(pi.cli("prune", "--archive", str(pi.archive(mid, sizes[-1]))), "archive (and prune) the period before")
+    refused(pi.cli("prune", "--archive", str(pi.archive(mid, sizes[-1])), "--yes"), "archive (and prune) the period before")
     # Edited: a record changed in the archive.
     edited = pi.archive(0, mid)
     conn = sqlite3.connect(edited)
     idx = conn.execute("SELECT MIN(idx) FROM leaves WHERE kind='settlement'").fetchone()[0]
     edit_record(conn, idx, b'"amount":', b'"amount":1')
     conn.close()
-    refused(pi.cli("prune", "--archive", str(edited)), "does not verify")
+    refused(pi.cli("prune", "--archive", str(edited), "--yes"), "does not verify")
     # Another log's archive (same origin name, another key).
     other = Offline(make_config(tmp_path / "other", None, interval_s=INTERVAL_S, gate_closure_s=10), pi.off.clock.t)
     other.cfg.settlement.grace_s = 5
@@ -169,7 +171,7 @@ def test_a_bad_archive_is_refused_in_one_line_and_nothing_goes(pi: Pi, tmp_path:
     res = tmeter("ledger", "archive", "--db", str(other.cfg.db), "--from", "0", "--to",
                  str(other.conn.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0]), "--out", str(foreign))
     assert res.returncode == 0, res.stderr
-    refused(pi.cli("prune", "--archive", str(foreign)), "")
+    refused(pi.cli("prune", "--archive", str(foreign), "--yes"), "")
     assert pi.leaves() == before
     assert pi.off.conn.execute("SELECT COUNT(*) FROM pruned").fetchone()[0] == 0
     verified(pi.cli("verify"))
@@ -177,7 +179,7 @@ def test_a_bad_archive_is_refused_in_one_line_and_nothing_goes(pi: Pi, tmp_path:
 
 def test_tampering_with_what_pruning_left_is_named(pi: Pi) -> None:
     sizes = pi.sizes()
-    verified(pi.cli("prune", "--archive", str(pi.archive(0, sizes[len(sizes) // 2]))), "pruned")
+    verified(pi.cli("prune", "--archive", str(pi.archive(0, sizes[len(sizes) // 2])), "--yes"), "pruned")
     copy = pi.folder / "copy.db"
     pi.off.conn.execute("VACUUM INTO ?", (str(copy),))
 

@@ -49,13 +49,13 @@ class Served:
     gw: GatewayThread
 
 
-def serve(tmp_path: Path, broker: MosquittoBroker, **web: Any) -> Served:
+def serve(tmp_path: Path, broker: MosquittoBroker, intervals: int = 3, **web: Any) -> Served:
     cfg = make_config(tmp_path, broker, interval_s=INTERVAL_S, gate_closure_s=10)
     cfg.settlement.grace_s = 5
     for name, value in web.items():
         setattr(cfg.web, name, value)
     off = Offline(cfg, START)
-    populate(off, meters=2, intervals=3)
+    populate(off, meters=2, intervals=intervals)
     off.conn.close()
     reg = Registry(cfg.db)
     tokens = {m: reg.issue_member_token(m) for m in reg.meters()}
@@ -411,3 +411,43 @@ def test_audit_paths_in_one_walk_are_rfc_6962_paths() -> None:
         targets = rng.sample(range(n), min(n, 5))
         got = audit_paths(hashes, targets)
         assert {t: got[t] for t in targets} == {t: merkle.inclusion_proof(t, hashes) for t in targets}, n
+
+
+def test_under_the_running_daemon_a_prune_leaves_kept_proofs_and_names_pruned_ones(
+        tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    """`tmeter ledger archive` and `prune --before --yes` (VACUUM included) while the daemon runs:
+    it goes on serving, a kept record's proof verifies, a pruned one's request says it was archived."""
+    served = serve(tmp_path / "gw", mosquitto, intervals=6)
+    try:
+        _prune_under(served, tmp_path)
+    finally:
+        served.gw.stop()
+
+
+def _prune_under(served: Served, tmp_path: Path) -> None:
+    import sqlite3
+
+    from gateway.ledger import archive
+    from tests.gateway.conftest import tmeter
+
+    db = str(served.cfg.db)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    first_iv = int(START) // INTERVAL_S + 1
+    last_leaf = conn.execute("SELECT MAX(idx) FROM leaves WHERE iv=? AND meter='m000'", (first_iv,)).fetchone()[0]
+    # The first checkpoint whose cut lies after the first interval's leaves: it goes, later ones stay.
+    mid = next(size for (size,) in conn.execute("SELECT size FROM checkpoints ORDER BY size")
+               if archive.period_start(conn, size) > last_leaf)
+    res = tmeter("ledger", "archive", "--db", db, "--from", "0", "--to", str(mid), "--out", str(tmp_path / "p.db"))
+    assert res.returncode == 0, res.stderr
+    res = tmeter("ledger", "prune", "--db", db, "--before", str(mid), "--yes")
+    assert res.returncode == 0 and "VACUUM" in res.stdout, res.stdout + res.stderr
+    ivs = [r[0] for r in conn.execute("SELECT iv FROM readings WHERE meter='m000' ORDER BY iv")]
+    conn.close()
+    assert first_iv not in ivs and ivs, (ivs, res.stdout)  # the first interval went, a later one stayed
+    session = login(served, "m000")
+    size = int(get(f"{served.base}/m/m000/checkpoint", session).text.splitlines()[1])
+    gone = get(f"{served.base}/m/m000/proof?iv={first_iv}&size={size}", session)
+    assert gone.status == 404 and "archived (checkpoints 0.." in gone.text and str(tmp_path) not in gone.text
+    kept = get(f"{served.base}/m/m000/proof?iv={ivs[-1]}&size={size}", session)
+    assert kept.status == 200 and json.loads(kept.text)["verified"], kept.text
+    assert get(f"{served.base}/m/m000", session).status == 200

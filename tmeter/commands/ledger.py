@@ -1,4 +1,5 @@
-"""`tmeter ledger verify|prove|check-proof|export-checkpoint|consistency|erase`: the ledger for auditors."""
+"""`tmeter ledger verify|prove|check-proof|export-checkpoint|consistency|erase|archive|prune`: the ledger
+for auditors and the operator's retention."""
 
 from __future__ import annotations
 
@@ -60,12 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="checkpoint size the period ends at")
     arch.add_argument("--out", required=True, metavar="FILE",
                       help="the archive, a new SQLite file: leaves, openings, rows, intervals, checkpoints, no keys")
-    prune = sub.add_parser("prune", help="remove an archived period from this database (retention): refused unless"
-                                          " the archive verifies and holds every leaf it removes")
+    prune = sub.add_parser("prune", help="remove archived leaves from this database (retention): a dry run"
+                                          " unless --yes; refused unless every leaf removed is in a verified"
+                                          " archive and outside the settlement window")
     common(prune)
-    prune.add_argument("--archive", required=True, metavar="FILE",
-                       help="the period's archive from `tmeter ledger archive`, verified here before anything goes;"
-                            " keep it (and its last checkpoint note) off the Pi")
+    what = prune.add_mutually_exclusive_group(required=True)
+    what.add_argument("--before", metavar="DATE|SIZE",
+                      help="prune up to a checkpoint: its size, or a date (YYYY-MM-DD[THH:MM[:SS]], UTC) for the"
+                           " last checkpoint signed at or before it; the archives `ledger archive` recorded must"
+                           " hold every leaf removed")
+    what.add_argument("--archive", metavar="FILE",
+                      help="prune the period of this archive file (from `tmeter ledger archive`), verified here"
+                           " before anything goes; keep it (and its last checkpoint note) off the Pi")
+    prune.add_argument("--yes", action="store_true",
+                       help="delete: without it prune says what it would delete (leaves, rows, bytes) and"
+                            " deletes nothing")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing"
+                                                              " (the default; wins over --yes)")
     erase = sub.add_parser("erase", help="erase one member's salts and records (GDPR); the log stays verifiable")
     common(erase)
     erase.add_argument("--meter", required=True, help="the member whose records go; it cannot be undone")
@@ -80,8 +92,9 @@ class _Ctx:
 
         self.cfg = config.load(args.config) if args.config else None
         path = args.db or (self.cfg.db if self.cfg else "gateway.db")
-        # Only erasure and pruning write; every other command reads, so an auditor's copy is never changed.
-        self.conn = open_database(path, writable=args.ledger_command in ("erase", "prune"))
+        # Only erasure, pruning and archiving (its `archives` row) write; every other command reads,
+        # so an auditor's copy is never changed.
+        self.conn = open_database(path, writable=args.ledger_command in ("erase", "prune", "archive"))
         self.key_path = self.cfg.key_path if self.cfg else Path(f"{path}.ledger-key.pem")
         self.args = args
 
@@ -207,30 +220,66 @@ def _verify_since(ctx: _Ctx, origin: str, key: Any, notes: list[bytes]) -> int:
 
 
 def _archive(ctx: _Ctx) -> int:
-    from gateway.ledger import archive  # noqa: PLC0415
+    from gateway.ledger import archive, retention  # noqa: PLC0415
 
     try:
         period = archive.export(ctx.conn, ctx.args.first, ctx.args.last, Path(ctx.args.out))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    row = retention.record(ctx.conn, period)
     print(f"archived leaves {period.start}..{period.last - 1} (checkpoints {period.first}..{period.last}) to"
-          f" {period.path}")
+          f" {period.path}, SHA-256 {row.sha256} (recorded for `ledger prune --before`)")
     check = f"--since START.note (the checkpoint of size {period.first}, kept since)" if period.first else ""
     print(f"verify later: tmeter ledger verify --db {period.path} --pubkey PUB.pem --origin {ctx.origin()} {check}")
     return 0
 
 
 def _prune(ctx: _Ctx) -> int:
-    from gateway.ledger import archive, note  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from gateway.config import IngestConfig  # noqa: PLC0415
+    from gateway.ledger import note, retention  # noqa: PLC0415
     from gateway.ledger.tlog import Ledger  # noqa: PLC0415
 
     if not ctx.key_path.is_file():  # the prune leaf is signed with the gateway's key, never a new one
         raise UsageError(f"no ledger key {ctx.key_path}: pruning signs a checkpoint with the gateway's key")
+    now = time.time()
+    window = (ctx.cfg.ingest if ctx.cfg else IngestConfig()).settlement_window_s
     ledger = Ledger(ctx.conn, ctx.origin(), note.load_or_create_signing_key(ctx.key_path))
     try:
-        done = archive.prune(ledger, Path(ctx.args.archive), ctx.public_key())
+        if ctx.args.archive:
+            return _prune_archive(ctx, ledger, retention.window_guard(now, window))
+        plan = retention.plan(ctx.conn, retention.resolve(ctx.conn, ctx.args.before, now), now, window)
+        print(_plan_text(plan))
+        if ctx.args.dry_run or not ctx.args.yes:
+            print("dry run: nothing deleted; run again with --yes to prune")
+            return 0
+        done = retention.execute(ledger, plan, ctx.public_key(), now, window)
     except ValueError as exc:
         raise UsageError(f"nothing pruned: {exc}") from None
+    print(f"pruned {done.removed} leaves in {done.prune_s:.1f} s (the log now keeps leaves {plan.cut} on);"
+          f" VACUUM {done.vacuum_s:.1f} s: {done.before:,} -> {done.after:,} bytes; verify the rest from"
+          f" the checkpoint at size {plan.bound}, kept with its note")
+    return 0
+
+
+def _plan_text(plan: Any) -> str:
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(plan.kinds.items()))
+    files = "; ".join(f"{a.path} (checkpoints {a.first}..{a.last}, through {t})" for a, t in plan.steps)
+    return (f"prune through checkpoint {plan.bound}: leaves {plan.base}..{plan.cut - 1} ({kinds}), {plan.rows} rows,"
+            f" {plan.intervals} settled intervals, about {plan.estimate:,} of the file's {plan.file_bytes:,} bytes;"
+            f" held by {files}")
+
+
+def _prune_archive(ctx: _Ctx, ledger: Any, guard: Any) -> int:
+    from gateway.ledger import archive  # noqa: PLC0415
+
+    if ctx.args.dry_run or not ctx.args.yes:
+        print(f"dry run: would prune the period of {ctx.args.archive} after verifying it; nothing deleted;"
+              " run again with --yes to prune")
+        return 0
+    done = archive.prune(ledger, Path(ctx.args.archive), ctx.public_key(), guard=guard)
+    ctx.conn.execute("VACUUM")
     print(f"pruned {done.removed} leaves (the log now keeps leaves {done.cut} on); verify the rest from the"
           f" checkpoint at size {done.through}, kept with its note; the archive {ctx.args.archive} holds the period")
     return 0
@@ -244,6 +293,15 @@ def _prove(ctx: _Ctx) -> int:
     idxs = [r[0] for r in ctx.conn.execute("SELECT idx FROM leaves WHERE meter=? AND iv=? AND idx < ? ORDER BY idx",
                                            (ctx.args.meter, ctx.args.interval, size))]
     if not idxs:
+        from gateway.ledger import retention  # noqa: PLC0415
+
+        held = retention.where_pruned(ctx.conn, ctx.args.interval)
+        if held is not None:
+            print(f"pruned: the records of interval {ctx.args.interval} left this database; they are in archive"
+                  f" {held.path} (checkpoints {held.first}..{held.last}, SHA-256 {held.sha256[:16]}...): tmeter"
+                  f" ledger prove --db {held.path} --meter {ctx.args.meter} --interval {ctx.args.interval}",
+                  file=sys.stderr)
+            return 1
         print(f"no records of {ctx.args.meter} for interval {ctx.args.interval} under the latest checkpoint"
               f" (size {size})", file=sys.stderr)
         return 1
