@@ -145,3 +145,18 @@ def test_sparse_graph_can_be_infeasible_where_the_collective_is_not() -> None:
     clear_uniform(BidBook.from_bids(bids), CommunityTerms())  # fine as one pool
     with pytest.raises(InfeasibleMarket):
         clear_p2p(BidBook.from_bids(bids), CommunityTerms(), P2PParams(k=1, positions=pos))
+
+
+def test_at_the_grids_price_members_come_first() -> None:
+    # Households whose batteries discharge at the import price into their own deficits (the
+    # firmware's safe rule: the load bid at import_wtp = import price, the battery above it):
+    # the dispatch that buys from the grid costs the same, and the members' own must win, as
+    # in the uniform market. The solver split the tie before: 100 demo meters at night bought
+    # 1.5 kWh an interval from the grid with full batteries.
+    bids = [Bid(f"m{i}", ((-1.275, 0.05), (-0.025 - i * 0.01, 0.05), (-0.025 - i * 0.01, 0.30),
+                          (0.0, 0.30), (1.25, 0.30))) for i in range(6)]
+    book = BidBook.from_bids(bids)
+    positions = {b.meter: (float(i), 0.0) for i, b in enumerate(bids)}
+    res = clear_p2p(book, GRID, P2PParams(k=2, positions=positions))
+    assert res.grid_import == 0.0 and res.grid_export == 0.0
+    assert clear_uniform(book, GRID).grid_import == 0.0
