@@ -72,7 +72,7 @@ from .uniform import check_feasible
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-TIE = 1e-7  # the grid's tie-break, relative to the largest price (_grid_tie)
+TIE = 1e-8  # the grid's tie-break, relative to the largest price (_grid_tie)
 ELASTIC = 10.0  # cost of an unbalanced kWh, in multiples of the largest price bid (+ premiums)
 
 
