@@ -2,13 +2,43 @@
 # schema `tmeter provision` writes), and the register-plan file beside it. Boot-only:
 # firmware/main.py unloads this module and protocols.devconfig again.
 import json
+from binascii import unhexlify
 
 from protocols import devconfig
 
 
-def load(path):
+def load(path, base=None):
+    """The config at ``path`` with what remote commands changed (firmware/remote.py) over it:
+    the accepted settings of remote.json and the key of rotate.json in the folder ``base``
+    (default: the config's own)."""
     with open(path) as f:
-        return devconfig.parse(f.read())
+        cfg = devconfig.parse(f.read())
+    if base is None:
+        base = path[:-len("config.json")]
+    elif base:
+        base += "/"
+    # Only what firmware/remote.py wrote after checking it (renamed into place whole); anything
+    # unreadable is ignored: the meter boots on config.json.
+    saved = _saved(base + "remote.json").get("set") or {}
+    for name in saved:
+        section, _, key = name.rpartition(".")
+        (cfg[section] if section else cfg)[key] = saved[name]
+    saved = _saved(base + "rotate.json")
+    if saved:
+        cfg["kid"] = saved["kid"]
+        cfg["key_bytes"] = unhexlify(saved["key"])
+    return cfg
+
+
+def _saved(path):
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        if type(saved) is dict:
+            return saved
+    except (OSError, ValueError):
+        pass
+    return {}
 
 
 def plan_key(mb):
