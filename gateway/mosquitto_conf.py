@@ -97,9 +97,9 @@ def acl_file(community: str, gateway_user: str, ha: HomeAssistantConfig | None =
         f"user {ota_login(gateway_user)}",
         f"topic write {root}/ota/+/down",
         f"topic read {root}/ota/+/up",
+        f"topic read {root}/meters/+/status",
         f"topic write {root}/cfg/+/down",
         f"topic read {root}/cfg/+/up",
-        f"topic read {root}/meters/+/status",
         *_home_assistant(root, gateway_user, ha),
     ]
     return "\n".join(rules) + "\n"
