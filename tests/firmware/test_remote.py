@@ -180,3 +180,86 @@ def test_a_command_to_a_meter_that_does_not_answer_times_out(setup):
                  ("config", "m09"), ("rotate-key", "nobody"), ("config", "m09", "poll_s=x")):
         rc, out, err = cli(*args, "--config", str(toml), "--timeout", "2")
         assert rc == 2 and err.startswith("tmeter: ") and err.count("\n") == 0, (args, err)
+
+
+# The meter's side in one MicroPython process, on the 32-bit port with the `fw build` bytecode
+# (a board's object sizes): what importing firmware/remote.py costs, and that it is gone again
+# after a set and after a rotation (a stand-in app: config, counters, queue, MQTT client).
+DRIVER = r'''
+import asyncio, gc, json, sys
+from binascii import hexlify, unhexlify
+from firmware.files import Files
+
+class B(Files):
+    def log(self, s): print(s)
+    async def sleep_ms(self, ms): await asyncio.sleep_ms(ms)
+    def reset(self): print("reset")
+class K:
+    pass
+class Q(K):
+    def __len__(self): return 0
+class C(K):
+    connected = False
+app = K()
+app.board = B()
+app.board.base = sys.argv[1]
+app.meter_id, app.kid, app.key = "m01", 1, bytes(range(32))
+app.cfg = {"community": "c1", "poll_s": 5, "kid": 1, "prefs": {"import_wtp": 1}}
+app.c = {}
+app.outbox, app.awards, app.client = Q(), K(), C()
+with open(sys.argv[2]) as f:
+    cmds = [unhexlify(h) for h in json.load(f)]
+
+async def main():
+    # What a booted meter holds anyway (tests/firmware/test_memory.py RUNTIME_MODULES).
+    from protocols import auth, canonical, meterlink, topics, trailer
+    gc.collect()
+    base = gc.mem_alloc()
+    import firmware.remote
+    gc.collect()
+    print("COST", gc.mem_alloc() - base)
+    del sys.modules["firmware.remote"]
+    del sys.modules["protocols.remote"]
+    for p in cmds:
+        __import__("firmware.remote", None, None, ("receive",)).receive(app, p)
+        await asyncio.sleep_ms(10)
+        print("LOADED", "firmware.remote" in sys.modules or "protocols.remote" in sys.modules)
+    gc.collect()
+    print("AFTER", gc.mem_alloc() - base)
+    print("STATE", json.dumps({"kid": app.kid, "key": hexlify(app.key).decode(), "cfg": app.cfg, "c": app.c}))
+asyncio.run(main())
+'''
+
+
+def test_the_remote_module_is_loaded_only_for_a_command(tmp_path, fw_build, monkeypatch):
+    import re
+    import subprocess
+
+    from tmeter.fwtools.runner import find_micropython, micropython_env
+
+    monkeypatch.setenv("TMETER_MICROPYTHON_BITS", "32")
+    key, new = bytes(range(32)), bytes(range(50, 82))
+    cmds = [remote.encode(remote.command(METER, 5, "set", set={"poll_s": 30,
+                                                               "prefs.import_wtp": 7}), 1, key),
+            remote.encode(remote.rotate(METER, 6, key, 2, new), 1, key)]
+    (tmp_path / "cmds.json").write_text(json.dumps([c.hex() for c in cmds]))
+    (tmp_path / "drive.py").write_text(DRIVER)
+    env = micropython_env()
+    env["MICROPYPATH"] = ".frozen:" + str(fw_build / "unix")
+    out = subprocess.run([find_micropython(), "-X", "heapsize=96K", str(tmp_path / "drive.py"),
+                          str(tmp_path), str(tmp_path / "cmds.json")], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    cost = int(re.search(r"COST (\d+)", text).group(1))
+    after = int(re.search(r"AFTER (-?\d+)", text).group(1))
+    print(f"32-bit port, .mpy: importing firmware.remote with protocols.remote costs {cost} bytes;"
+          f" after a set and a rotation {after} bytes remain allocated")
+    assert re.findall(r"LOADED (\w+)", text) == ["False", "False"], text
+    assert after < cost // 4, text  # unloaded: its code and data went back to the heap
+    state = json.loads(re.search(r"STATE (.*)", text).group(1))
+    assert state["kid"] == 2 and state["key"] == new.hex()
+    assert state["cfg"]["poll_s"] == 30 and state["cfg"]["prefs"]["import_wtp"] == 7
+    assert json.loads((tmp_path / "remote.json").read_text()) == {
+        "n": 6, "set": {"poll_s": 30, "prefs.import_wtp": 7}}
+    assert json.loads((tmp_path / "rotate.json").read_text()) == {"kid": 2, "key": new.hex()}
