@@ -131,7 +131,6 @@ def ack(app):
     if op == "rotate":
         board.write_atomic(ROT, json.dumps({"kid": w[2], "key": hexlify(w[3]).decode()}).encode())
         _switch(app, w[2], w[3])
-        _count(app, "cfg_ok")
         board.log("cfg %d: signing with key %d" % (n, w[2]))
         _answer(app, n, "", n)
     else:

@@ -258,7 +258,7 @@ def test_the_remote_module_is_loaded_only_for_a_command(tmp_path, fw_build, monk
     assert re.findall(r"LOADED (\w+)", text) == ["False", "False"], text
     assert after < cost // 4, text  # unloaded: its code and data went back to the heap
     state = json.loads(re.search(r"STATE (.*)", text).group(1))
-    assert state["kid"] == 2 and state["key"] == new.hex()
+    assert state["kid"] == 2 and state["key"] == new.hex() and state["c"] == {}  # none waits
     assert state["cfg"]["poll_s"] == 30 and state["cfg"]["prefs"]["import_wtp"] == 7
     assert json.loads((tmp_path / "remote.json").read_text()) == {
         "n": 6, "set": {"poll_s": 30, "prefs.import_wtp": 7}}
