@@ -18,7 +18,6 @@
 # signs with the old key; a reboot before it loses the rotation (the tool times out, the
 # operator runs it again), never a reading.
 import json
-import sys
 from binascii import hexlify
 
 from protocols import remote as msgs
@@ -42,14 +41,9 @@ def _load(board, name):
 
 
 def _unload():
-    if _wait is not None:
-        return
-    for name in ("firmware.remote", "protocols.remote"):
-        sys.modules.pop(name, None)
-        pkg, _, attr = name.rpartition(".")
-        parent = sys.modules.get(pkg)
-        if parent is not None and hasattr(parent, attr):
-            delattr(parent, attr)
+    if _wait is None:  # a waiting rotation or reset keeps it
+        from firmware.ondemand import unload
+        unload(("firmware.remote", "protocols.remote"))
 
 
 def _count(app, name):
@@ -128,19 +122,27 @@ def ack(app):
     app.c.pop(WAIT, None)
     board = app.board
     n, op = w[0], w[1]
-    if op == "rotate":
-        board.write_atomic(ROT, json.dumps({"kid": w[2], "key": hexlify(w[3]).decode()}).encode())
-        _switch(app, w[2], w[3])
-        board.log("cfg %d: signing with key %d" % (n, w[2]))
-        _answer(app, n, "", n)
-    else:
-        # Factory reset: back to config.json (identity, provisioned key and settings); the
-        # replay guard, boot counter, sequence numbers, queue and OTA slots stay.
-        board.write_atomic(SET, json.dumps({"n": n, "set": {}}).encode())
-        board.remove(ROT)
-        prov = _load(board, "config.json").get("kid", app.kid)
-        board.log("cfg %d: factory reset, back to key %d" % (n, prov))
-        _answer(app, n, "", n, prov, board.reset)
+    try:
+        if op == "rotate":
+            # The file first: a power cut before the rename boots on the old key, whose
+            # readings the gateway still takes; after it, on the new one, with nothing queued.
+            board.write_atomic(ROT, json.dumps({"kid": w[2],
+                                                "key": hexlify(w[3]).decode()}).encode())
+            _switch(app, w[2], w[3])
+            board.log("cfg %d: signing with key %d" % (n, w[2]))
+            _answer(app, n, "", n)
+        else:
+            # Factory reset: back to config.json (identity, provisioned key and settings); the
+            # replay guard, boot counter, sequence numbers, queue and OTA slots stay.
+            board.write_atomic(SET, json.dumps({"n": n, "set": {}}).encode())
+            board.remove(ROT)
+            prov = _load(board, "config.json").get("kid", app.kid)
+            board.log("cfg %d: factory reset, back to key %d" % (n, prov))
+            _answer(app, n, "", n, prov, board.reset)
+    except OSError as e:  # flash full or failing: the meter keeps the key it signs with
+        _count(app, "cfg_bad")
+        board.log("cfg: flash: %r" % e)
+        _answer(app, n, "flash", n)
     _unload()
 
 

@@ -26,14 +26,13 @@
 # ``last``: the last n it accepted (a tool whose n was refused as replayed starts above it).
 from binascii import hexlify, unhexlify
 
-from protocols import auth, canonical, const, trailer
+from protocols import auth, canonical, const, downlink, trailer
 from protocols.errors import ProtocolError
-from protocols.meterlink import VERSION, _check_field
+from protocols.meterlink import VERSION
 
 MAX_CFG_PAYLOAD = const(1024)
 MAX_N = const(2 ** 48)     # the tools use milliseconds since 1970: room for 8,000 years
 MAX_SETTINGS = const(16)
-KINDS = ("down", "up")
 OPS = ("set", "rotate", "reset")
 _PRICE = (0, 10 ** 8)      # micro-currency per kWh: up to 100 a kWh
 # The settings a command may change, with their ranges: what a meter reads while it runs
@@ -58,11 +57,7 @@ _KID = ("int", 0, 0xFFFF)
 
 def topic(community, meter, kind):
     """tm/v1/<community>/cfg/<meter>/<kind>, kind "down" or "up"."""
-    if kind not in KINDS:
-        raise ProtocolError("bad_topic", "unknown cfg topic kind")
-    _check_field("community", community, ("id", 0, 0))
-    _check_field("meter", meter, ("id", 0, 0))
-    return "tm/v1/%s/cfg/%s/%s" % (community, meter, kind)
+    return downlink.topic("cfg", community, meter, kind)
 
 
 def check_setting(name, value):
@@ -97,23 +92,10 @@ def _fields(op):
     return f
 
 
-def _check(msg, names):
-    if type(msg) is not dict or msg.get("v") != VERSION or type(msg.get("v")) is not int:
-        raise ProtocolError("bad_version", "unsupported protocol version")
-    for name in msg:
-        if name != "v" and name not in names:
-            raise ProtocolError("unknown_field", str(name)[:32])
-    for name in names:
-        if name not in msg:
-            raise ProtocolError("missing_field", name)
-        if names[name] is not None:
-            _check_field(name, msg[name], names[name])
-
-
 def validate(msg):
     """Check a command's schema and limits."""
     op = msg.get("op") if type(msg) is dict else None
-    _check(msg, _fields(op if op in OPS else "reset"))
+    downlink.check_fields(msg, _fields(op if op in OPS else "reset"))
     if msg["type"] != _T_CMD:
         raise ProtocolError("bad_type", "not a cfg command")
     if op == "set":
@@ -157,14 +139,7 @@ def decode(payload, meter, kid, key, last):
     """Verify, then parse a command for ``meter`` holding key ``kid``/``key`` whose last
     accepted n is ``last``: the tag before the body, then schema, meter and n. Returns the
     command; a rotate's "key" decrypted to bytes. Raises ProtocolError and nothing else."""
-    payload = _bytes(payload)
-    if len(payload) > MAX_CFG_PAYLOAD:
-        raise ProtocolError("too_large", "payload exceeds %d bytes" % MAX_CFG_PAYLOAD)
-    body, got, tag = trailer.split(payload)
-    if got != kid:
-        raise ProtocolError("unknown_key", "no key %d for this meter" % got)
-    if not auth.equal(auth.hmac_sha256(key, body), tag):
-        raise ProtocolError("bad_tag", "tag does not match the body")
+    body = downlink.tagged_body(payload, MAX_CFG_PAYLOAD, lambda k: key if k == kid else None)[0]
     msg = canonical.parse(body)
     validate(msg)
     if msg["meter"] != meter:
@@ -200,26 +175,8 @@ def encode_answer(msg, kid, key):
 
 def decode_answer(payload, meter, keys):
     """Verify and parse a meter's answer; ``keys``: {kid: key} the meter may sign with."""
-    payload = _bytes(payload)
-    if len(payload) > MAX_CFG_PAYLOAD:
-        raise ProtocolError("too_large", "payload exceeds %d bytes" % MAX_CFG_PAYLOAD)
-    body, kid, tag = trailer.split(payload)
-    key = keys.get(kid)
-    if key is None:
-        raise ProtocolError("unknown_key", "no key %d for this meter" % kid)
-    if not auth.equal(auth.hmac_sha256(key, body), tag):
-        raise ProtocolError("bad_tag", "tag does not match the body")
-    msg = canonical.parse(body)
-    _check(msg, _answer_fields())
+    msg = canonical.parse(downlink.tagged_body(payload, MAX_CFG_PAYLOAD, keys.get)[0])
+    downlink.check_fields(msg, _answer_fields())
     if msg["type"] != _T_RES or msg["meter"] != meter:
         raise ProtocolError("topic_mismatch", "not this meter's answer")
     return msg
-
-
-def _bytes(payload):
-    if type(payload) is bytes:
-        return payload
-    try:
-        return bytes(payload)
-    except Exception:  # noqa: BLE001 - any non-bytes object is a bad frame
-        raise ProtocolError("bad_frame", "payload is not bytes")

@@ -38,11 +38,11 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tmeter.fwtools import remote
+    from tmeter.fwtools.ota import OtaError
 
     try:
         return _run(args)
-    except remote.RemoteError as exc:
+    except OtaError as exc:  # RemoteError, or the broker's: one line
         print(f"tmeter: {exc}", file=sys.stderr)
         return 2
 
@@ -68,23 +68,23 @@ def _run(args: argparse.Namespace) -> int:
         held = reg.held_key(meter)
         if held is None:
             raise remote.RemoteError(f"{meter}: not provisioned, or no valid key")
-        kid, key = held
+        kid = held[0]
         keys = reg.valid_keys(meter)
         if args.fw_command == "rotate-key":
             new_kid, new_key = reg.rotate_key(meter)
-            keys[new_kid] = new_key
+            keys[new_kid] = new_key  # its answer comes under the new key
 
-            def make(n: int) -> bytes:
-                return msgs.encode(msgs.rotate(meter, n, key, new_kid, new_key), kid, key)
+            def make(n: int, k: int) -> bytes:
+                return msgs.encode(msgs.rotate(meter, n, keys[k], new_kid, new_key), k, keys[k])
         else:
             op = "set" if settings else "reset"
             fields = {"set": settings} if settings else {}
 
-            def make(n: int) -> bytes:
-                return msgs.encode(msgs.command(meter, n, op, **fields), kid, key)
+            def make(n: int, k: int) -> bytes:
+                return msgs.encode(msgs.command(meter, n, op, **fields), k, keys[k])
         ex = remote.Exchange(broker, meter)
         try:
-            answer = ex.ask(make, keys, args.timeout)
+            answer = ex.ask(make, keys, kid, args.timeout)
         finally:
             ex.close()
         if not answer["ok"]:
@@ -94,8 +94,8 @@ def _run(args: argparse.Namespace) -> int:
             reg.reinstate(meter, answer["kid"])  # it boots with its provisioned key again
             print(f"{meter}: factory reset, restarting with its provisioned key {answer['kid']}")
         elif args.fw_command == "rotate-key":
-            print(f"{meter}: signs with key {answer['kid']} now; key {kid} is retired when the"
-                  " gateway first verifies a message under it")
+            print(f"{meter}: signs with key {answer['kid']} now; the gateway retires the older"
+                  " keys when it first verifies a message under it")
         else:
             print(f"{meter}: set " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
         return 0

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from protocols import remote as msgs
 from protocols import topics
 from protocols.errors import ProtocolError
-from tmeter.fwtools.ota import Broker
+from tmeter.fwtools.ota import Broker, OtaError, connect
 
 
-class RemoteError(Exception):
+class RemoteError(OtaError):
     """A command that cannot be sent or was not answered; the message is one line."""
 
 
@@ -58,8 +58,6 @@ class Exchange:
     """Publishes commands to one meter and waits for its answers (paho's loop thread)."""
 
     def __init__(self, broker: Broker, meter: str) -> None:
-        import paho.mqtt.client as mqtt
-
         if not topics.valid_id(meter):
             raise RemoteError(f"meter id {meter!r}: expected 1-32 of A-Z a-z 0-9 _ -")
         self.meter = meter
@@ -67,25 +65,9 @@ class Exchange:
         self.answers: list[bytes] = []
         self.lock = threading.Lock()
         self.got = threading.Condition(self.lock)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=broker.user or "tmeter-cfg", clean_session=True)
-        if broker.user:
-            self.client.username_pw_set(broker.user, broker.password)
-        if broker.tls:
-            self.client.tls_set(ca_certs=broker.ca or None)
         up = msgs.topic(broker.community, meter, "up")
-        ready = threading.Event()
-        self.client.on_connect = lambda c, *_a: c.subscribe(up, 1)
-        self.client.on_subscribe = lambda *_a: ready.set()
-        self.client.on_message = self._on_message
-        try:
-            self.client.connect(broker.host, broker.port, keepalive=30)
-        except OSError as exc:
-            raise RemoteError(f"broker {broker.host}:{broker.port}: {exc}") from None
-        self.client.loop_start()
-        if not ready.wait(10):
-            self.close()
-            raise RemoteError(f"broker {broker.host}:{broker.port}: no subscription (login or ACL?)")
+        self.client = connect(broker, "tmeter-cfg", lambda c, *_a: c.subscribe(up, 1),
+                              self._on_message)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -96,16 +78,23 @@ class Exchange:
             self.answers.append(bytes(m.payload))
             self.got.notify_all()
 
-    def ask(self, make: Callable[[int], bytes], keys: dict[int, bytes], timeout: float) -> dict:
-        """Publish ``make(n)`` and return the meter's verified answer to it. A command refused
-        as replayed (this machine's clock behind an earlier command's) is sent once more with
-        an n above the meter's last. RemoteError when no answer comes within ``timeout``."""
+    def ask(self, make: Callable[[int, int], bytes], keys: dict[int, bytes], kid: int,
+            timeout: float) -> dict:
+        """Publish ``make(n, kid)`` (tagged with key ``kid`` of ``keys``) and return the meter's
+        verified answer to it. Sent once more when the meter refuses it as replayed (this
+        machine's clock behind an earlier command's: then above the meter's last n) or under an
+        unknown key while it signs with another valid one (a re-flash the gateway has not seen
+        yet). RemoteError when no answer comes within ``timeout``."""
         n = new_n()
-        for _ in range(2):
-            answer = self._one(make(n), n, keys, timeout)
-            if answer["ok"] or answer["reason"] != "replayed":
-                return answer
-            n = answer["last"] + 1
+        for _ in range(3):
+            answer = self._one(make(n, kid), n, keys, timeout)
+            if answer["reason"] == "replayed":
+                n = answer["last"] + 1
+            elif answer["reason"] == "unknown_key" and answer["kid"] in keys \
+                    and answer["kid"] != kid:
+                kid = answer["kid"]
+            else:
+                break
         return answer
 
     def _one(self, payload: bytes, n: int, keys: dict[int, bytes], timeout: float) -> dict:
