@@ -270,3 +270,40 @@ def test_the_remote_module_is_loaded_only_for_a_command(tmp_path, fw_build, monk
     assert json.loads((tmp_path / "remote.json").read_text()) == {
         "n": 6, "set": {"poll_s": 30, "prefs.import_wtp": 7}}
     assert json.loads((tmp_path / "rotate.json").read_text()) == {"kid": 2, "key": new.hex()}
+
+
+@pytest.mark.parametrize("remote_json, rotate_json", [
+    ('{"n": 3, "set": {"poll_s": "30"}}', None),                # a value of the wrong type
+    ('{"n": 3, "set": {"poll_s": 30, "prefs.x.y": 1}}', None),  # no such section
+    ('{"n": 3, "set": ["poll_s"]}', None),
+    ('[1, 2]', None),
+    ('{"n": 3, "se', None),                                      # torn (cannot be: rename)
+    ('{"n": 3, "set": {"poll_s": 30}}', '{"kid": 2, "key": "abcd"}'),  # a short key
+    ('{"n": 3, "set": {"poll_s": 30}}', '{"kid": "2", "key": "%s"}' % ("00" * 32)),
+    ('{"n": 3, "set": {"poll_s": 30}}', '{"key": "%s"}' % ("00" * 32)),
+    ('{"n": 3, "set": {"poll_s": 30}}', '{"kid": 2, "key": "zz"}'),
+])
+def test_damaged_remote_files_are_ignored_at_boot(tmp_path, remote_json, rotate_json, capsys):
+    """firmware/config.py (boot): a damaged remote.json or rotate.json boots config.json whole,
+    nothing of either file half-applied."""
+    from firmware import config
+
+    cfg_path = harness.write_config(tmp_path, METER, 1883, "tcp:127.0.0.1:1", harness.sim_clock(1))
+    plain = config.load(str(cfg_path))
+    (tmp_path / "remote.json").write_text(remote_json)
+    if rotate_json is not None:
+        (tmp_path / "rotate.json").write_text(rotate_json)
+    assert config.load(str(cfg_path)) == plain
+    assert "damaged, ignored" in capsys.readouterr().out
+
+
+def test_remote_files_apply_at_boot(tmp_path):
+    from firmware import config
+
+    cfg_path = harness.write_config(tmp_path, METER, 1883, "tcp:127.0.0.1:1", harness.sim_clock(1))
+    (tmp_path / "remote.json").write_text('{"n": 3, "set": {"poll_s": 30, "prefs.pv_price": 7}}')
+    (tmp_path / "rotate.json").write_text('{"kid": 4, "key": "%s"}' % ("ab" * 32))
+    cfg = config.load(str(cfg_path))
+    assert cfg["poll_s"] == 30 and cfg["prefs"]["pv_price"] == 7 and cfg["prefs"]["import_wtp"]
+    assert cfg["kid"] == 4 and cfg["key_bytes"] == bytes.fromhex("ab" * 32)
+    assert config.load(str(cfg_path), str(tmp_path / "elsewhere"))["kid"] == 1  # another folder
