@@ -4,7 +4,8 @@
 # Not resident: app.py imports this module when a command arrives and it unloads itself (and
 # protocols.remote) when done, as firmware/ota.py does, so a meter that is never commanded pays
 # nothing for it (names included: tests/firmware/test_memory.py). A rotation or reset waiting
-# for the queue keeps it loaded until then.
+# for the queue is kept on the app (a CPython fleet process runs many in one interpreter), and
+# the module is imported again when the queue is empty.
 #
 # Flash (beside config.json, each written via temporary file + rename: atomic on LittleFS):
 #   remote.json   {"n": last accepted n, "set": {setting: value}}; firmware/config.py applies
@@ -27,8 +28,6 @@ SET = "remote.json"
 ROT = "rotate.json"
 WAIT = "cfg_waiting"   # status counter: 1 while a rotation or reset waits for an empty queue
 
-_wait = None           # (n, op, kid, key) of the waiting rotation or reset
-
 
 def _load(board, name):
     try:
@@ -41,9 +40,8 @@ def _load(board, name):
 
 
 def _unload():
-    if _wait is None:  # a waiting rotation or reset keeps it
-        from firmware.ondemand import unload
-        unload(("firmware.remote", "protocols.remote"))
+    from firmware.ondemand import unload
+    unload(("firmware.remote", "protocols.remote"))
 
 
 def _count(app, name):
@@ -69,7 +67,6 @@ def _answer(app, n, reason, last, kid=None, then=None):
 
 # -- on the meter's cfg down topic -------------------------------------------------------------
 def receive(app, payload):
-    global _wait
     board = app.board
     saved = _load(board, SET)
     last = saved.get("n", 0)
@@ -89,7 +86,7 @@ def receive(app, payload):
             _answer(app, n, "", n)
         else:
             board.write_atomic(SET, json.dumps(saved).encode())  # the guard first
-            _wait = (n, op, msg.get("kid"), msg.get("key"))
+            app.cfg_wait = (n, op, msg.get("kid"), msg.get("key"))  # a later one replaces it
             app.c[WAIT] = 1
             board.log("cfg %d: %s once the queue is empty" % (n, op))
             if not len(app.outbox):
@@ -114,11 +111,10 @@ def apply(cfg, settings):
 
 def ack(app):
     """The queue is empty (app.py calls this after an ack emptied it): switch keys now."""
-    global _wait
-    w = _wait
+    w = getattr(app, "cfg_wait", None)
     if w is None:
         return
-    _wait = None
+    app.cfg_wait = None
     app.c.pop(WAIT, None)
     board = app.board
     n, op = w[0], w[1]
