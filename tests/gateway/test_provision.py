@@ -185,3 +185,22 @@ def test_the_old_key_is_retired_when_the_meter_is_first_seen_with_the_new_one(of
 
 def acks(out: list) -> list[str]:
     return [canonical.parse(o.payload.rsplit(b"\n", 1)[0])["res"] for o in out]
+
+
+def test_keys_for_a_rotation_over_the_air_and_a_factory_reset(tmp_path: Path) -> None:
+    """Registry.rotate_key (`tmeter fw rotate-key`), held_key (what awards and commands are
+    tagged with) and reinstate (`tmeter fw factory-reset`)."""
+    reg = Registry(tmp_path / "g.db")
+    first = reg.provision("m01", "c1")
+    kid, key = reg.rotate_key("m01")
+    assert kid == 2 and len(key) == 32 and key != first.key
+    assert reg.held_key("m01") == (1, first.key)  # the meter has only key 1 until it uses key 2
+    assert reg.current_key("m01") == (2, key) and reg.valid_keys("m01") == {1: first.key, 2: key}
+    assert reg.retire_superseded({"m01": 2}) == 1
+    assert reg.held_key("m01") == (2, key) and reg.valid_keys("m01") == {2: key}
+    reg.reinstate("m01", 1)  # reset: back on the provisioned key, every other retired
+    assert reg.valid_keys("m01") == {1: first.key} and reg.held_key("m01") == (1, first.key)
+    for bad in (lambda: reg.rotate_key("nobody"), lambda: reg.reinstate("m01", 9)):
+        with pytest.raises(RegistryError):
+            bad()
+    assert reg.provision("m01", "c1", rotate=True, password=first.mqtt.password).kid == 3  # one series
