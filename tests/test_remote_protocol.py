@@ -124,7 +124,8 @@ out = []
 for h in json.load(open(sys.argv[1])):
     try:
         m = remote.decode(unhexlify(h), "m01", 3, bytes(range(32)), 1000)
-        out.append(["ok", hexlify(m["key"]).decode() if m["op"] == "rotate" else json.dumps(m.get("set"))])
+        got = hexlify(m["key"]).decode() if m["op"] == "rotate" else json.dumps(m.get("set"))
+        out.append(["ok", got])
     except ProtocolError as e:
         out.append([e.code, ""])
 print(json.dumps(out))
@@ -136,12 +137,16 @@ def test_commands_micropython_as_cpython(tmp_path) -> None:
     all_cases = cases()
     (tmp_path / "cases.json").write_text(json.dumps([p.hex() for _n, p, _e in all_cases]))
     (tmp_path / "run.py").write_text(MPY)
-    res = subprocess.run([find_micropython(), str(tmp_path / "run.py"), str(tmp_path / "cases.json")],
-                         env=micropython_env(), capture_output=True, text=True, timeout=60)
+    res = subprocess.run([find_micropython(), str(tmp_path / "run.py"),
+                          str(tmp_path / "cases.json")], env=micropython_env(),
+                         capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     for (name, payload, expected), (code, detail) in zip(all_cases, got, strict=True):
         assert code == expected, name
         if code == "ok":
             want = decode_code(payload)[1]
-            assert json.loads(detail) == json.loads(want) if detail.startswith("{") else detail == want
+            if detail.startswith("{"):
+                assert json.loads(detail) == json.loads(want), name
+            else:
+                assert detail == want, name

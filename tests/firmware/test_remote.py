@@ -89,7 +89,8 @@ def test_set_changes_the_poll_period_live_and_after_a_reboot(setup, mosquitto):
     meter = start(cfg, meters)
     readings(gw, 2, "readings")
     fast = requests_per_s(sim)
-    rc, out, err = cli("config", METER, "poll_s=30", "prefs.import_wtp=250000", "--config", str(toml))
+    rc, out, err = cli("config", METER, "poll_s=30", "prefs.import_wtp=250000", "--config",
+                       str(toml))
     assert rc == 0 and out == f"{METER}: set poll_s=30, prefs.import_wtp=250000", err
     slow = requests_per_s(sim)
     assert slow < fast * 0.6, (fast, slow)  # polls every 30 s (0.5 s wall) instead of every 5
@@ -233,7 +234,8 @@ async def main():
                                      "firmware.ondemand") if m in sys.modules])
     gc.collect()
     print("AFTER", gc.mem_alloc() - base)
-    print("STATE", json.dumps({"kid": app.kid, "key": hexlify(app.key).decode(), "cfg": app.cfg, "c": app.c}))
+    print("STATE", json.dumps({"kid": app.kid, "key": hexlify(app.key).decode(), "cfg": app.cfg,
+                               "c": app.c}))
 asyncio.run(main())
 '''
 
