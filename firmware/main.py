@@ -24,8 +24,9 @@ _BOOT_ONLY = const(("firmware.config", "protocols.devconfig", "firmware.regmap",
 
 def boot(path, state_dir=None):
     """(config, register plans) from the config file at ``path`` (with remote settings and a
-    rotated key from ``state_dir``: firmware/config.py), with the boot-only modules unloaded. A plan file beside the config (regplan.json, from the host tools) saves loading
-    the register maps at all."""
+    rotated key from ``state_dir``: firmware/config.py), with the boot-only modules unloaded.
+    A plan file beside the config (regplan.json, from the host tools) saves loading the
+    register maps at all."""
     from firmware import config
     cfg = config.load(path, state_dir)
     plans = config.load_plans(path[:-len("config.json")] + "regplan.json", cfg["modbus"])

@@ -24,7 +24,7 @@ ACTIONS = ("config", "rotate-key", "factory-reset")
 
 def add_arguments(sub: argparse._SubParsersAction) -> None:
     helps = {"config": "change safe settings of a meter over MQTT",
-             "rotate-key": "give a meter a new key over MQTT (sent encrypted under its current one)",
+             "rotate-key": "give a meter a new key over MQTT (encrypted under its current one)",
              "factory-reset": "reset a meter to its provisioned config and key over MQTT"}
     for action in ACTIONS:
         p = sub.add_parser(action, help=helps[action])
