@@ -248,9 +248,10 @@ def test_the_remote_module_is_loaded_only_for_a_command(tmp_path, fw_build, monk
 
     monkeypatch.setenv("TMETER_MICROPYTHON_BITS", "32")
     key, new = bytes(range(32)), bytes(range(50, 82))
-    cmds = [remote.encode(remote.command(METER, 5, "set", set={"poll_s": 30,
+    n = new_n()  # milliseconds since 1970: a long int on a 32-bit port (above 2**30)
+    cmds = [remote.encode(remote.command(METER, n, "set", set={"poll_s": 30,
                                                                "prefs.import_wtp": 7}), 1, key),
-            remote.encode(remote.rotate(METER, 6, key, 2, new), 1, key)]
+            remote.encode(remote.rotate(METER, n + 1, key, 2, new), 1, key)]
     (tmp_path / "cmds.json").write_text(json.dumps([c.hex() for c in cmds]))
     (tmp_path / "drive.py").write_text(DRIVER)
     env = micropython_env()
@@ -270,7 +271,7 @@ def test_the_remote_module_is_loaded_only_for_a_command(tmp_path, fw_build, monk
     assert state["kid"] == 2 and state["key"] == new.hex() and state["c"] == {}  # none waits
     assert state["cfg"]["poll_s"] == 30 and state["cfg"]["prefs"]["import_wtp"] == 7
     assert json.loads((tmp_path / "remote.json").read_text()) == {
-        "n": 6, "set": {"poll_s": 30, "prefs.import_wtp": 7}}
+        "n": n + 1, "set": {"poll_s": 30, "prefs.import_wtp": 7}}
     assert json.loads((tmp_path / "rotate.json").read_text()) == {"kid": 2, "key": new.hex()}
 
 
