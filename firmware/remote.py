@@ -60,9 +60,18 @@ def _answer(app, n, reason, last, kid=None, then=None):
         if app.client.connected:
             await app.client.publish(up, payload, 1)
         if then is not None:
-            await app.board.sleep_ms(500)  # the answer leaves before the reset
-            then()
+            await app.board.sleep_ms(500)  # the answer leaves first
+            await then()
     asyncio.create_task(send())
+
+
+async def _rejoin(app):
+    # The broker holds the last will tagged at CONNECT with the old key: a DISCONNECT discards
+    # it (MQTT 3.1.1 section 3.14) and the client's reconnect registers one under the new key.
+    c = app.client
+    if c.connected:
+        await c._send(b"\xe0\x00")
+        await c._drop()
 
 
 # -- on the meter's cfg down topic -------------------------------------------------------------
@@ -126,7 +135,7 @@ def ack(app):
                                                 "key": hexlify(w[3]).decode()}).encode())
             _switch(app, w[2], w[3])
             board.log("cfg %d: signing with key %d" % (n, w[2]))
-            _answer(app, n, "", n)
+            _answer(app, n, "", n, None, lambda: _rejoin(app))
         else:
             # Factory reset: back to config.json (identity, provisioned key and settings); the
             # replay guard, boot counter, sequence numbers, queue and OTA slots stay.
@@ -134,12 +143,16 @@ def ack(app):
             board.remove(ROT)
             prov = _load(board, "config.json").get("kid", app.kid)
             board.log("cfg %d: factory reset, back to key %d" % (n, prov))
-            _answer(app, n, "", n, prov, board.reset)
+            _answer(app, n, "", n, prov, lambda: _reset(board))
     except OSError as e:  # flash full or failing: the meter keeps the key it signs with
         _count(app, "cfg_bad")
         board.log("cfg: flash: %r" % e)
         _answer(app, n, "flash", n)
     _unload()
+
+
+async def _reset(board):
+    board.reset()
 
 
 def _switch(app, kid, key):

@@ -152,7 +152,9 @@ def test_rotation_and_factory_reset_lose_no_reading(setup):
     assert reg.held_key(METER)[0] == 1
     rc, out, err = cli("config", METER, "status_s=4", "--config", str(toml))
     assert rc == 0 and "cfg: refused: unknown_key" in meter.output(), (out, err)
-    meter.stop()
+    meter.kill()  # a power cut: the broker publishes the meter's last will, under key 2
+    gw.wait_for(lambda g: any(s["online"] == 0 and s["kid"] == 2 for s in g.statuses), 15,
+                "the last will under the new key")
     meter = start(cfg, meters)  # a reboot: rotate.json's key
     after = readings(gw, 2, "readings after the reboot")
     assert after[-1]["kid"] == 2 and after[-1]["boot"] == 2
