@@ -231,7 +231,7 @@ async def main():
         del sys.modules[m]
     for p in cmds:
         __import__("firmware.remote", None, None, ("receive",)).receive(app, p)
-        await asyncio.sleep_ms(10)
+        await asyncio.sleep_ms(700)  # the answer task ends (a rotation reconnects after 0.5 s)
         print("LOADED", [m for m in ("firmware.remote", "protocols.remote", "protocols.downlink",
                                      "firmware.ondemand") if m in sys.modules])
     gc.collect()
