@@ -73,9 +73,11 @@ class App:
         self.client = mqtt.Client(board, cfg["mqtt"], "tm-" + self.meter_id, will=self._will,
                                   on_message=self._on_message, on_connect=self._on_connect,
                                   counters=self.c)
-        # The third subscription is the ledger's retained checkpoint (_on_message's last case).
-        self.client.subscriptions = [self.t_ack, self.t_award, topics.checkpoint_topic(community)]
-        if cfg.get("release_key"):  # OTA offers and chunks: the fourth (protocols/ota.py)
+        # The third subscription is the ledger's retained checkpoint (_on_message's last case),
+        # the fourth the remote configuration's commands (protocols/remote.py).
+        self.client.subscriptions = [self.t_ack, self.t_award, topics.checkpoint_topic(community),
+                                     "tm/v1/%s/cfg/%s/down" % (community, self.meter_id)]
+        if cfg.get("release_key"):  # OTA offers and chunks: the fifth (protocols/ota.py)
             self.client.subscriptions.append("tm/v1/%s/ota/%s/down" % (community, self.meter_id))
         self.client.window = cfg["send_window"]
         self.wdt = LoopWatchdog(board, cfg["wdt_s"] * 1000, self.c)
@@ -261,16 +263,16 @@ class App:
             self.board.log("HEAP %d %d" % (self.closed, self.board.mem_free()))
 
     async def meter_loop(self):
-        poll_ms = self.cfg["poll_s"] * 1000
         # One read lands just before each boundary and one just after (the close), so the
         # counters interpolated to the boundary rest on two reads close together. The read is
         # stamped when the meter answers: the guard leaves room for a slow answer (a loaded
         # host, a retry) to still land before the boundary; at 1 % of the interval, 100
         # meters on two cores at 240x stamped most of them after it and no interval was exact.
-        guard_ms = min(poll_ms, self.interval_ms // 25)
         await self.poll()
         limit = self.cfg["max_intervals"]
         while not limit or self.closed < limit:
+            poll_ms = self.cfg["poll_s"] * 1000  # each time: a remote command may change it
+            guard_ms = min(poll_ms, self.interval_ms // 25)
             now = self.board.now_ms()
             end = (self.acct.iv + 1) * self.interval_ms
             if now >= end:
@@ -287,9 +289,9 @@ class App:
 
     # -- uplink ------------------------------------------------------------------------------
     async def forwarder(self):
-        timeout = int(self.cfg["ack_timeout_s"] * 1000)
         window = self.cfg["send_window"]
         while True:
+            timeout = int(self.cfg["ack_timeout_s"] * 1000)  # remote settings apply at once
             self._wake_fwd.clear()
             if self.client.connected:
                 now = self.board.ticks_ms()
@@ -359,7 +361,11 @@ class App:
             iv = self.awards.receive(topic, payload, self.board.now_ms())
             if iv is not None:
                 self.board.log("award for iv %d at %d" % (iv, self.board.now_ms()))
-        elif topic in self.client.subscriptions[3:]:
+        elif topic == self.client.subscriptions[3]:
+            # As firmware/ota.py below: imported for the command, unloaded after it.
+            self.board.collect()
+            __import__("firmware.remote", None, None, ("receive",)).receive(self, payload)
+        elif topic in self.client.subscriptions[4:]:
             # Imported only now, unloaded when done (names too: firmware/ota.py), into a
             # collected heap: its code and a manifest need blocks of a few KB.
             self.board.collect()
@@ -402,6 +408,9 @@ class App:
             else:
                 self.c["rejected"] += 1
                 self.board.log("reading %d rejected: %s" % (seq, msg["res"]))
+            if self.c.get("cfg_waiting") and not len(self.outbox):
+                # A key rotation or reset waits for an empty queue (firmware/remote.py).
+                __import__("firmware.remote", None, None, ("ack",)).ack(self)
             self._wake_fwd.set()
 
     def _keys(self, meter, kid):
@@ -411,10 +420,10 @@ class App:
         """Wake the forwarder twice a second (it re-sends what was not acknowledged in time) and
         the status task every status_s; sync the clock (boards: NTP) every 30 s until it
         succeeds, then every ntp_s (default hourly: an ESP32 RTC drifts seconds a day)."""
-        period = self.cfg["status_s"] * 1000
         last = synced = self.board.ticks_ms()
         sync_every = 0
         while True:
+            period = self.cfg["status_s"] * 1000
             now = self.board.ticks_ms()
             if self.board.ticks_diff(now, synced) >= sync_every:
                 synced = now

@@ -22,12 +22,13 @@ _BOOT_ONLY = const(("firmware.config", "protocols.devconfig", "firmware.regmap",
                     "protocols.registers"))
 
 
-def boot(path):
-    """(config, register plans) from the config file at ``path``, with the boot-only modules
-    unloaded. A plan file beside the config (regplan.json, from the host tools) saves loading
-    the register maps at all."""
+def boot(path, state_dir=None):
+    """(config, register plans) from the config file at ``path`` (with remote settings and a
+    rotated key from ``state_dir``: firmware/config.py), with the boot-only modules unloaded.
+    A plan file beside the config (regplan.json, from the host tools) saves loading the
+    register maps at all."""
     from firmware import config
-    cfg = config.load(path)
+    cfg = config.load(path, state_dir)
     plans = config.load_plans(path[:-len("config.json")] + "regplan.json", cfg["modbus"])
     if plans is None:
         from firmware import regmap
@@ -84,7 +85,7 @@ def main(argv=None):
     try:
         from firmware.app import App
         from firmware.hal import Board
-        cfg, plans = boot(cfg_path)
+        cfg, plans = boot(cfg_path, state_dir)
     except Exception:
         if not (p and p[0]):
             raise

@@ -23,7 +23,6 @@
 import gc
 import hashlib
 import json
-import sys
 from binascii import hexlify, unhexlify
 
 from protocols import ota as msgs
@@ -67,14 +66,9 @@ def _count(app, name):
 
 def _unload():
     # Drop this module and the protocol's: their code and data go back to the heap.
-    if _job is not None:
-        return
-    for name in ("firmware.ota", "protocols.ota"):
-        sys.modules.pop(name, None)
-        pkg, _, attr = name.rpartition(".")
-        parent = sys.modules.get(pkg)
-        if parent is not None and hasattr(parent, attr):
-            delattr(parent, attr)
+    if _job is None:
+        from firmware.ondemand import unload
+        unload(("firmware.ota", "protocols.ota"))
 
 
 # -- on the meter's down topic -----------------------------------------------------------------

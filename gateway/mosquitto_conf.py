@@ -25,7 +25,7 @@ from protocols import topics
 
 
 def ota_login(gateway_user: str) -> str:
-    """The OTA rollout's own login (`tmeter fw ota`): with use_username_as_clientid it cannot
+    """The OTA rollout's and remote configuration's own login (`tmeter fw ota`, `fw config`): with use_username_as_clientid it cannot
     share one of the gateway's, whose sessions it would take over."""
     return f"{gateway_user}-ota"
 
@@ -87,13 +87,19 @@ def acl_file(community: str, gateway_user: str, ha: HomeAssistantConfig | None =
         # Over-the-air updates (protocols/ota.py): offers and chunks down, chunk requests up.
         f"pattern read {root}/ota/%u/down",
         f"pattern write {root}/ota/%u/up",
+        # Remote configuration (protocols/remote.py): commands down, answers up.
+        f"pattern read {root}/cfg/%u/down",
+        f"pattern write {root}/cfg/%u/up",
         "",
-        "# The OTA rollout (`tmeter fw ota`): offers and chunks to every meter, their requests and",
-        "# retained statuses; nothing of the gateway's.",
+        "# The OTA rollout (`tmeter fw ota`) and remote configuration (`tmeter fw config`,",
+        "# `rotate-key`, `factory-reset`): offers, chunks and commands to every meter, their",
+        "# requests, answers and retained statuses; nothing of the gateway's.",
         f"user {ota_login(gateway_user)}",
         f"topic write {root}/ota/+/down",
         f"topic read {root}/ota/+/up",
         f"topic read {root}/meters/+/status",
+        f"topic write {root}/cfg/+/down",
+        f"topic read {root}/cfg/+/up",
         *_home_assistant(root, gateway_user, ha),
     ]
     return "\n".join(rules) + "\n"

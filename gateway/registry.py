@@ -325,12 +325,9 @@ class Registry:
                 c.execute("UPDATE meters SET x_km=?, y_km=? WHERE meter=?", (*position, meter))
             if preference is not None:
                 c.execute("UPDATE meters SET preference=? WHERE meter=?", (preference, meter))
-            kid = c.execute("SELECT COALESCE(MAX(kid), 0) + 1 FROM meter_keys WHERE meter=?", (meter,)).fetchone()[0]
-            if kid > MAX_KID:
-                raise RegistryError("key ids exhausted")
             if retire_old:
                 c.execute("UPDATE meter_keys SET retired=? WHERE meter=? AND retired IS NULL", (now, meter))
-            c.execute("INSERT INTO meter_keys(meter, kid, key, created) VALUES (?,?,?,?)", (meter, kid, key, now))
+            kid = self._new_key(c, meter, key, now)
             token = new_member_token() if row is None or member_link else None
             if token is not None:
                 c.execute("UPDATE meters SET web_hash=? WHERE meter=?", (token_hash(token), meter))
@@ -341,6 +338,35 @@ class Registry:
                                **_given(gate_closure_s=gate_closure_s), **device)
             cfg.member_token = token
             return cfg
+
+    @staticmethod
+    def _new_key(c: sqlite3.Connection, meter: str, key: bytes, now: int) -> int:
+        """Add ``key`` as the meter's next key id (a rotation: the older ones stay valid until
+        the meter is seen using it); returns the key id."""
+        kid = c.execute("SELECT COALESCE(MAX(kid), 0) + 1 FROM meter_keys WHERE meter=?", (meter,)).fetchone()[0]
+        if kid > MAX_KID:
+            raise RegistryError("key ids exhausted")
+        c.execute("INSERT INTO meter_keys(meter, kid, key, created) VALUES (?,?,?,?)", (meter, kid, key, now))
+        return kid
+
+    def rotate_key(self, meter: str) -> tuple[int, bytes]:
+        """A rotation over the air (`tmeter fw rotate-key`): a new random key under the next key
+        id, no new device config (the meter receives the key encrypted under its current one,
+        protocols/remote.py); the older keys stay valid until it uses the new one."""
+        key = secrets.token_bytes(KEY_LEN)
+        with db.transaction(self.conn) as c:
+            if c.execute("SELECT 1 FROM meters WHERE meter=?", (meter,)).fetchone() is None:
+                raise RegistryError(f"{meter} is not provisioned")
+            return self._new_key(c, meter, key, int(time.time())), key
+
+    def reinstate(self, meter: str, kid: int) -> None:
+        """After a factory reset (`tmeter fw factory-reset`) the meter signs with its provisioned
+        key ``kid`` again: that key is valid again and every other key of the meter retired."""
+        now = int(time.time())
+        with db.transaction(self.conn) as c:
+            if c.execute("UPDATE meter_keys SET retired=NULL WHERE meter=? AND kid=?", (meter, kid)).rowcount != 1:
+                raise RegistryError(f"{meter} has no key {kid}")
+            c.execute("UPDATE meter_keys SET retired=? WHERE meter=? AND kid<>? AND retired IS NULL", (now, meter, kid))
 
     @staticmethod
     def _rotation(c: sqlite3.Connection, meter: str, community: str, row: tuple[str, str, int], rotate: bool,
@@ -386,6 +412,21 @@ class Registry:
         row = self.conn.execute(
             "SELECT key FROM meter_keys WHERE meter=? AND kid=? AND retired IS NULL", (meter, kid)).fetchone()
         return bytes(row[0]) if row else None
+
+    def held_key(self, meter: str) -> tuple[int, bytes] | None:
+        """The key the meter is known to hold: its oldest valid one. A rotation's new key is
+        valid before the meter has it, and the older ones are retired once it uses it
+        (retire_superseded), so until then the oldest is the meter's. Awards and remote
+        commands are tagged with it."""
+        row = self.conn.execute(
+            "SELECT kid, key FROM meter_keys WHERE meter=? AND retired IS NULL ORDER BY kid LIMIT 1",
+            (meter,)).fetchone()
+        return (row[0], bytes(row[1])) if row else None
+
+    def valid_keys(self, meter: str) -> dict[int, bytes]:
+        """Every valid key of the meter by key id."""
+        rows = self.conn.execute("SELECT kid, key FROM meter_keys WHERE meter=? AND retired IS NULL", (meter,))
+        return {kid: bytes(key) for kid, key in rows}
 
     def current_key(self, meter: str) -> tuple[int, bytes] | None:
         row = self.conn.execute(

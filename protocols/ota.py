@@ -21,7 +21,9 @@
 import hashlib
 from binascii import a2b_base64, b2a_base64, hexlify
 
-from protocols import auth, canonical, const, trailer
+from protocols import canonical, const, trailer
+from protocols.downlink import KINDS, as_bytes, check_fields, tagged_body
+from protocols.downlink import topic as downlink_topic
 from protocols.errors import ProtocolError
 from protocols.meterlink import VERSION, _check_field
 
@@ -32,7 +34,6 @@ MAX_BUNDLE = const(196608)
 MAX_CHUNK = const(2048)
 MAX_FW = const(999999)  # major * 10000 + minor * 100 + patch
 TARGETS = ("unix", "xtensawin")  # bytecode for the unix port, native code for ESP32 boards
-KINDS = ("down", "up")
 
 _T_MANIFEST = "ota_manifest"
 _T_GET = "ota_get"
@@ -44,11 +45,7 @@ _OFF = ("int", 0, MAX_FILE)
 
 def topic(community, meter, kind):
     """tm/v1/<community>/ota/<meter>/<kind>, kind "down" or "up"."""
-    if kind not in KINDS:
-        raise ProtocolError("bad_topic", "unknown ota topic kind")
-    _check_field("community", community, ("id", 0, 0))
-    _check_field("meter", meter, ("id", 0, 0))
-    return "tm/v1/%s/ota/%s/%s" % (community, meter, kind)
+    return downlink_topic("ota", community, meter, kind)
 
 
 def parse_topic(t):
@@ -88,22 +85,9 @@ def _name_ok(s):
     return bool(s) and not s.strip("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
-def _check_fields(msg, names):
-    if type(msg) is not dict or msg.get("v") != VERSION or type(msg.get("v")) is not int:
-        raise ProtocolError("bad_version", "unsupported protocol version")
-    for name in msg:
-        if name != "v" and name != "type" and name not in names:
-            raise ProtocolError("unknown_field", str(name)[:32])
-    for name in names:
-        if name not in msg:
-            raise ProtocolError("missing_field", name)
-        if names[name] is not None:
-            _check_field(name, msg[name], names[name])
-
-
 def validate_manifest(msg):
     """Check a manifest's schema and limits; returns the number of bytes it lists."""
-    _check_fields(msg, {"type": None, "version": _FW, "target": ("enum", TARGETS, 0),
+    check_fields(msg, {"type": None, "version": _FW, "target": ("enum", TARGETS, 0),
                         "rkid": ("int", 0, 0xFFFF), "files": None})
     if msg["type"] != _T_MANIFEST:
         raise ProtocolError("bad_type", "not a manifest")
@@ -151,14 +135,7 @@ def encode_manifest(msg, key):
 def decode_manifest(payload, rkid, key):
     """Verify, then parse an offer: the tag under release key id ``rkid`` first, then the body.
     Returns the manifest dict. Raises ProtocolError and nothing else."""
-    payload = _bytes(payload)
-    if len(payload) > MAX_OTA_PAYLOAD:
-        raise ProtocolError("too_large", "payload exceeds %d bytes" % MAX_OTA_PAYLOAD)
-    body, kid, tag = trailer.split(payload)
-    if kid != rkid or key is None:
-        raise ProtocolError("unknown_key", "no release key %d" % kid)
-    if not auth.equal(auth.hmac_sha256(key, body), tag):
-        raise ProtocolError("bad_tag", "tag does not match the body")
+    body, kid = tagged_body(payload, MAX_OTA_PAYLOAD, lambda k: key if k == rkid else None)
     msg = canonical.parse(body)
     validate_manifest(msg)
     if msg["rkid"] != kid:
@@ -174,11 +151,11 @@ def request(meter, version, index, off, n):
 
 
 def decode_request(payload):
-    payload = _bytes(payload)
+    payload = as_bytes(payload)
     if len(payload) > 512:
         raise ProtocolError("too_large", "request too large")
     msg = canonical.parse(payload)
-    _check_fields(msg, {"type": None, "meter": ("id", 0, 0), "version": _FW, "file": _INDEX,
+    check_fields(msg, {"type": None, "meter": ("id", 0, 0), "version": _FW, "file": _INDEX,
                         "off": _OFF, "n": ("int", 1, MAX_CHUNK)})
     if msg["type"] != _T_GET:
         raise ProtocolError("bad_type", "not a chunk request")
@@ -196,11 +173,11 @@ def chunk(version, index, off, data):
 
 def decode_chunk(payload):
     """(msg, data bytes) of a chunk. Its bytes are checked later, against the file's hash."""
-    payload = _bytes(payload)
+    payload = as_bytes(payload)
     if len(payload) > MAX_OTA_PAYLOAD:
         raise ProtocolError("too_large", "payload exceeds %d bytes" % MAX_OTA_PAYLOAD)
     msg = canonical.parse(payload)
-    _check_fields(msg, {"type": None, "version": _FW, "file": _INDEX, "off": _OFF,
+    check_fields(msg, {"type": None, "version": _FW, "file": _INDEX, "off": _OFF,
                         "data": ("text", 0, 4 * MAX_CHUNK // 3 + 4)})
     if msg["type"] != _T_CHUNK:
         raise ProtocolError("bad_type", "not a chunk")
@@ -217,17 +194,8 @@ def decode_chunk(payload):
 def kind(payload):
     """"manifest" or "chunk" for a payload on a meter's down topic (a chunk is untagged JSON
     ending in "}", a manifest ends in its tag trailer), without parsing it."""
-    return "chunk" if _bytes(payload)[-1:] == b"}" else "manifest"
+    return "chunk" if as_bytes(payload)[-1:] == b"}" else "manifest"
 
 
 def sha256_hex(data):
     return hexlify(hashlib.sha256(data).digest()).decode()
-
-
-def _bytes(payload):
-    if type(payload) is bytes:
-        return payload
-    try:
-        return bytes(payload)
-    except Exception:  # noqa: BLE001 - any non-bytes object is a bad frame
-        raise ProtocolError("bad_frame", "payload is not bytes")

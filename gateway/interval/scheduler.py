@@ -179,7 +179,7 @@ class Scheduler:
         self.conn.execute("INSERT INTO awards(iv, meter, q_wh, price, trades, share_ppm, leaf) VALUES (?,?,?,?,?,?,?)",
                           (iv, meter, q_wh, result.price, json.dumps(trades), share, leaf))
         self._export("award", {"iv": iv, "meter": meter, "q_wh": q_wh, "ts": iv * self.cfg.interval_s})
-        key = self.registry.current_key(meter)
+        key = self.registry.held_key(meter)  # during a rotation the meter's old key: it has no other
         if key is None:
             return []
         body = award_message(meter, key, iv, int(now), result.mech, q_wh, result.price, trades)

@@ -113,7 +113,8 @@ class CommunityRun:
         self._start_observer(broker)
         start_firmware(self.meters, sc.runtime, kill_targets(sc.faults), self.out, self.logs)
         self.disruptions = Disruptions(sc.faults, sc.start, sc.interval_s, self.clock,
-                                       Targets(broker, self.gateway, self.meters, sim.faults))
+                                       Targets(broker, self.gateway, self.meters, sim.faults,
+                                               self.out / "gateway.toml"))
 
     def stop(self) -> None:
         """Stop everything that runs, meters first (their last records stay queued on disk)."""
@@ -144,10 +145,25 @@ class CommunityRun:
         assert self._gateway_config is not None, "the run has not started"
         return self._gateway_config
 
+    def _key(self, meter: str, kid: int) -> bytes | None:
+        """A meter's key: the provisioned ones, or one a rotation (key_rotate) made since."""
+        key = self.keys.get((meter, kid))
+        if key is None:
+            from gateway.registry import Registry
+
+            reg = Registry(self.db_path)
+            try:
+                key = reg.key(meter, kid)
+            finally:
+                reg.close()
+            if key is not None:
+                self.keys[(meter, kid)] = key
+        return key
+
     def _start_observer(self, broker: Broker) -> None:
         """The observer on its own event loop in a thread, for the live table and the report."""
         sc = self.scenario
-        observer = CommunityObserver(sc.community, lambda m, k: self.keys.get((m, k)),
+        observer = CommunityObserver(sc.community, self._key,
                                      span=(sc.start // sc.interval_s, self.end_iv))
         loop = asyncio.new_event_loop()
         stop = asyncio.Event()

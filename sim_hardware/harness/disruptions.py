@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sim_hardware.harness.brokers import Broker
 from sim_hardware.harness.processes import Process
@@ -41,6 +42,7 @@ class Targets:
     gateway: Process
     meters: list[Meter]
     modbus: FaultSchedule  # the simulator's
+    gateway_toml: Path | None = None  # for the tools that read the gateway's database
 
 
 class Disruptions:
@@ -57,7 +59,9 @@ class Disruptions:
             "broker_restart": self._broker_restart, "gateway_kill": self._gateway_kill,
             "meter_kill": self._meter_kill, "meter_offline": self._meter_offline,
             "link_delay": self._link_delay, "modbus_storm": self._modbus_storm,
+            "key_rotate": self._key_rotate,
         }
+        self.rotated: dict[str, str] = {}  # meter -> the tool's one-line answer
 
     def apply_due(self) -> None:
         """Undo what is over, then apply every step whose time has come."""
@@ -112,6 +116,18 @@ class Disruptions:
         proxy = self._proxy(step.target)
         proxy.set_delay(step.delay_s)
         self._later(step, proxy.heal)
+
+    def _key_rotate(self, step: FaultStep) -> None:
+        # The operator's command, as a child process: it waits for the meter's answer (its
+        # switch once its queue is empty), a few real seconds at most.
+        from sim_hardware.harness.redteam import tmeter
+
+        assert self.targets.gateway_toml is not None, "key_rotate needs the gateway's config"
+        res = tmeter("fw", "rotate-key", step.target, "--config", str(self.targets.gateway_toml),
+                     "--timeout", "40")
+        self.rotated[step.target] = (res.stdout or res.stderr).strip()
+        if res.returncode != 0:
+            log.warning("key rotation of %s: %s", step.target, res.stderr.strip())
 
     def _modbus_storm(self, step: FaultStep) -> None:
         pattern = step.target or "hh*-meter"

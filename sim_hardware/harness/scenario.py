@@ -29,6 +29,7 @@ ACTIONS = {
     "meter_offline": "cut a meter's MQTT link for `intervals` market intervals",
     "link_delay": "delay a meter's MQTT link by `delay_s` for `intervals` intervals",
     "modbus_storm": "corrupt `rate` of Modbus answers of devices `target` for `intervals`",
+    "key_rotate": "give meter `target` a new key over MQTT while it runs (`tmeter fw rotate-key`)",
 }
 
 
@@ -51,7 +52,7 @@ class FaultStep:
             raise ScenarioError(f"unknown fault action {self.action!r}: one of {', '.join(ACTIONS)}")
         if self.at_h < 0 or self.intervals <= 0 or self.down_s < 0 or not 0 < self.rate <= 1:
             raise ScenarioError(f"fault {self.action} at {self.at_h} h: times and rate out of range")
-        if self.action in ("meter_kill", "meter_offline", "link_delay") and not self.target:
+        if self.action in ("meter_kill", "meter_offline", "link_delay", "key_rotate") and not self.target:
             raise ScenarioError(f"fault {self.action} at {self.at_h} h needs a target meter")
 
 

@@ -73,3 +73,29 @@ def test_hundred_cpython_meters_survive_every_fault(run_community: RunCommunity)
     result = run_community(scenario, drain_s=120)
     assert_invariants(result)
     assert_faults_left_their_marks(result)
+
+
+@pytest.mark.micropython
+@pytest.mark.mosquitto
+def test_keys_rotated_over_mqtt_in_a_running_community(run_community: RunCommunity) -> None:
+    """`tmeter fw rotate-key` on two of five MicroPython meters while the gateway process runs,
+    one of them power-cut after: every reading in the ledger once and verified, each rotated
+    meter on key 2 with key 1 retired by the gateway, the others untouched."""
+    scenario = Scenario(name="key-rotation", meters=5, hours=3, speed=720, runtime="micropython",
+                        faults=[FaultStep(at_h=1.0, action="key_rotate", target="hh001"),
+                                FaultStep(at_h=1.5, action="key_rotate", target="hh002"),
+                                FaultStep(at_h=2.0, action="meter_kill", target="hh001", intervals=2)])
+    result = run_community(scenario, drain_s=90)
+    assert_invariants(result)
+    rotated = result.community.disruptions.rotated
+    assert sorted(rotated) == ["hh001", "hh002"]
+    assert all(line.startswith(f"{m}: signs with key 2 now") for m, line in rotated.items()), rotated
+    with sqlite3.connect(result.community.db_path) as db:
+        keys = {(m, kid): retired is not None for m, kid, retired in
+                db.execute("SELECT meter, kid, retired FROM meter_keys")}
+        status = {m: json.loads(body)["kid"] for m, body in
+                  db.execute("SELECT meter, body FROM meter_status")}
+    for m in ("hh001", "hh002"):
+        assert keys[(m, 1)] and not keys[(m, 2)], keys  # the old key retired, the new one valid
+        assert status[m] == 2
+    assert {m for m, kid in keys if kid > 1} == {"hh001", "hh002"}

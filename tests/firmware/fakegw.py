@@ -55,6 +55,10 @@ class FakeGateway:
     def _key(self, meter: str, kid: int) -> bytes | None:
         return self.keys.get(meter) if kid == self.kid else None
 
+    def verified(self, meter: str, msg: dict) -> None:
+        """Called for every message that verified (the registry-backed gateway of
+        tests/firmware/test_remote.py retires superseded keys here)."""
+
     def _on_message(self, client, _u, m) -> None:
         try:
             _c, meter, msg, body = messages.decode(m.topic, m.payload, self._key)
@@ -63,6 +67,7 @@ class FakeGateway:
                 self.rejected[e.code] += 1
             return
         kind = msg["type"]
+        self.verified(meter, msg)
         with self.lock:
             if kind == "bid":
                 self.bids.append((time.time(), msg))
@@ -81,9 +86,10 @@ class FakeGateway:
                     return
                 self.acks_sent[ident] += 1
         if kind == "reading":
-            ack = messages.ack(meter, self.kid, msg["boot"], msg["seq"], res)
+            # Under the key the reading came with (a meter may be rotating its key).
+            ack = messages.ack(meter, msg["kid"], msg["boot"], msg["seq"], res)
             client.publish(topics.meter_topic(self.community, meter, "ack"),
-                           messages.encode(ack, self.keys[meter]), qos=1)
+                           messages.encode(ack, self._key(meter, msg["kid"])), qos=1)
 
     def send_award(self, meter: str, iv: int, q_wh: int, price: int = 100000) -> None:
         msg = messages.award(meter, self.kid, iv, int(time.time()), "uniform", q_wh, price, [])

@@ -111,7 +111,9 @@ RUNTIME_MODULES = (
     "firmware.app", "firmware.main")
 # Host-side or boot-only: never loaded (or unloaded again) on a running board.
 NOT_ON_DEVICE = ("protocols.messages", "protocols.modbus", "protocols.registers", "protocols.accel",
-                 "protocols.devconfig", "firmware.config", "firmware.regmap")
+                 "protocols.devconfig", "firmware.config", "firmware.regmap",
+                 "firmware.remote", "protocols.remote", "firmware.ota", "protocols.ota",
+                 "protocols.downlink", "firmware.ondemand")
 
 
 def print_costs(costs: list[list], used: int, heap: int) -> None:

@@ -198,3 +198,37 @@ def test_records_queued_while_the_gateway_was_down_are_taken_on_restart(gw_confi
             assert acks.wait_for(wanted, timeout=30)  # nothing was published again
         finally:
             gw.stop()
+
+
+def test_the_broker_gives_each_meter_only_its_own_cfg_topics(secured: Secured) -> None:
+    """Remote configuration (protocols/remote.py): only the tool's login (`<gateway user>-ota`)
+    commands meters; a meter reads only its own commands and answers only on its own topic."""
+    from gateway.mosquitto_conf import ota_login
+    from protocols import remote
+
+    broker, meters = secured.broker, secured.meters
+    ma, events = _v5_client(broker, "ma", meters["ma"][1])
+    tool, tool_events = _v5_client(broker, ota_login("gateway"), "gw-secret")
+    try:
+        assert _next(events, "connect") == 0 and _next(tool_events, "connect") == 0
+        ma.subscribe([(remote.topic("c1", "ma", "down"), 1), (remote.topic("c1", "mb", "down"), 1)])
+        _next(events, "suback")
+        tool.subscribe(f"{topics.ROOT}c1/cfg/+/up", 1)
+        _next(tool_events, "suback")
+        for meter in ("mb", "ma"):  # the tool may command every meter
+            tool.publish(remote.topic("c1", meter, "down"), b"x", qos=1)
+            assert _next(tool_events, "puback") == 0
+        assert _next(events, "message") == remote.topic("c1", "ma", "down")
+        for t, want in ((remote.topic("c1", "mb", "up"), 135), (remote.topic("c1", "mb", "down"), 135),
+                        (remote.topic("c1", "ma", "down"), 135), (remote.topic("c1", "ma", "up"), 0)):
+            ma.publish(t, b"x", qos=1)
+            assert _next(events, "puback") == want, t
+        assert _next(tool_events, "message") == remote.topic("c1", "ma", "up")
+        time.sleep(0.5)
+        assert [v for k, v in list(events.queue) if k == "message"] == []  # mb's command unseen
+        tool.publish(topics.meter_topic("c1", "ma", "award"), b"x", qos=1)  # nothing of the gateway's
+        assert _next(tool_events, "puback") == 135
+    finally:
+        for c in (ma, tool):
+            c.loop_stop()
+            c.disconnect()

@@ -72,6 +72,32 @@ def test_the_meter_learns_the_community_tariff_from_the_gateway_config(tmp_path:
     assert prefs["import_wtp"] == 300000  # the household's own price stays its own
 
 
+def test_provision_writes_the_release_key_for_over_the_air_updates(tmp_path: Path) -> None:
+    from protocols import devconfig
+
+    key = tmp_path / "release.key"
+    key.write_text(bytes(range(32)).hex() + "\n")
+
+    def provision(meter: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tmeter", "provision", meter, "--db", str(tmp_path / "g.db"),
+                               "--out", str(tmp_path / f"{meter}.json"), *extra],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    res = provision("m01", "--release-key", str(key), "--release-key-id", "4")
+    assert res.returncode == 0, res.stderr
+    cfg = devconfig.parse((tmp_path / "m01.json").read_text())  # as the firmware reads it
+    assert cfg["release_key"] == bytes(range(32)).hex() and cfg["release_kid"] == 4
+    assert "release_key" not in json.loads(provision("m02").stdout and (tmp_path / "m02.json").read_text())
+    (tmp_path / "short.key").write_text("abcd")
+    for meter, extra, why in (("m03", ("--release-key", str(tmp_path / "short.key")), "32 bytes"),
+                              ("m04", ("--release-key", str(tmp_path / "none.key")), "cannot read"),
+                              ("m05", ("--release-key", str(key), "--release-key-id", "0"), "1..65535")):
+        res = provision(meter, *extra)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and why in res.stderr, res.stderr
+        assert not (tmp_path / f"{meter}.json").exists()
+    assert Registry(tmp_path / "g.db").meters() == ["m01", "m02"]  # a refused key registers nothing
+
+
 def test_rotation_keeps_old_keys_until_retired(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "g.db")
     first = reg.provision("m01", "c1")
@@ -159,3 +185,22 @@ def test_the_old_key_is_retired_when_the_meter_is_first_seen_with_the_new_one(of
 
 def acks(out: list) -> list[str]:
     return [canonical.parse(o.payload.rsplit(b"\n", 1)[0])["res"] for o in out]
+
+
+def test_keys_for_a_rotation_over_the_air_and_a_factory_reset(tmp_path: Path) -> None:
+    """Registry.rotate_key (`tmeter fw rotate-key`), held_key (what awards and commands are
+    tagged with) and reinstate (`tmeter fw factory-reset`)."""
+    reg = Registry(tmp_path / "g.db")
+    first = reg.provision("m01", "c1")
+    kid, key = reg.rotate_key("m01")
+    assert kid == 2 and len(key) == 32 and key != first.key
+    assert reg.held_key("m01") == (1, first.key)  # the meter has only key 1 until it uses key 2
+    assert reg.current_key("m01") == (2, key) and reg.valid_keys("m01") == {1: first.key, 2: key}
+    assert reg.retire_superseded({"m01": 2}) == 1
+    assert reg.held_key("m01") == (2, key) and reg.valid_keys("m01") == {2: key}
+    reg.reinstate("m01", 1)  # reset: back on the provisioned key, every other retired
+    assert reg.valid_keys("m01") == {1: first.key} and reg.held_key("m01") == (1, first.key)
+    for bad in (lambda: reg.rotate_key("nobody"), lambda: reg.reinstate("m01", 9)):
+        with pytest.raises(RegistryError):
+            bad()
+    assert reg.provision("m01", "c1", rotate=True, password=first.mqtt.password).kid == 3  # one series

@@ -6,6 +6,8 @@
   tmeter fw ota --bundle DIR --key FILE --version X.Y.Z --meters m01,m02 [--wave N] [--timeout S]
                                                     over-the-air update in waves (tmeter/fwtools/ota.py)
   tmeter fw versions --meters m01,m02               each meter's version from its retained status
+  tmeter fw config M NAME=VALUE ... --config FILE   remote settings; fw rotate-key M, fw
+                                                    factory-reset M (tmeter/commands/fwremote.py)
 
 A device config that the firmware would refuse is answered before anything starts or is copied:
 one line naming the file and the problem, exit code 2.
@@ -50,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, help="gateway.toml: broker, community, MQTT login")
         p.add_argument("--broker", help="HOST:PORT of an anonymous broker instead of --config")
         p.add_argument("--community", default="c1", help="with --broker (%(default)s)")
+    from tmeter.commands import fwremote
+    fwremote.add_arguments(sub)
     o.add_argument("--wave", type=int, default=1, help="meters per wave (%(default)s)")
     o.add_argument("--timeout", type=float, default=900.0,
                    help="seconds a wave may take, commit included (%(default)s)")
@@ -120,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         except OtaError as exc:
             print(f"tmeter: {exc}", file=sys.stderr)
             return 2
+    if args.fw_command in ("config", "rotate-key", "factory-reset"):
+        from tmeter.commands import fwremote
+        return fwremote.run(args)
     if args.fw_command == "deploy":
         if args.config is not None and _refused(args.config, on_host=False):
             return 2

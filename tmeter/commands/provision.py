@@ -77,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rotate-member-link", action="store_true",
                    help="issue the member a new page link (the old one and its logins stop working); alone it"
                         " changes nothing else, with --rotate it goes with the new key")
+    p.add_argument("--release-key", metavar="FILE",
+                   help="the community's release key file (64 hex digits, as `tmeter fw ota --key`): the"
+                        " meter takes over-the-air updates signed with it (protocols/ota.py); never stored in"
+                        " the database")
+    p.add_argument("--release-key-id", type=int, default=1, help="its key id (default: %(default)s)")
     for flag, section, key, kind, text in DEVICE_OPTIONS:
         default = (schema[section] if section else schema)[key]
         p.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
@@ -118,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.rotate_member_link and not args.rotate:
         return _new_member_link(Registry(db_path), args.meter, cfg.web_url)
+    release = _release(args)
+    if isinstance(release, str):
+        print(f"tmeter provision: {release}", file=sys.stderr)
+        return 2
     registry = Registry(db_path)
     try:
         # The password the rotated meter keeps is the one in its config, which the new one replaces.
@@ -139,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     finally:
         registry.close()
+    if release:
+        device.doc.update(release)  # checked as the firmware reads it (protocols/devconfig.py)
     path = device.write(out)
     if args.rotate and not args.new_password:
         after = "same MQTT login; the older key works until the meter uses this one"
@@ -151,6 +162,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"tmeter provision: {args.meter} has no position: under p2p it trades with the grid only"
               " (give --position X,Y)", file=sys.stderr)
     return 0
+
+
+def _release(args: argparse.Namespace) -> dict[str, Any] | str:
+    """The device config's release_key and release_kid from --release-key (empty without it),
+    or why the file cannot be used (one line)."""
+    from tmeter.fwtools.ota import OtaError, read_key  # noqa: PLC0415
+
+    if args.release_key is None:
+        return {}
+    if not 1 <= args.release_key_id <= 0xFFFF:  # the firmware reads 0 as "not given": 1
+        return f"--release-key-id {args.release_key_id}: expected 1..65535"
+    try:
+        return {"release_key": read_key(args.release_key).hex(), "release_kid": args.release_key_id}
+    except OtaError as exc:
+        return str(exc)
 
 
 def _placed(place: Any) -> str:

@@ -142,6 +142,33 @@ class Broker:
     ca: str | None = None
 
 
+def connect(broker: Broker, default_id: str, on_connect, on_message):  # noqa: ANN001, ANN201
+    """A paho client logged in to ``broker`` (as its user, or ``default_id`` anonymously), its
+    loop running, once the subscription ``on_connect`` makes is acknowledged (10 s at most)."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=broker.user or default_id,
+                         clean_session=True)
+    if broker.user:
+        client.username_pw_set(broker.user, broker.password)
+    if broker.tls:
+        client.tls_set(ca_certs=broker.ca or None)
+    ready = threading.Event()
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: ready.set()
+    try:
+        client.connect(broker.host, broker.port, keepalive=30)
+    except OSError as exc:
+        raise OtaError(f"broker {broker.host}:{broker.port}: {exc}") from None
+    client.loop_start()
+    if not ready.wait(10):
+        client.loop_stop()
+        client.disconnect()
+        raise OtaError(f"broker {broker.host}:{broker.port}: no subscription (login or ACL?)")
+    return client
+
+
 def read_status(payload: bytes) -> dict | None:
     """The body of a meter's retained status, schema-checked. Its tag is not checked: the tool
     holds no meter keys; only the meter may write its status topic (the broker's ACL)."""
@@ -160,8 +187,6 @@ class Rollout:
 
     def __init__(self, broker: Broker, meters: list[str], server: Server | None = None,
                  offer: bytes | None = None) -> None:
-        import paho.mqtt.client as mqtt
-
         for m in meters:
             if not topics.valid_id(m):
                 raise OtaError(f"meter id {m!r}: expected 1-32 of A-Z a-z 0-9 _ -")
@@ -170,24 +195,7 @@ class Rollout:
         self.offer = offer
         self.lock = threading.Lock()
         self.meters = {m: MeterState(m) for m in meters}
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=broker.user or "tmeter-ota", clean_session=True)
-        if broker.user:
-            self.client.username_pw_set(broker.user, broker.password)
-        if broker.tls:
-            self.client.tls_set(ca_certs=broker.ca or None)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self._ready = threading.Event()
-        self.client.on_subscribe = lambda *_a: self._ready.set()
-        try:
-            self.client.connect(broker.host, broker.port, keepalive=30)
-        except OSError as exc:
-            raise OtaError(f"broker {broker.host}:{broker.port}: {exc}") from None
-        self.client.loop_start()
-        if not self._ready.wait(10):
-            self.close()
-            raise OtaError(f"broker {broker.host}:{broker.port}: no subscription (login or ACL?)")
+        self.client = connect(broker, "tmeter-ota", self._on_connect, self._on_message)
 
     def close(self) -> None:
         self.client.loop_stop()
