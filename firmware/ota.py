@@ -26,6 +26,7 @@ import json
 import sys
 from binascii import hexlify, unhexlify
 
+from protocols import const
 from protocols import ota as msgs
 from protocols.errors import ProtocolError
 
@@ -34,7 +35,8 @@ TRIAL_BOOTS = 3      # the pointer's trial at the switch: two boots on trial, th
 CHUNK = 1024         # bytes per request: a chunk's message, parsed, is ~4 KB of heap
 TRIES = 5            # requests of one chunk before the update is abandoned
 WAIT_MS = 3000       # for each answer
-_BLOCK = 512         # read size when hashing a staged file again
+_BLOCK = const(512)  # read size when hashing a staged file again
+_LIST = const("manifest.txt")  # the release's file 0 in the slot (no module: never imported)
 
 _job = None          # the update in progress (one at a time)
 
@@ -79,8 +81,8 @@ def _unload():
 
 # -- on the meter's down topic -----------------------------------------------------------------
 def receive(app, payload):
-    """A message on tm/v1/<c>/ota/<meter>/down: an offer (manifest) or a chunk."""
-    gc.collect()  # after this module's import; a message's parse needs a few KB in one block
+    """A message on tm/v1/<c>/ota/<meter>/down: an offer or a chunk."""
+    gc.collect()  # after this module's import; a chunk's parse needs a few KB in one block
     try:
         if msgs.kind(payload) == "chunk":
             if _job is not None:
@@ -100,7 +102,7 @@ def offer(app, payload):
     key = cfg.get("release_key")
     if key is None:
         raise ProtocolError("unknown_key", "no release key provisioned")
-    m = msgs.decode_manifest(payload, cfg.get("release_kid") or 1, unhexlify(key))
+    m = msgs.decode_offer(payload, cfg.get("release_kid") or 1, unhexlify(key))
     board = app.board
     if board.runtime == "cpython":
         raise ProtocolError("bad_target", "no updates of a CPython fleet process")
@@ -108,7 +110,7 @@ def offer(app, payload):
     if m["target"] != target:
         raise ProtocolError("bad_target", "a %s bundle on a %s meter" % (m["target"], target))
     v = m["version"]
-    # Versions only go up: a replayed manifest of the running or an older release is refused,
+    # Versions only go up: a replayed offer of the running or an older release is refused,
     # and so is the release this meter rolled back from (until a newer one is offered).
     if v <= app.c["fw"]:
         raise ProtocolError("stale", "version %d is not newer than %d" % (v, app.c["fw"]))
@@ -122,7 +124,7 @@ def offer(app, payload):
     import asyncio
     _job = Job(app, m, 2 if p[0] == 1 else 1)
     _job.task = asyncio.create_task(_job.run())
-    board.log("ota: version %d offered, %d files into slot %d" % (v, len(m["files"]), _job.slot))
+    board.log("ota: version %d offered, %d files into slot %d" % (v, m["files"], _job.slot))
 
 
 def _wipe(board, path):
@@ -149,7 +151,7 @@ class Job:
     def __init__(self, app, m, slot):
         import asyncio
         self.app = app
-        self.files = m["files"]
+        self.m = m           # the offer: a dict of nine small fields
         self.version = m["version"]
         self.slot = slot
         self.dir = "ota/%d" % slot
@@ -158,6 +160,7 @@ class Job:
         self.got = asyncio.Event()
         self.task = None
         self.up = "tm/v1/%s/ota/%s/up" % (app.cfg["community"], app.meter_id)
+        self.free = gc.mem_free()  # the least free heap seen between chunks
 
     def cancel(self):
         if self.task is not None:
@@ -193,7 +196,31 @@ class Job:
                 return self.data
         return None
 
-    def _hash(self, name):
+    async def get(self, i, path, size, want):
+        """File ``i`` of the release into ``path`` of the slot, hashed as it is written."""
+        board = self.app.board
+        name = self.dir + "/" + path
+        parts = name.split("/")
+        for k in range(3, len(parts)):
+            board.mkdir("/".join(parts[:k]))
+        with open(board.path(name), "wb"):
+            pass
+        h = hashlib.sha256()
+        off = 0
+        while off < size:
+            data = await self.fetch(i, off, min(CHUNK, size - off))
+            if data is None:
+                raise ProtocolError("no_answer", "no chunk for %s at %d" % (path, off))
+            _append(board, name, data)
+            h.update(data)
+            off += len(data)
+            data = None
+            gc.collect()  # one chunk's message at a time: the heap stays unfragmented
+            self.free = min(self.free, gc.mem_free())
+        if hexlify(h.digest()).decode() != want:
+            raise ProtocolError("bad_hash", path)
+
+    def hash(self, name):
         h = hashlib.sha256()
         with open(self.app.board.path(name), "rb") as f:
             while True:
@@ -207,37 +234,30 @@ class Job:
         global _job
         app = self.app
         board = app.board
+        m = self.m
         try:
             board.mkdir("ota")
             _wipe(board, self.dir)
             board.mkdir(self.dir)
-            for i in range(len(self.files)):
-                path, size, want = self.files[i]
-                name = self.dir + "/" + path
-                parts = name.split("/")
-                for k in range(3, len(parts)):
-                    board.mkdir("/".join(parts[:k]))
-                with open(board.path(name), "wb"):
-                    pass
-                h = hashlib.sha256()
-                off = 0
-                while off < size:
-                    data = await self.fetch(i, off, min(CHUNK, size - off))
-                    if data is None:
-                        raise ProtocolError("no_answer", "no chunk for %s at %d" % (path, off))
-                    _append(board, name, data)
-                    h.update(data)
-                    off += len(data)
-                if hexlify(h.digest()).decode() != want:
-                    raise ProtocolError("bad_hash", path)
-            # Everything again as it reads back from flash: what boots is what was verified.
-            for path, size, want in self.files:
-                if self._hash(self.dir + "/" + path) != want:
-                    raise ProtocolError("bad_hash", path + " on flash")
+            # File 0, the list, checked against the signed offer. Then three readings of it
+            # back from flash, one line at a time (protocols/ota.py entries(): the list is
+            # never held whole): every line checked before a single file is fetched (a bad
+            # list costs one download of 9 KB at most); each file fetched, hashed as written;
+            # each file hashed again as it reads back: what boots is what was verified.
+            await self.get(0, _LIST, m["lsize"], m["lsha"])
+            for step in (0, 1, 2):
+                n = 0
+                with open(board.path(self.dir + "/" + _LIST), "rb") as f:
+                    for path, size, want in msgs.entries(f, m):
+                        n += 1
+                        if step == 1:
+                            await self.get(n, path, size, want)
+                        elif step == 2 and self.hash(self.dir + "/" + path) != want:
+                            raise ProtocolError("bad_hash", path + " on flash")
             p = pointer(board)
             write_pointer(board, [self.slot, p[0], TRIAL_BOOTS, self.version, p[4], p[3]])
-            board.log("ota: version %d staged in slot %d, restarting on trial"
-                      % (self.version, self.slot))
+            board.log("ota: version %d staged in slot %d, %d bytes of heap free at least,"
+                      " restarting on trial" % (self.version, self.slot, self.free))
             board.reset()
         except ProtocolError as e:
             _count(app, "ota_bad")
