@@ -569,6 +569,9 @@ def test_ota_in_the_32bit_heap(tmp_path, mosquitto, sim, clock, gateway, fw_buil
     finally:
         s.stop()
     log = s.meter.output()
+    for line in log.splitlines():
+        if "staged in slot" in line or "MemoryError" in line:
+            print(line)
     assert "MemoryError" not in log, log[-3000:]
     assert results == [True] and states["m01"].fw == NEW, (states, log[-3000:])
     assert_no_reading_lost(gateway, "m01", cfg.parent)
