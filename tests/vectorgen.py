@@ -264,8 +264,7 @@ def _chunk_body(data: bytes, **changes: Any) -> bytes:
     import base64
     msg = {"v": 1, "type": "ota_chunk", "version": 10400, "file": 0, "off": 0,
            "data": base64.b64encode(data).decode()}
-    msg.update(changes)
-    return body(msg)
+    return body(with_(msg, **changes))
 
 
 def _text_or_hex(payload: bytes) -> dict[str, str]:
@@ -385,9 +384,10 @@ def ota_vectors() -> list[dict[str, Any]]:
                 "in": {"version": 10400, "file": 0, "off": 1536, "data_hex": data.hex()},
                 "out": chunk.decode()})
     out.append({"name": "chunk-decode", "op": "decode_chunk", "in": {"payload": chunk.decode()},
-                "out": {"msg": json.loads(chunk), "data_hex": data.hex()}})
+                "out": {"msg": {**json.loads(chunk), "data": ""}, "data_hex": data.hex()}})
     out.append({"name": "chunk-empty", "op": "decode_chunk", "in": {"payload": _chunk_body(b"").decode()},
                 "out": {"msg": json.loads(_chunk_body(b"")), "data_hex": ""}})
+    reordered = b'{"file":0,"data":"YWJj","off":0,"type":"ota_chunk","v":1,"version":10400}'
     out.append({"name": "chunk-too-big", "op": "chunk",
                 "in": {"version": 10400, "file": 0, "off": 0, "data_hex": "00" * 2049},
                 "error": "too_large"})
@@ -396,7 +396,12 @@ def ota_vectors() -> list[dict[str, Any]]:
             ("base64-unpadded", body({**json.loads(_chunk_body(b"abc")), "data": "YWJjZA"}), "bad_field"),
             ("oversize-data", _chunk_body(bytes(2052)), "bad_field"),
             ("truncated", _chunk_body(b"hello")[:-5], "bad_json"),
-            ("bad-type", _chunk_body(b"x", type="ota_get"), "bad_type")]:
+            ("bad-type", _chunk_body(b"x", type="ota_get"), "bad_type"),
+            ("keys-not-sorted", reordered, "bad_json"),
+            ("quote-in-data", _chunk_body(b"abc").replace(b'YWJj"', b'YW"Jj"'), "bad_json"),
+            ("missing-off", _chunk_body(b"abc", off=_DROP), "missing_field"),
+            ("extra-field", _chunk_body(b"abc", meter="m01"), "unknown_field"),
+            ("not-an-object", b'{"data":"YWJj"]', "bad_json")]:
         out.append({"name": f"chunk-{name}", "op": "decode_chunk", "in": _text_or_hex(payload),
                     "error": code})
     for kind in ("down", "up"):
