@@ -294,7 +294,7 @@ def hostile_lists(listing: bytes) -> list[tuple[str, bytes, dict, str]]:
     return [
         ("bad line", b"\n".join([first[0] + b" " + first[2]] + rows[1:]) + b"\n", {},
          "bad_line"),
-        ("path escaping the slot", listing.replace(first[0], b"firmware/../../../boot.py", 1),
+        ("path escaping the slot", listing.replace(first[0], b"firmware/" + b"../" * 3 + b"boot.py", 1),
          {}, "bad_path"),
         ("too many files", listing, {"files": len(rows) - 1}, "bad_list"),
         ("sizes not adding up to the total", listing, {"size": size + 1}, "bad_list"),
