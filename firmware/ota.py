@@ -38,7 +38,7 @@ from protocols import const
 from protocols import ota as msgs
 from protocols.errors import ProtocolError
 
-CHUNK = 512          # bytes per request: the largest blocks an update allocates are ~0.8 KB
+CHUNK = 256          # bytes per request: the largest blocks an update allocates are ~0.8 KB
 WAIT_MS = 3000       # for each answer
 _POINTER = const("ota/pointer")
 _TRIAL = const(3)    # the pointer's trial at the switch: two boots on trial, the third rolls back

@@ -111,7 +111,9 @@ RUNTIME_MODULES = (
     "firmware.app", "firmware.main")
 # Host-side or boot-only: never loaded (or unloaded again) on a running board.
 NOT_ON_DEVICE = ("protocols.messages", "protocols.modbus", "protocols.registers", "protocols.accel",
-                 "protocols.devconfig", "firmware.config", "firmware.regmap")
+                 "protocols.devconfig", "firmware.config", "firmware.regmap",
+                 # only while an update is taken (firmware/ota.py), or never (the tool's side)
+                 "firmware.ota", "protocols.ota", "protocols.otahost")
 
 
 def print_costs(costs: list[list], used: int, heap: int) -> None:
