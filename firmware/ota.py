@@ -108,6 +108,10 @@ def offer(app, payload):
     board = app.board
     if board.runtime == "cpython":
         raise ProtocolError("bad_target", "no updates of a CPython fleet process")
+    if __file__.startswith("/rom"):
+        # The bundle runs in place from a ROMFS image, which is one flash partition written
+        # whole: files staged beside it would run from the heap, which such a board lacks.
+        raise ProtocolError("bad_target", "a ROMFS image is replaced whole, not file by file")
     target = "xtensawin" if board.runtime == "esp32" else "unix"
     if m["target"] != target:
         raise ProtocolError("bad_target", "a %s bundle on a %s meter" % (m["target"], target))

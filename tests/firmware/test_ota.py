@@ -285,6 +285,20 @@ def test_bad_offers_and_chunks_are_refused(device, tmp_path):
     assert pointer(folder) == [1, 0, 3, NEW, 0, 0]
 
 
+@pytest.mark.micropython
+def test_a_romfs_meter_refuses_offers(device, fw_build, tmp_path):
+    """A meter whose bundle runs in place from a ROMFS image (test_memory.py's layout) refuses
+    an offer in one line and stages nothing: the image is one partition, written whole."""
+    from tests.firmware.test_memory import build_romfs
+
+    shim, _size = build_romfs(fw_build / "unix", tmp_path / "romfs")
+    folder = device["folder"]
+    out = drive(folder, device["offer"], device["serve"], shim)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "refused: bad_target: a ROMFS image is replaced whole" in out.stdout, out.stdout
+    assert "asked []" in out.stdout and not (folder / "ota").exists(), out.stdout
+
+
 def hostile_lists(listing: bytes) -> list[tuple[str, bytes, dict, str]]:
     """(case, file list served, offer changes, the refusal) of a list the release key signed
     but a meter must refuse: each is checked line by line before any file is fetched."""
@@ -661,7 +675,7 @@ def test_what_taking_an_update_costs_a_32bit_meter(tmp_path, fw_build, monkeypat
           f" (the interpreter's sixth pool comes with the 621st)")
     # The figures of 2026-12-07 (firmware/README.md), with room for small changes: an offer no
     # longer costs kilobytes, nor does a chunk; the modules, their names and the pool they
-    # cross into (a one-off 5 KB) are what remains.
+    # cross into (a one-off 4.5 KB) are what remains.
     assert w[3] - w[2] < 1024, w
     assert w[4] < 4 * size + 512, w
     assert w[3] - w[0] < 16 * 1024, w
