@@ -1,7 +1,8 @@
 """Over-the-air update (issue 13): the signed offer, its file list and the chunk messages
-(protocols/ota.py, protocols/otahost.py), the meter's staging, verification, switch and rollback (firmware/ota.py, the loader in
-firmware/main.py) on the MicroPython unix port, a power cut at every step of it, and the rollout
-tool (`tmeter fw ota`)."""
+(protocols/ota.py, protocols/otahost.py), the meter's staging, verification, switch and
+rollback (firmware/ota.py, the loader in firmware/main.py) on the MicroPython unix port, a power
+cut at every step of it, the rollout tool (`tmeter fw ota`) and what an update costs a meter's
+heap on the 32-bit port."""
 
 from __future__ import annotations
 
@@ -145,8 +146,8 @@ def drive(folder: Path, offer: Path, serve: Path, factory: Path, mode: str = "ok
           chunk: int = 2048, fw: int = OLD) -> subprocess.CompletedProcess[str]:
     script = folder.parent / "driver.py"
     script.write_text(DRIVER)
-    return subprocess.run([find_micropython(), str(script), str(folder), str(offer), str(serve), mode,
-                           str(cut), str(chunk), str(fw)], env=_mp_env(factory), cwd=folder,
+    return subprocess.run([find_micropython(), str(script), str(folder), str(offer), str(serve),
+                           mode, str(cut), str(chunk), str(fw)], env=_mp_env(factory), cwd=folder,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -234,7 +235,8 @@ def test_update_switches_boots_on_trial_and_commits(device):
     out = drive(folder, device["offer"], device["serve"], device["factory"])
     assert out.returncode == 3, out.stdout + out.stderr  # Board.reset(): the unix port exits 3
     assert "staged in slot 1" in out.stdout
-    assert (folder / "ota" / "1" / "manifest.txt").read_bytes() == (device["serve"] / "0").read_bytes()
+    listing = (device["serve"] / "0").read_bytes()
+    assert (folder / "ota" / "1" / "manifest.txt").read_bytes() == listing
     assert pointer(folder) == [1, 0, 3, NEW, 0, 0]
     for rel in tool.bundle_files(device["bundle"]):
         assert (folder / "ota" / "1" / rel).read_bytes() == (device["bundle"] / rel).read_bytes()
@@ -308,8 +310,8 @@ def hostile_lists(listing: bytes) -> list[tuple[str, bytes, dict, str]]:
     return [
         ("bad line", b"\n".join([first[0] + b" " + first[2]] + rows[1:]) + b"\n", {},
          "bad_line"),
-        ("path escaping the slot", listing.replace(first[0], b"firmware/" + b"../" * 3 + b"boot.py", 1),
-         {}, "bad_path"),
+        ("path escaping the slot",
+         listing.replace(first[0], b"firmware/" + b"../" * 3 + b"boot.py", 1), {}, "bad_path"),
         ("too many files", listing, {"files": len(rows) - 1}, "bad_list"),
         ("sizes not adding up to the total", listing, {"size": size + 1}, "bad_list"),
         ("hash mismatch of the list", listing, {"lsha": otahost.sha256_hex(b"another list")},
