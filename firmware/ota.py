@@ -18,9 +18,10 @@
 #
 # Memory (issue 13; the figures in firmware/README.md, "Over-the-air update"): what a meter
 # holds while it takes an update is this module, protocols/ota.py, the offer (nine small
-# fields), one chunk at a time (CHUNK bytes, its message and base64 text: two blocks of about
-# 0.7 KB each) and the heap is collected after every chunk. Module constants are const() and
-# functions few: each name is kept by the interpreter for good.
+# fields) and one chunk at a time: CHUNK bytes, whose MQTT packet and payload are the largest
+# blocks of an update (0.4 KB each; 1 KB chunks no longer fit a running meter's fragmented
+# heap), decoded in place, the heap collected after every chunk. Module constants are const()
+# and functions few: each name is kept by the interpreter for good.
 #
 # Crash safety, the same rule as firmware/outbox.py: the pointer is the only file that decides
 # what boots, and it changes in one rename. Until that rename the staging slot is scratch (a
@@ -38,7 +39,7 @@ from protocols import const
 from protocols import ota as msgs
 from protocols.errors import ProtocolError
 
-CHUNK = 256          # bytes per request: the largest blocks an update allocates are ~0.8 KB
+CHUNK = 256          # bytes per request (see "Memory" above)
 WAIT_MS = 3000       # for each answer
 _POINTER = const("ota/pointer")
 _TRIAL = const(3)    # the pointer's trial at the switch: two boots on trial, the third rolls back
