@@ -13,6 +13,15 @@
 #                 the staging slots ota/1/ and ota/2/; trial: boots left before the new bundle
 #                 counts as failed (0: committed); refused: the last version rolled back.
 #   ota/<n>/firmware/..., ota/<n>/protocols/...   a whole bundle, as `tmeter fw build` makes it
+#   ota/<n>/manifest.txt   the release's file list (file 0, protocols/ota.py), read back one
+#                 line at a time: the list is never held in the heap whole
+#
+# Memory (issue 13; the figures in firmware/README.md, "Over-the-air update"): what a meter
+# holds while it takes an update is this module, protocols/ota.py, the offer (nine small
+# fields) and one chunk at a time: CHUNK bytes, whose MQTT packet and payload are the largest
+# blocks of an update (0.4 KB each; 1 KB chunks no longer fit a running meter's fragmented
+# heap), decoded in place, the heap collected after every chunk. Module constants are const()
+# and functions few: each name is kept by the interpreter for good.
 #
 # Crash safety, the same rule as firmware/outbox.py: the pointer is the only file that decides
 # what boots, and it changes in one rename. Until that rename the staging slot is scratch (a
@@ -25,24 +34,25 @@ import hashlib
 import json
 from binascii import hexlify, unhexlify
 
+from protocols import const
 from protocols import ota as msgs
 from protocols.errors import ProtocolError
 
-POINTER = "ota/pointer"
-TRIAL_BOOTS = 3      # the pointer's trial at the switch: two boots on trial, the third rolls back
-CHUNK = 1024         # bytes per request: a chunk's message, parsed, is ~4 KB of heap
-TRIES = 5            # requests of one chunk before the update is abandoned
+CHUNK = 256          # bytes per request (see "Memory" above)
 WAIT_MS = 3000       # for each answer
-_BLOCK = 512         # read size when hashing a staged file again
+_POINTER = const("ota/pointer")
+_TRIAL = const(3)    # the pointer's trial at the switch: two boots on trial, the third rolls back
+_TRIES = const(5)    # requests of one chunk before the update is abandoned
+_BLOCK = const(512)  # read size when hashing a staged file again
+_LIST = const("manifest.txt")  # the release's file 0 in the slot (no module: never imported)
 
 _job = None          # the update in progress (one at a time)
 
 
 def pointer(board):
     """The pointer as a list, [0, 0, 0, 0, 0, 0] if there is none (never updated)."""
-    raw = board.read(POINTER)
     try:
-        p = json.loads(raw)
+        p = json.loads(board.read(_POINTER))
         if type(p) is list and len(p) == 6:
             return p
     except Exception:  # noqa: BLE001 - absent; a torn one cannot exist (rename)
@@ -52,12 +62,7 @@ def pointer(board):
 
 def write_pointer(board, p):
     board.mkdir("ota")
-    board.write_atomic(POINTER, json.dumps(p).encode())
-
-
-def rolled_back(p):
-    """The pointer after a failed bundle: back to the previous slot, the failed version refused."""
-    return [p[1], 0, 0, p[5], p[3], 0]
+    board.write_atomic(_POINTER, json.dumps(p).encode())
 
 
 def _count(app, name):
@@ -73,8 +78,8 @@ def _unload():
 
 # -- on the meter's down topic -----------------------------------------------------------------
 def receive(app, payload):
-    """A message on tm/v1/<c>/ota/<meter>/down: an offer (manifest) or a chunk."""
-    gc.collect()  # after this module's import; a message's parse needs a few KB in one block
+    """A message on tm/v1/<c>/ota/<meter>/down: an offer or a chunk."""
+    gc.collect()
     try:
         if msgs.kind(payload) == "chunk":
             if _job is not None:
@@ -94,15 +99,19 @@ def offer(app, payload):
     key = cfg.get("release_key")
     if key is None:
         raise ProtocolError("unknown_key", "no release key provisioned")
-    m = msgs.decode_manifest(payload, cfg.get("release_kid") or 1, unhexlify(key))
+    m = msgs.decode_offer(payload, cfg.get("release_kid") or 1, unhexlify(key))
     board = app.board
     if board.runtime == "cpython":
         raise ProtocolError("bad_target", "no updates of a CPython fleet process")
+    if __file__.startswith("/rom"):
+        # The bundle runs in place from a ROMFS image, which is one flash partition written
+        # whole: files staged beside it would run from the heap, which such a board lacks.
+        raise ProtocolError("bad_target", "a ROMFS image is replaced whole, not file by file")
     target = "xtensawin" if board.runtime == "esp32" else "unix"
     if m["target"] != target:
         raise ProtocolError("bad_target", "a %s bundle on a %s meter" % (m["target"], target))
     v = m["version"]
-    # Versions only go up: a replayed manifest of the running or an older release is refused,
+    # Versions only go up: a replayed offer of the running or an older release is refused,
     # and so is the release this meter rolled back from (until a newer one is offered).
     if v <= app.c["fw"]:
         raise ProtocolError("stale", "version %d is not newer than %d" % (v, app.c["fw"]))
@@ -112,11 +121,11 @@ def offer(app, payload):
     if _job is not None:
         if _job.version == v:
             return  # the offer again (the tool repeats it until the download starts)
-        _job.cancel()
+        _job.task.cancel()
     import asyncio
     _job = Job(app, m, 2 if p[0] == 1 else 1)
     _job.task = asyncio.create_task(_job.run())
-    board.log("ota: version %d offered, %d files into slot %d" % (v, len(m["files"]), _job.slot))
+    board.log("ota: version %d offered, %d files into slot %d" % (v, m["files"], _job.slot))
 
 
 def _wipe(board, path):
@@ -143,7 +152,7 @@ class Job:
     def __init__(self, app, m, slot):
         import asyncio
         self.app = app
-        self.files = m["files"]
+        self.m = m           # the offer
         self.version = m["version"]
         self.slot = slot
         self.dir = "ota/%d" % slot
@@ -152,10 +161,7 @@ class Job:
         self.got = asyncio.Event()
         self.task = None
         self.up = "tm/v1/%s/ota/%s/up" % (app.cfg["community"], app.meter_id)
-
-    def cancel(self):
-        if self.task is not None:
-            self.task.cancel()
+        self.free = gc.mem_free()  # the least free heap seen after a chunk
 
     def take(self, payload):
         msg, data = msgs.decode_chunk(payload)
@@ -169,78 +175,90 @@ class Job:
         self.want = None
         self.got.set()
 
-    async def fetch(self, i, off, n):
-        """The n bytes at ``off`` of file ``i``, asked again on silence; None after TRIES."""
+    async def get(self, i, path, size):
+        """File ``i`` of the release into ``path`` of the slot, each chunk asked again on
+        silence (five times), hashed as it is written, checked against self.hex."""
         app = self.app
-        for _ in range(TRIES):
-            self.data = None
-            self.want = (i, off, n)
-            self.got.clear()
-            if app.client.connected:
-                await app.client.publish(self.up, msgs.request(app.meter_id, self.version, i,
-                                                               off, n), 1)
-            start = app.board.ticks_ms()
-            while self.data is None and \
-                    app.board.ticks_diff(app.board.ticks_ms(), start) < WAIT_MS:
-                await app.board.sleep_ms(50)
-            if self.data is not None:
-                return self.data
-        return None
-
-    def _hash(self, name):
+        board = app.board
+        name = self.dir + "/" + path
+        parts = name.split("/")
+        for k in range(3, len(parts)):
+            board.mkdir("/".join(parts[:k]))
+        with open(board.path(name), "wb"):
+            pass
         h = hashlib.sha256()
-        with open(self.app.board.path(name), "rb") as f:
-            while True:
-                block = f.read(_BLOCK)
-                if not block:
+        off = 0
+        while off < size:
+            n = min(CHUNK, size - off)
+            for _ in range(_TRIES):
+                self.data = None
+                self.want = (i, off, n)
+                self.got.clear()
+                if app.client.connected:
+                    await app.client.publish(self.up, msgs.request(app.meter_id, self.version,
+                                                                   i, off, n), 1)
+                start = board.ticks_ms()
+                while self.data is None and board.ticks_diff(board.ticks_ms(), start) < WAIT_MS:
+                    await board.sleep_ms(50)
+                if self.data is not None:
                     break
-                h.update(block)
-        return hexlify(h.digest()).decode()
+            else:
+                raise ProtocolError("no_answer", "no chunk for %s at %d" % (path, off))
+            _append(board, name, self.data)
+            h.update(self.data)
+            off += n
+            self.data = None
+            gc.collect()  # one chunk's message at a time: the heap stays unfragmented
+            self.free = min(self.free, gc.mem_free())
+        self.sum(h, path)
+
+    def sum(self, h, path, f=None):
+        # The hash ``h`` of file ``path`` (fed by get(), or here from the open file ``f``)
+        # against the list's.
+        if f is not None:
+            while True:
+                b = f.read(_BLOCK)
+                if not b:
+                    break
+                h.update(b)
+        if hexlify(h.digest()).decode() != self.hex:
+            raise ProtocolError("bad_hash", path + (" on flash" if f else ""))
 
     async def run(self):
         global _job
         app = self.app
         board = app.board
+        m = self.m
         try:
             board.mkdir("ota")
             _wipe(board, self.dir)
             board.mkdir(self.dir)
-            for i in range(len(self.files)):
-                path, size, want = self.files[i]
-                name = self.dir + "/" + path
-                parts = name.split("/")
-                for k in range(3, len(parts)):
-                    board.mkdir("/".join(parts[:k]))
-                with open(board.path(name), "wb"):
-                    pass
-                h = hashlib.sha256()
-                off = 0
-                while off < size:
-                    data = await self.fetch(i, off, min(CHUNK, size - off))
-                    if data is None:
-                        raise ProtocolError("no_answer", "no chunk for %s at %d" % (path, off))
-                    _append(board, name, data)
-                    h.update(data)
-                    off += len(data)
-                if hexlify(h.digest()).decode() != want:
-                    raise ProtocolError("bad_hash", path)
-            # Everything again as it reads back from flash: what boots is what was verified.
-            for path, size, want in self.files:
-                if self._hash(self.dir + "/" + path) != want:
-                    raise ProtocolError("bad_hash", path + " on flash")
+            # File 0, the list, checked against the signed offer. Then three readings of it
+            # back from flash, one line at a time (protocols/ota.py entries(): the list is
+            # never held whole): every line checked before a single file is fetched (a bad
+            # list costs one download of 9 KB at most); each file fetched, hashed as written;
+            # each file hashed again as it reads back: what boots is what was verified.
+            self.hex = m["lsha"]
+            await self.get(0, _LIST, m["lsize"])
+            for step in (0, 1, 2):
+                n = 0
+                with open(board.path(self.dir + "/" + _LIST), "rb") as f:
+                    for path, size, self.hex in msgs.entries(f, m):
+                        n += 1
+                        if step == 1:
+                            await self.get(n, path, size)
+                        elif step:
+                            with open(board.path(self.dir + "/" + path), "rb") as g:
+                                self.sum(hashlib.sha256(), path, g)
             p = pointer(board)
-            write_pointer(board, [self.slot, p[0], TRIAL_BOOTS, self.version, p[4], p[3]])
-            board.log("ota: version %d staged in slot %d, restarting on trial"
-                      % (self.version, self.slot))
+            write_pointer(board, [self.slot, p[0], _TRIAL, self.version, p[4], p[3]])
+            board.log("ota: version %d staged in slot %d, %d bytes of heap free at least,"
+                      " restarting on trial" % (self.version, self.slot, self.free))
             board.reset()
-        except ProtocolError as e:
+        except (ProtocolError, OSError) as e:  # OSError: flash full or failing
             _count(app, "ota_bad")
             board.log("ota: update to %d abandoned: %s" % (self.version, e))
-            _wipe(board, self.dir)
-        except OSError as e:  # flash full or failing: the slot is scratch, nothing boots it
-            _count(app, "ota_bad")
-            board.log("ota: update to %d abandoned: flash: %r" % (self.version, e))
-            _wipe(board, self.dir)
+            _wipe(board, self.dir)  # scratch: nothing boots it
         finally:
             if _job is self:
                 _job = None
@@ -256,7 +274,9 @@ async def run(app):
     board.log("ota: version %d on trial, %d boots left" % (app.c["fw"], app.c["ota_trial_n"] - 1))
     while app.c.get("ota_trial_n"):
         if board.ticks_diff(board.ticks_ms(), start) >= limit:
-            write_pointer(board, rolled_back(pointer(board)))
+            p = pointer(board)
+            # Back to the previous slot, the failed version refused (as firmware/main.py).
+            write_pointer(board, [p[1], 0, 0, p[5], p[3], 0])
             board.log("ota: version %d not acknowledged in %d s, rolling back"
                       % (app.c["fw"], limit // 1000))
             board.reset()

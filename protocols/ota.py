@@ -1,201 +1,183 @@
-# Over-the-air update messages, protocol v1 (issue 13): the signed manifest of an application
-# bundle, the meter's chunk request and the chunk that answers it. Read by `tmeter fw ota`
-# (tmeter/fwtools/ota.py) and by a meter only while it takes an update (firmware/ota.py imports
-# this module when an offer arrives and unloads it after): nothing here is resident on a meter.
+# Over-the-air update messages, protocol v1 (issue 13), the meter's side: the signed offer, the
+# file list it names, the chunk request and the chunk that answers it. A meter imports this
+# module only while it takes an update (firmware/ota.py unloads it after); the tool's side
+# (encoding offers, lists and chunks, decoding requests, topics) is protocols/otahost.py, which
+# a meter never loads. Both run on MicroPython and CPython (protocols/vectors/ota.json).
 #
 # Topics, outside tm/v1/<c>/meters/ (the gateway's uplink subscribes to every meter kind there):
-#   tm/v1/<community>/ota/<meter>/down   tool -> meter: the manifest (offer), then chunks
+#   tm/v1/<community>/ota/<meter>/down   tool -> meter: the offer, then chunks
 #   tm/v1/<community>/ota/<meter>/up     meter -> tool: chunk requests
 #
-# The manifest is a tagged message like a reading (protocols/trailer.py), but the tag is made
-# with the community's *release key* (key id ``rkid``), which only the operator who signs
+# The offer is small (~250 bytes) so that taking it costs a meter's heap next to nothing:
+# version, target, key id, the number of files and their total size, and the size and SHA-256
+# of the file list. It is a tagged message like a reading (protocols/trailer.py), but the tag is
+# made with the community's *release key* (key id ``rkid``), which only the operator who signs
 # releases holds and every meter is provisioned with (config.json "release_key"); never the
 # meter's own key, so a gateway that holds meter keys cannot make a meter run code. Issue 15
 # replaces the HMAC with an asymmetric signature, so meters will hold a public key only.
-# Requests and chunks are untagged: a chunk's bytes are checked against the SHA-256 of its file
-# in the verified manifest, so a forged or damaged chunk fails that file's hash.
 #
-# Limits: a manifest lists at most 64 files of at most 64 KB each (192 KB in all) and its
-# payload is at most MAX_OTA_PAYLOAD (the firmware's MQTT client takes packets of 8 KB); a
-# chunk carries at most MAX_CHUNK bytes (base64 in the body).
+# The file list is file 0 of the release, fetched over the chunk protocol like every other
+# file into the staging slot and checked against the offer's hash; the meter then reads it back
+# one line at a time (entries() below), never whole. One line per file, sorted by path:
+#     <path> " " <size decimal> " " <sha256, 64 lowercase hex> "\n"
+# Files 1..n of the release are the list's lines in order. Requests and chunks are untagged: a
+# chunk's bytes are checked against the hash of its file (the list's is in the signed offer,
+# each other file's in the list), so a forged or damaged chunk fails that file's hash.
+#
+# Limits: at most 64 files of at most 64 KB each, 192 KB in all; a list of at most 9 KB (64
+# lines of at most 136 bytes); a chunk carries at most MAX_CHUNK bytes (base64 in the body).
 import hashlib
 from binascii import a2b_base64, b2a_base64, hexlify
 
-from protocols import canonical, const, trailer
-from protocols.downlink import KINDS, as_bytes, check_fields, tagged_body
-from protocols.downlink import topic as downlink_topic
+from protocols import canonical, const
+from protocols.downlink import as_bytes, check_fields, tagged_body
 from protocols.errors import ProtocolError
-from protocols.meterlink import VERSION, _check_field
+from protocols.meterlink import VERSION
 
-MAX_OTA_PAYLOAD = const(7168)
-MAX_FILES = const(64)
-MAX_FILE = const(65536)
-MAX_BUNDLE = const(196608)
+_MAX_FILES = const(64)
+_MAX_FILE = const(65536)
+_MAX_BUNDLE = const(196608)
+_MAX_LIST = const(9216)
+_MAX_LINE = const(137)  # path (64), two spaces, size (5 digits), hash (64), newline
+_MAX_OFFER = const(512)
+_MAX_BODY = const(3072)  # a chunk's payload: base64 of MAX_CHUNK bytes and the fields
 MAX_CHUNK = const(2048)
-MAX_FW = const(999999)  # major * 10000 + minor * 100 + patch
 TARGETS = ("unix", "xtensawin")  # bytecode for the unix port, native code for ESP32 boards
 
-_T_MANIFEST = "ota_manifest"
-_T_GET = "ota_get"
-_T_CHUNK = "ota_chunk"
-_FW = ("int", 1, MAX_FW)
-_INDEX = ("int", 0, MAX_FILES - 1)
-_OFF = ("int", 0, MAX_FILE)
-
-
-def topic(community, meter, kind):
-    """tm/v1/<community>/ota/<meter>/<kind>, kind "down" or "up"."""
-    return downlink_topic("ota", community, meter, kind)
-
-
-def parse_topic(t):
-    """(community, meter, kind) of an ota topic; ProtocolError("bad_topic") otherwise."""
-    parts = t.split("/") if type(t) is str else ()
-    if len(parts) != 6 or parts[0] != "tm" or parts[1] != "v1" or parts[3] != "ota" \
-            or parts[5] not in KINDS:
-        raise ProtocolError("bad_topic", "not an ota topic")
-    try:
-        return parts[2], _check_id(parts[4]), parts[5]
-    except ProtocolError:
-        raise ProtocolError("bad_topic", "invalid meter id")
-
-
-def _check_id(s):
-    _check_field("meter", s, ("id", 0, 0))
-    return s
+_FW = ("int", 1, 999999)  # major * 10000 + minor * 100 + patch
 
 
 def _check_path(p):
     # A file of the bundle: firmware/NAME.EXT or protocols/[DIR/]NAME.EXT, names of [a-z0-9_],
     # EXT py or mpy: nothing that could leave the slot (no "..", no absolute path, no empty
     # level) or land outside the two packages.
-    if type(p) is not str or not 0 < len(p) <= 64:
-        raise ProtocolError("bad_field", "bad file path")
+    if not 0 < len(p) <= 64:
+        raise ProtocolError("bad_path", "path of 1 to 64 characters")
     parts = p.split("/")
     if parts[0] not in ("firmware", "protocols") or not 1 < len(parts) <= 3:
-        raise ProtocolError("bad_field", "file outside firmware/ and protocols/")
+        raise ProtocolError("bad_path", "file outside firmware/ and protocols/")
     name = parts[-1]
     dot = name.find(".")
     if dot < 1 or name[dot + 1:] not in ("py", "mpy") or not _name_ok(name[:dot]) \
             or (len(parts) == 3 and not _name_ok(parts[1])):
-        raise ProtocolError("bad_field", "bad file path")
+        raise ProtocolError("bad_path", "bad file path")
 
 
 def _name_ok(s):
     return bool(s) and not s.strip("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
-def validate_manifest(msg):
-    """Check a manifest's schema and limits; returns the number of bytes it lists."""
-    check_fields(msg, {"type": None, "version": _FW, "target": ("enum", TARGETS, 0),
-                        "rkid": ("int", 0, 0xFFFF), "files": None})
-    if msg["type"] != _T_MANIFEST:
-        raise ProtocolError("bad_type", "not a manifest")
-    files = msg["files"]
-    if type(files) is not list or not 0 < len(files) <= MAX_FILES:
-        raise ProtocolError("bad_field", "files must list 1 to 64 files")
+def _hexok(s):
+    return type(s) is str and len(s) == 64 and not s.strip("0123456789abcdef")
+
+
+def decode_offer(payload, rkid, key):
+    """Verify, then parse an offer: the tag under release key id ``rkid`` first, then the body.
+    Returns the offer dict. Raises ProtocolError and nothing else."""
+    body, kid = tagged_body(payload, _MAX_OFFER, lambda k: key if k == rkid else None)
+    m = canonical.parse(body)
+    check_fields(m, {"type": None, "version": _FW, "target": ("enum", TARGETS, 0),
+                     "rkid": ("int", 0, 0xFFFF), "files": ("int", 1, _MAX_FILES),
+                     "size": ("int", 0, _MAX_BUNDLE), "lsize": ("int", 1, _MAX_LIST),
+                     "lsha": None})
+    if m["type"] != "ota_offer":
+        raise ProtocolError("bad_type", "not an offer")
+    if not _hexok(m["lsha"]):
+        raise ProtocolError("bad_field", "lsha is 64 lowercase hex digits")
+    if m["rkid"] != kid:
+        raise ProtocolError("topic_mismatch", "key id differs from the trailer")
+    return m
+
+
+def line(b):
+    """(path, size, sha256 hex) of one line of a file list (bytes, with its newline)."""
+    try:
+        t = b.decode()
+    except Exception:  # noqa: BLE001 - UnicodeError: not a line of ours
+        t = ""
+    f = t.split(" ")
+    # len(t) == len(b): ASCII only (MicroPython may decode bad UTF-8 without an error).
+    if t[-1:] != "\n" or len(t) != len(b) or len(f) != 3:
+        raise ProtocolError("bad_line", "a line is: path size sha256")
+    s = f[1]
+    h = f[2][:-1]
+    # One spelling: decimal without sign or leading zeros, hash in lower case.
+    if not s.isdigit() or str(int(s)) != s or not _hexok(h):
+        raise ProtocolError("bad_line", "a line is: path size sha256")
+    _check_path(f[0])
+    if int(s) > _MAX_FILE:
+        raise ProtocolError("too_large", "a file is at most %d bytes" % _MAX_FILE)
+    return f[0], int(s), h
+
+
+def entries(f, m):
+    """Each (path, size, sha256 hex) of the file list read line by line from the open file
+    ``f``, checked against offer ``m``: sorted, each once, no more than its file count; at the
+    end (StopIteration) the count, the total size and the list's hash must be the offer's."""
+    h = hashlib.sha256()
+    n = 0
     total = 0
     last = ""
-    for f in files:
-        if type(f) is not list or len(f) != 3:
-            raise ProtocolError("bad_field", "a file is [path, size, sha256]")
-        _check_path(f[0])
-        if f[0] <= last:
-            raise ProtocolError("bad_field", "files must be sorted, each once")
-        last = f[0]
-        _check_field("size", f[1], ("int", 0, MAX_FILE))
-        h = f[2]
-        if type(h) is not str or len(h) != 64 or not _hexok(h):
-            raise ProtocolError("bad_field", "sha256 is 64 lowercase hex digits")
-        total += f[1]
-    if total > MAX_BUNDLE:
-        raise ProtocolError("too_large", "bundle exceeds %d bytes" % MAX_BUNDLE)
-    return total
-
-
-def _hexok(s):
-    return not s.strip("0123456789abcdef")
-
-
-def manifest(version, target, rkid, files):
-    """A manifest dict; ``files``: [[path, size, sha256 hex], ...] sorted by path."""
-    return {"v": VERSION, "type": _T_MANIFEST, "version": version, "target": target,
-            "rkid": rkid, "files": files}
-
-
-def encode_manifest(msg, key):
-    """The offer payload: the canonical manifest tagged with the release key."""
-    validate_manifest(msg)
-    body = canonical.dump(msg)
-    if len(body) > MAX_OTA_PAYLOAD - 80:
-        raise ProtocolError("too_large", "manifest too large")
-    return trailer.encode(body, msg["rkid"], key)
-
-
-def decode_manifest(payload, rkid, key):
-    """Verify, then parse an offer: the tag under release key id ``rkid`` first, then the body.
-    Returns the manifest dict. Raises ProtocolError and nothing else."""
-    body, kid = tagged_body(payload, MAX_OTA_PAYLOAD, lambda k: key if k == rkid else None)
-    msg = canonical.parse(body)
-    validate_manifest(msg)
-    if msg["rkid"] != kid:
-        raise ProtocolError("topic_mismatch", "key id differs from the trailer")
-    return msg
+    while True:
+        b = f.readline(_MAX_LINE + 1)
+        if not b:
+            break
+        h.update(b)
+        n += 1
+        if n > m["files"]:
+            raise ProtocolError("bad_list", "more files than the offer's %d" % m["files"])
+        e = line(b)
+        if e[0] <= last:
+            raise ProtocolError("bad_list", "files must be sorted, each once")
+        last = e[0]
+        total += e[1]
+        yield e
+    if n != m["files"] or total != m["size"]:
+        raise ProtocolError("bad_list", "%d files, %d bytes: not the offer's %d, %d"
+                            % (n, total, m["files"], m["size"]))
+    if hexlify(h.digest()).decode() != m["lsha"]:
+        raise ProtocolError("bad_hash", "file list")
 
 
 def request(meter, version, index, off, n):
     """A meter's request for ``n`` bytes at ``off`` of file ``index`` of release ``version``."""
-    msg = {"v": VERSION, "type": _T_GET, "meter": meter, "version": version, "file": index,
-           "off": off, "n": n}
-    return canonical.dump(msg)
-
-
-def decode_request(payload):
-    payload = as_bytes(payload)
-    if len(payload) > 512:
-        raise ProtocolError("too_large", "request too large")
-    msg = canonical.parse(payload)
-    check_fields(msg, {"type": None, "meter": ("id", 0, 0), "version": _FW, "file": _INDEX,
-                        "off": _OFF, "n": ("int", 1, MAX_CHUNK)})
-    if msg["type"] != _T_GET:
-        raise ProtocolError("bad_type", "not a chunk request")
-    return msg
-
-
-def chunk(version, index, off, data):
-    """The answer to a request: ``data`` (at most MAX_CHUNK bytes) of file ``index`` at ``off``."""
-    if len(data) > MAX_CHUNK:
-        raise ProtocolError("too_large", "chunk too large")
-    text = b2a_base64(data).strip().decode()
-    return canonical.dump({"v": VERSION, "type": _T_CHUNK, "version": version, "file": index,
-                           "off": off, "data": text})
+    return canonical.dump({"v": VERSION, "type": "ota_get", "meter": meter, "version": version,
+                           "file": index, "off": off, "n": n})
 
 
 def decode_chunk(payload):
-    """(msg, data bytes) of a chunk. Its bytes are checked later, against the file's hash."""
+    """(msg, data bytes) of a chunk; msg["data"] is "" (the text is not kept). Its bytes are
+    checked later, against the file's hash."""
     payload = as_bytes(payload)
-    if len(payload) > MAX_OTA_PAYLOAD:
-        raise ProtocolError("too_large", "payload exceeds %d bytes" % MAX_OTA_PAYLOAD)
-    msg = canonical.parse(payload)
-    check_fields(msg, {"type": None, "version": _FW, "file": _INDEX, "off": _OFF,
-                        "data": ("text", 0, 4 * MAX_CHUNK // 3 + 4)})
-    if msg["type"] != _T_CHUNK:
+    if len(payload) > _MAX_BODY:
+        raise ProtocolError("too_large", "a chunk is at most %d bytes" % _MAX_BODY)
+    # The body is canonical, so "data" comes first: its base64 text is decoded from where it
+    # lies and the short rest parsed as the same object with the text left out, which keeps
+    # one copy of the data per chunk in a meter's heap instead of a parsed message's four.
+    cut = payload.find(b'"', 9)
+    if payload[:9] != b'{"data":"' or cut < 0:
+        raise ProtocolError("bad_json", "not a chunk")
+    msg = canonical.parse(b'{"data":""' + payload[cut + 1:])
+    check_fields(msg, {"type": None, "version": _FW, "file": ("int", 0, _MAX_FILES),
+                       "off": ("int", 0, _MAX_FILE), "data": None})
+    if msg["type"] != "ota_chunk":
         raise ProtocolError("bad_type", "not a chunk")
     try:
-        data = a2b_base64(msg["data"])
+        data = a2b_base64(memoryview(payload)[9:cut])  # decoded in place, not copied first
     except Exception:  # noqa: BLE001 - binascii.Error on CPython, ValueError on MicroPython
         raise ProtocolError("bad_field", "data is not base64")
-    # One spelling only, as for every body: the data re-encodes to the text it came in.
-    if len(data) > MAX_CHUNK or b2a_base64(data).strip().decode() != msg["data"]:
+    # One spelling only, as for every body: the data re-encodes to the text it came in,
+    # compared 48 bytes (64 characters) at a time so no second copy of the text is made.
+    n = len(data)
+    if n > MAX_CHUNK or cut - 9 != 4 * ((n + 2) // 3):
         raise ProtocolError("bad_field", "data is not canonical base64")
+    for i in range(0, n, 48):
+        if not payload.startswith(b2a_base64(data[i:i + 48], newline=False), 9 + i // 3 * 4):
+            raise ProtocolError("bad_field", "data is not canonical base64")
     return msg, data
 
 
 def kind(payload):
-    """"manifest" or "chunk" for a payload on a meter's down topic (a chunk is untagged JSON
-    ending in "}", a manifest ends in its tag trailer), without parsing it."""
-    return "chunk" if as_bytes(payload)[-1:] == b"}" else "manifest"
-
-
-def sha256_hex(data):
-    return hexlify(hashlib.sha256(data).digest()).decode()
+    """"offer" or "chunk" for a payload on a meter's down topic (a chunk is untagged JSON
+    ending in "}", an offer ends in its tag trailer), without parsing it."""
+    return "chunk" if as_bytes(payload)[-1:] == b"}" else "offer"

@@ -238,8 +238,24 @@ RELEASE_KEY = bytes(range(100, 132))
 FILES = [["firmware/app.mpy", 5, hashlib.sha256(b"hello").hexdigest()],
          ["firmware/main.mpy", 0, hashlib.sha256(b"").hexdigest()],
          ["protocols/sub/x.mpy", 3, hashlib.sha256(b"abc").hexdigest()]]
-MANIFEST = {"v": 1, "type": "ota_manifest", "version": 10400, "target": "unix", "rkid": 7,
-            "files": FILES}
+
+
+def listing(files: list[list[Any]]) -> bytes:
+    return "".join(f"{p} {n} {h}\n" for p, n, h in files).encode()
+
+
+def offer_of(text: bytes, files: int | None = None, size: int | None = None) -> dict[str, Any]:
+    """The offer of the file list ``text``; ``files`` and ``size`` as counted unless given."""
+    rows = [r.split(b" ") for r in text.split(b"\n")[:-1]]
+    return {"v": 1, "type": "ota_offer", "version": 10400, "target": "unix", "rkid": 7,
+            "files": len(rows) if files is None else files,
+            "size": sum(int(r[1]) for r in rows if len(r) == 3 and r[1].isdigit())
+            if size is None else size,
+            "lsize": len(text), "lsha": hashlib.sha256(text).hexdigest()}
+
+
+LIST = listing(FILES)
+OFFER = offer_of(LIST)
 GET = {"v": 1, "type": "ota_get", "meter": "m01", "version": 10400, "file": 2, "off": 1536,
        "n": 1536}
 
@@ -248,8 +264,7 @@ def _chunk_body(data: bytes, **changes: Any) -> bytes:
     import base64
     msg = {"v": 1, "type": "ota_chunk", "version": 10400, "file": 0, "off": 0,
            "data": base64.b64encode(data).decode()}
-    msg.update(changes)
-    return body(msg)
+    return body(with_(msg, **changes))
 
 
 def _text_or_hex(payload: bytes) -> dict[str, str]:
@@ -259,57 +274,99 @@ def _text_or_hex(payload: bytes) -> dict[str, str]:
         return {"payload_hex": payload.hex()}
 
 
+def _with_line(i: int, text: str) -> bytes:
+    rows = LIST.split(b"\n")
+    rows[i] = text.encode()
+    return b"\n".join(rows)
+
+
+def list_vectors() -> list[dict[str, Any]]:
+    """The file list read back line by line against its offer: every way a list can be bad."""
+    h = FILES[0][2]
+    out: list[dict[str, Any]] = [{"name": "list-entries", "op": "entries",
+                                  "in": {"list": LIST.decode(), "offer": OFFER}, "out": FILES}]
+    bad: list[tuple[str, bytes, dict[str, Any] | None, str]] = [
+        ("two-fields", _with_line(0, f"firmware/app.mpy {h}"), None, "bad_line"),
+        ("four-fields", _with_line(0, f"firmware/app.mpy 5 {h} x"), None, "bad_line"),
+        ("tab", _with_line(0, f"firmware/app.mpy\t5 {h}"), None, "bad_line"),
+        ("size-leading-zero", _with_line(0, f"firmware/app.mpy 05 {h}"), None, "bad_line"),
+        ("size-signed", _with_line(0, f"firmware/app.mpy +5 {h}"), None, "bad_line"),
+        ("size-negative", _with_line(0, f"firmware/app.mpy -5 {h}"), None, "bad_line"),
+        ("upper-hash", _with_line(0, f"firmware/app.mpy 5 {h.upper()}"), None, "bad_line"),
+        ("short-hash", _with_line(0, "firmware/app.mpy 5 abcd"), None, "bad_line"),
+        ("no-newline", LIST[:-1], offer_of(LIST[:-1], files=3, size=8), "bad_line"),
+        ("long-line", _with_line(0, "firmware/" + "a" * 200 + f".mpy 5 {h}"), None, "bad_line"),
+        ("not-utf8", _with_line(0, f"firmware/app.mpy 5 {h}").replace(b"app", b"\xff\xfe"),
+         None, "bad_line"),
+        ("dotdot", _with_line(0, f"firmware/../x.mpy 5 {h}"), None, "bad_path"),
+        ("absolute", _with_line(0, f"/firmware/a.mpy 5 {h}"), None, "bad_path"),
+        ("outside", _with_line(0, f"boot.py 5 {h}"), None, "bad_path"),
+        ("empty-level", _with_line(0, f"firmware//a.mpy 5 {h}"), None, "bad_path"),
+        ("deep", _with_line(0, f"protocols/a/b/c.mpy 5 {h}"), None, "bad_path"),
+        ("bad-ext", _with_line(0, f"firmware/app.txt 5 {h}"), None, "bad_path"),
+        ("file-too-big", _with_line(0, f"firmware/app.mpy 65537 {h}"), None, "too_large"),
+        ("unsorted", listing(FILES[::-1]), None, "bad_list"),
+        ("duplicate", listing([FILES[0], FILES[0], FILES[2]]), None, "bad_list"),
+        ("more-files-than-offered", LIST, offer_of(LIST, files=2), "bad_list"),
+        ("fewer-files-than-offered", LIST, offer_of(LIST, files=4), "bad_list"),
+        ("sizes-not-the-total", LIST, offer_of(LIST, size=9), "bad_list"),
+        ("hash-mismatch", LIST, with_(OFFER, lsha=hashlib.sha256(b"other").hexdigest()),
+         "bad_hash"),
+    ]
+    for name, text, msg, code in bad:
+        out.append({"name": f"list-{name}", "op": "entries",
+                    "in": {"list_hex": text.hex(),
+                           "offer": offer_of(text) if msg is None else msg}, "error": code})
+    return out
+
+
 def ota_vectors() -> list[dict[str, Any]]:
     key = RELEASE_KEY.hex()
-    signed = frame(body(MANIFEST), kid=7, key=RELEASE_KEY)
+    signed = frame(body(OFFER), kid=7, key=RELEASE_KEY)
     out: list[dict[str, Any]] = [
-        {"name": "manifest-encode", "op": "encode_manifest", "in": {"msg": MANIFEST, "key": key},
+        {"name": "offer-encode", "op": "encode_offer", "in": {"msg": OFFER, "key": key},
          "out": signed.decode()},
-        {"name": "manifest-decode", "op": "decode_manifest",
-         "in": {"payload": signed.decode(), "rkid": 7, "key": key}, "out": MANIFEST},
+        {"name": "offer-decode", "op": "decode_offer",
+         "in": {"payload": signed.decode(), "rkid": 7, "key": key}, "out": OFFER},
+        {"name": "file-list", "op": "file_list", "in": {"files": FILES}, "out": LIST.decode()},
     ]
-    raw = body(MANIFEST)
+    raw = body(OFFER)
     bad_decode = [
         ("forged", frame(raw, kid=7, key=KEY), 7, "bad_tag"),
         ("tampered", signed.replace(b"10400", b"10401"), 7, "bad_tag"),
         ("other-release-kid", signed, 8, "unknown_key"),
         ("meter-key-instead", frame(raw, kid=1, key=KEY), 7, "unknown_key"),
         ("truncated", signed[:-3], 7, "bad_frame"),
-        ("oversize", raw + b" " * 7200 + signed[len(raw):], 7, "too_large"),
-        ("rkid-mismatch", frame(body(with_(MANIFEST, rkid=8)), kid=7, key=RELEASE_KEY), 7,
+        ("oversize", raw + b" " * 300 + signed[len(raw):], 7, "too_large"),
+        ("rkid-mismatch", frame(body(with_(OFFER, rkid=8)), kid=7, key=RELEASE_KEY), 7,
          "topic_mismatch"),
-        ("not-canonical", frame(json.dumps(MANIFEST).encode(), kid=7, key=RELEASE_KEY), 7,
+        ("not-canonical", frame(json.dumps(OFFER).encode(), kid=7, key=RELEASE_KEY), 7,
          "bad_json"),
     ]
     for name, payload, rkid, code in bad_decode:
-        out.append({"name": f"manifest-decode-{name}", "op": "decode_manifest",
+        out.append({"name": f"offer-decode-{name}", "op": "decode_offer",
                     "in": {**_text_or_hex(payload), "rkid": rkid, "key": key}, "error": code})
     bad_msg = [
-        ("version-0", with_(MANIFEST, version=0), "out_of_range"),
-        ("bad-target", with_(MANIFEST, target="esp8266"), "bad_field"),
-        ("no-files", with_(MANIFEST, files=[]), "bad_field"),
-        ("unsorted", with_(MANIFEST, files=FILES[::-1]), "bad_field"),
-        ("dup-file", with_(MANIFEST, files=[FILES[0], FILES[0]]), "bad_field"),
-        ("dotdot", with_(MANIFEST, files=[["firmware/../x.mpy", 1, FILES[0][2]]]), "bad_field"),
-        ("absolute", with_(MANIFEST, files=[["/firmware/a.mpy", 1, FILES[0][2]]]), "bad_field"),
-        ("outside", with_(MANIFEST, files=[["boot.py", 1, FILES[0][2]]]), "bad_field"),
-        ("bad-ext", with_(MANIFEST, files=[["firmware/a.txt", 1, FILES[0][2]]]), "bad_field"),
-        ("upper-hash", with_(MANIFEST, files=[["firmware/a.mpy", 1, FILES[0][2].upper()]]),
-         "bad_field"),
-        ("short-hash", with_(MANIFEST, files=[["firmware/a.mpy", 1, "ab"]]), "bad_field"),
-        ("file-too-big", with_(MANIFEST, files=[["firmware/a.mpy", 65537, FILES[0][2]]]),
-         "out_of_range"),
-        ("bundle-too-big", with_(MANIFEST, files=[[f"firmware/m{i:02d}.mpy", 65536, FILES[0][2]]
-                                                  for i in range(4)]), "too_large"),
-        ("extra-field", with_(MANIFEST, meter="m01"), "unknown_field"),
-        ("missing-files", with_(MANIFEST, files=_DROP), "missing_field"),
-        ("wrong-type", with_(MANIFEST, type="reading"), "bad_type"),
-        ("v2", with_(MANIFEST, v=2), "bad_version"),
+        ("version-0", with_(OFFER, version=0), "out_of_range"),
+        ("bad-target", with_(OFFER, target="esp8266"), "bad_field"),
+        ("no-files", with_(OFFER, files=0), "out_of_range"),
+        ("too-many-files", with_(OFFER, files=65), "out_of_range"),
+        ("bundle-too-big", with_(OFFER, size=196609), "out_of_range"),
+        ("empty-list", with_(OFFER, lsize=0), "out_of_range"),
+        ("list-too-big", with_(OFFER, lsize=9217), "out_of_range"),
+        ("upper-lsha", with_(OFFER, lsha=OFFER["lsha"].upper()), "bad_field"),
+        ("short-lsha", with_(OFFER, lsha="ab"), "bad_field"),
+        ("int-lsha", with_(OFFER, lsha=7), "bad_field"),
+        ("extra-field", with_(OFFER, meter="m01"), "unknown_field"),
+        ("missing-lsha", with_(OFFER, lsha=_DROP), "missing_field"),
+        ("wrong-type", with_(OFFER, type="ota_manifest"), "bad_type"),
+        ("v2", with_(OFFER, v=2), "bad_version"),
     ]
     for name, msg, code in bad_msg:
-        out.append({"name": f"manifest-{name}", "op": "decode_manifest",
+        out.append({"name": f"offer-{name}", "op": "decode_offer",
                     "in": {"payload": frame(body(msg), kid=7, key=RELEASE_KEY).decode(),
                            "rkid": 7, "key": key}, "error": code})
+    out += list_vectors()
     out.append({"name": "request", "op": "request",
                 "in": {"meter": "m01", "version": 10400, "file": 2, "off": 1536, "n": 1536},
                 "out": body(GET).decode()})
@@ -317,7 +374,7 @@ def ota_vectors() -> list[dict[str, Any]]:
                 "out": GET})
     for name, msg, code in [("n-0", with_(GET, n=0), "out_of_range"),
                             ("n-huge", with_(GET, n=4096), "out_of_range"),
-                            ("file-64", with_(GET, file=64), "out_of_range"),
+                            ("file-65", with_(GET, file=65), "out_of_range"),
                             ("bad-meter", with_(GET, meter="m/1"), "bad_field")]:
         out.append({"name": f"request-{name}", "op": "decode_request",
                     "in": {"payload": body(msg).decode()}, "error": code})
@@ -327,9 +384,10 @@ def ota_vectors() -> list[dict[str, Any]]:
                 "in": {"version": 10400, "file": 0, "off": 1536, "data_hex": data.hex()},
                 "out": chunk.decode()})
     out.append({"name": "chunk-decode", "op": "decode_chunk", "in": {"payload": chunk.decode()},
-                "out": {"msg": json.loads(chunk), "data_hex": data.hex()}})
+                "out": {"msg": {**json.loads(chunk), "data": ""}, "data_hex": data.hex()}})
     out.append({"name": "chunk-empty", "op": "decode_chunk", "in": {"payload": _chunk_body(b"").decode()},
                 "out": {"msg": json.loads(_chunk_body(b"")), "data_hex": ""}})
+    reordered = b'{"file":0,"data":"YWJj","off":0,"type":"ota_chunk","v":1,"version":10400}'
     out.append({"name": "chunk-too-big", "op": "chunk",
                 "in": {"version": 10400, "file": 0, "off": 0, "data_hex": "00" * 2049},
                 "error": "too_large"})
@@ -338,7 +396,12 @@ def ota_vectors() -> list[dict[str, Any]]:
             ("base64-unpadded", body({**json.loads(_chunk_body(b"abc")), "data": "YWJjZA"}), "bad_field"),
             ("oversize-data", _chunk_body(bytes(2052)), "bad_field"),
             ("truncated", _chunk_body(b"hello")[:-5], "bad_json"),
-            ("bad-type", _chunk_body(b"x", type="ota_get"), "bad_type")]:
+            ("bad-type", _chunk_body(b"x", type="ota_get"), "bad_type"),
+            ("keys-not-sorted", reordered, "bad_json"),
+            ("quote-in-data", _chunk_body(b"abc").replace(b'YWJj"', b'YW"Jj"'), "bad_json"),
+            ("missing-off", _chunk_body(b"abc", off=_DROP), "missing_field"),
+            ("extra-field", _chunk_body(b"abc", meter="m01"), "unknown_field"),
+            ("not-an-object", b'{"data":"YWJj"]', "bad_json")]:
         out.append({"name": f"chunk-{name}", "op": "decode_chunk", "in": _text_or_hex(payload),
                     "error": code})
     for kind in ("down", "up"):

@@ -1,20 +1,31 @@
-# Operations the over-the-air update vectors exercise (see runner.py). Bytes travel as hex
-# strings, payloads that are ASCII as text.
+# Operations the over-the-air update vectors exercise (see runner.py): the meter's side
+# (protocols/ota.py) and the tool's (protocols/otahost.py). Bytes travel as hex strings,
+# payloads that are ASCII as text.
+import io
 from binascii import hexlify, unhexlify
 
-from protocols import ota
+from protocols import ota, otahost
 
 
 def _payload(v):
     return unhexlify(v["payload_hex"]) if "payload_hex" in v else v["payload"].encode()
 
 
-def _encode_manifest(v):
-    return ota.encode_manifest(v["msg"], unhexlify(v["key"])).decode()
+def _encode_offer(v):
+    return otahost.encode_offer(v["msg"], unhexlify(v["key"])).decode()
 
 
-def _decode_manifest(v):
-    return ota.decode_manifest(_payload(v), v["rkid"], unhexlify(v["key"]))
+def _decode_offer(v):
+    return ota.decode_offer(_payload(v), v["rkid"], unhexlify(v["key"]))
+
+
+def _file_list(v):
+    return otahost.file_list(v["files"]).decode()
+
+
+def _entries(v):
+    text = unhexlify(v["list_hex"]) if "list_hex" in v else v["list"].encode()
+    return [list(e) for e in ota.entries(io.BytesIO(text), v["offer"])]
 
 
 def _request(v):
@@ -22,11 +33,11 @@ def _request(v):
 
 
 def _decode_request(v):
-    return ota.decode_request(_payload(v))
+    return otahost.decode_request(_payload(v))
 
 
 def _chunk(v):
-    return ota.chunk(v["version"], v["file"], v["off"], unhexlify(v["data_hex"])).decode()
+    return otahost.chunk(v["version"], v["file"], v["off"], unhexlify(v["data_hex"])).decode()
 
 
 def _decode_chunk(v):
@@ -35,20 +46,22 @@ def _decode_chunk(v):
 
 
 def _topic(v):
-    return ota.topic(v["community"], v["meter"], v["kind"])
+    return otahost.topic(v["community"], v["meter"], v["kind"])
 
 
 def _parse_topic(v):
-    return list(ota.parse_topic(v["topic"]))
+    return list(otahost.parse_topic(v["topic"]))
 
 
 def _sha256(v):
-    return ota.sha256_hex(unhexlify(v["data_hex"]))
+    return otahost.sha256_hex(unhexlify(v["data_hex"]))
 
 
 OPS = {
-    "encode_manifest": _encode_manifest,
-    "decode_manifest": _decode_manifest,
+    "encode_offer": _encode_offer,
+    "decode_offer": _decode_offer,
+    "file_list": _file_list,
+    "entries": _entries,
     "request": _request,
     "decode_request": _decode_request,
     "chunk": _chunk,

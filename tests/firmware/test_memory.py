@@ -112,8 +112,10 @@ RUNTIME_MODULES = (
 # Host-side or boot-only: never loaded (or unloaded again) on a running board.
 NOT_ON_DEVICE = ("protocols.messages", "protocols.modbus", "protocols.registers", "protocols.accel",
                  "protocols.devconfig", "firmware.config", "firmware.regmap",
+                 # only while a command or an update is taken (firmware/ondemand.py), or
+                 # never (the tool's side)
                  "firmware.remote", "protocols.remote", "firmware.ota", "protocols.ota",
-                 "protocols.downlink", "firmware.ondemand")
+                 "protocols.downlink", "firmware.ondemand", "protocols.otahost")
 
 
 def print_costs(costs: list[list], used: int, heap: int) -> None:

@@ -1,6 +1,8 @@
 """Over-the-air updates from the operator's machine (`tmeter fw ota`): the signed manifest of a
 bundle, and the rollout that offers it to meters in waves and serves their chunk requests.
 
+The offer names the release's file list (one line per file: path, size, SHA-256), which meters
+fetch as file 0 and read back line by line; the bundle's files are files 1..n.
 The bundle is one target of a `tmeter fw build` output (``build/firmware/xtensawin`` for boards,
 ``build/firmware/unix`` for the unix port): every file under its ``firmware/`` and
 ``protocols/`` folders. The manifest is signed with the community's release key (a file of 64
@@ -17,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocols import canonical, meterlink, topics, trailer
+from protocols import canonical, meterlink, otahost, topics, trailer
 from protocols import ota as msgs
 from protocols.errors import ProtocolError
 
@@ -62,26 +64,40 @@ def target_of(bundle: Path) -> str:
     return name if name in msgs.TARGETS else "unix"
 
 
-def manifest(bundle: Path, version: int, rkid: int = 1, target: str | None = None) -> dict:
-    """The manifest of the bundle at ``bundle``: each file's path, size and SHA-256."""
+@dataclass
+class Release:
+    """A bundle as offered: the offer's fields, the file list (file 0) and the files' paths."""
+
+    offer: dict
+    listing: bytes
+    paths: list[str]
+
+    @property
+    def version(self) -> int:
+        return int(self.offer["version"])
+
+
+def manifest(bundle: Path, version: int, rkid: int = 1, target: str | None = None) -> Release:
+    """The release of the bundle at ``bundle``: each file's path, size and SHA-256 in its list,
+    the list's size and hash in its offer."""
     files = []
     for rel in bundle_files(bundle):
         data = (Path(bundle) / rel).read_bytes()
         files.append([rel.as_posix(), len(data), hashlib.sha256(data).hexdigest()])
-    msg = msgs.manifest(version, target or target_of(bundle), rkid, files)
+    listing = otahost.file_list(files)
     try:
-        msgs.validate_manifest(msg)
+        msg = otahost.offer(version, target or target_of(bundle), rkid, listing)
     except ProtocolError as exc:
         raise OtaError(f"{bundle}: cannot be offered: {exc}") from None
-    return msg
+    return Release(msg, listing, [f[0] for f in files])
 
 
 def signed_offer(bundle: Path, version: int, key: bytes, rkid: int = 1,
-                 target: str | None = None) -> tuple[dict, bytes]:
-    """(manifest, offer payload signed with the release ``key``)."""
-    msg = manifest(bundle, version, rkid, target)
+                 target: str | None = None) -> tuple[Release, bytes]:
+    """(release, offer payload signed with the release ``key``)."""
+    rel = manifest(bundle, version, rkid, target)
     try:
-        return msg, msgs.encode_manifest(msg, key)
+        return rel, otahost.encode_offer(rel.offer, key)
     except ProtocolError as exc:
         raise OtaError(f"{bundle}: cannot be offered: {exc}") from None
 
@@ -101,22 +117,23 @@ def version_number(text: str) -> int:
 class Server:
     """Serves the chunk requests of meters for one signed bundle."""
 
-    def __init__(self, bundle: Path, msg: dict) -> None:
-        self.version = msg["version"]
-        self.data = [(Path(bundle) / f[0]).read_bytes() for f in msg["files"]]
+    def __init__(self, bundle: Path, release: Release) -> None:
+        self.version = release.version
+        # File 0 is the list, files 1..n the bundle's in the list's order.
+        self.data = [release.listing] + [(Path(bundle) / p).read_bytes() for p in release.paths]
         self.served: dict[str, int] = {}
 
     def answer(self, payload: bytes) -> tuple[str, bytes] | None:
         """(meter, chunk payload) for a request, None for one that is not ours to serve."""
         try:
-            req = msgs.decode_request(payload)
+            req = otahost.decode_request(payload)
         except ProtocolError:
             return None
         if req["version"] != self.version or req["file"] >= len(self.data):
             return None
         data = self.data[req["file"]][req["off"]:req["off"] + req["n"]]
         self.served[req["meter"]] = self.served.get(req["meter"], 0) + len(data)
-        return req["meter"], msgs.chunk(self.version, req["file"], req["off"], data)
+        return req["meter"], otahost.chunk(self.version, req["file"], req["off"], data)
 
 
 # -- the rollout -------------------------------------------------------------------------------
@@ -208,7 +225,7 @@ class Rollout:
 
     def _on_message(self, client, _u, m) -> None:
         try:
-            _c, meter, kind = msgs.parse_topic(m.topic)
+            _c, meter, kind = otahost.parse_topic(m.topic)
         except ProtocolError:
             kind = "status"
             meter = m.topic.split("/")[-2]
@@ -223,7 +240,7 @@ class Rollout:
                 st.served = self.server.served.get(meter, 0)
                 if st.state == "offered":
                     st.state = "fetching"
-            client.publish(msgs.topic(self.broker.community, meter, "down"), answer[1], qos=1)
+            client.publish(otahost.topic(self.broker.community, meter, "down"), answer[1], qos=1)
             return
         msg = read_status(m.payload)
         if msg is None or msg["meter"] != meter:
@@ -240,7 +257,7 @@ class Rollout:
 
     def send_offer(self, meter: str) -> None:
         assert self.offer is not None
-        self.client.publish(msgs.topic(self.broker.community, meter, "down"), self.offer, qos=1)
+        self.client.publish(otahost.topic(self.broker.community, meter, "down"), self.offer, qos=1)
 
     def wave(self, wave: list[str], version: int, timeout: float, on_tick=None) -> bool:
         """Offer to every meter of ``wave`` until each reports ``version``, committed and online
