@@ -186,7 +186,7 @@ class App:
         got = self.awards.take(iv)
         agent = self.forecast
         if got is not None:
-            agent.end = got[1]  # the community price of this interval, for the profile
+            agent.end = got[1] or None  # the price of this interval, for the profile (0: none)
         if self.battery is None:
             return
         try:
@@ -203,7 +203,7 @@ class App:
                     prefs = self.cfg["prefs"]
                     if got[1] >= prefs["import_price"]:
                         step = 1   # the community imports: more discharge only saves import
-                    elif got[1] <= prefs["feed_in_price"]:
+                    elif 0 < got[1] <= prefs["feed_in_price"]:
                         step = -1  # it exports: more charge only saves export
                 watts = got[0] * 3600 // self.interval_s
                 await self.battery.set_power(watts, step)
@@ -269,6 +269,10 @@ class App:
         # host, a retry) to still land before the boundary; at 1 % of the interval, 100
         # meters on two cores at 240x stamped most of them after it and no interval was exact.
         await self.poll()
+        # The battery's fallback from boot, not from the first boundary: an inverter may come
+        # up idle (setpoint 0, as the simulated one does), and the household would import what
+        # its battery holds for up to an interval (the demo's 100 meters: 1.9 kWh at start).
+        await self.apply_award(self.acct.iv)
         limit = self.cfg["max_intervals"]
         while not limit or self.closed < limit:
             poll_ms = self.cfg["poll_s"] * 1000  # each time: a remote command may change it

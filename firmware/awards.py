@@ -4,7 +4,9 @@
 # price. The battery is the flexible part: its setpoint is the awarded position minus the
 # forecast of the rest of the household, converted to a power over the interval and clamped to
 # the inverter's limits. The price is kept with the award: the agent learns the community's
-# price profile from it (firmware/bidding.py).
+# price profile from it (firmware/bidding.py). A peer-to-peer award has no community price
+# (0): the meter's price is that of its largest trade (the message lists them largest first:
+# the grid's tariff when it buys from or sells to the grid), 0 when it trades nothing.
 # An award that arrives after its interval has ended is never applied (counted award_late);
 # an interval without an award falls back to self-consumption.
 from protocols import const, meterlink
@@ -39,7 +41,8 @@ class AwardBook:
             self.c["award_late"] += 1
             return None
         self.c["awards"] += 1
-        self.pending[iv] = (msg["q_wh"], msg["price"])
+        t = msg["trades"]
+        self.pending[iv] = (msg["q_wh"], msg["price"] or (t[0][2] if t else 0))
         while len(self.pending) > _KEEP:
             del self.pending[min(self.pending)]
         return iv

@@ -19,7 +19,7 @@
 # signs with the old key; a reboot before it loses the rotation (the tool times out, the
 # operator runs it again), never a reading.
 import json
-from binascii import hexlify
+from binascii import hexlify, unhexlify
 
 from protocols import remote as msgs
 from protocols.errors import ProtocolError
@@ -141,9 +141,16 @@ def ack(app):
             # replay guard, boot counter, sequence numbers, queue and OTA slots stay.
             board.write_atomic(SET, json.dumps({"n": n, "set": {}}).encode())
             board.remove(ROT)
-            prov = _load(board, "config.json").get("kid", app.kid)
+            doc = _load(board, "config.json")
+            prov = doc.get("kid", app.kid)
             board.log("cfg %d: factory reset, back to key %d" % (n, prov))
             _answer(app, n, "", n, prov, lambda: _reset(board))
+            # The answer is tagged (under the old key); from here on every record is signed
+            # with the key the meter boots with. A reading closed before the reset took the
+            # old key, which the tool retires on the answer, and was lost on the reboot (one
+            # run in five under load); under the provisioned key it is taken, at the latest
+            # sent again once the tool has reinstated it.
+            _switch(app, prov, unhexlify(doc["key"]) if "key" in doc else app.key)
     except OSError as e:  # flash full or failing: the meter keeps the key it signs with
         _count(app, "cfg_bad")
         board.log("cfg: flash: %r" % e)
