@@ -173,7 +173,10 @@ def test_rotation_and_factory_reset_lose_no_reading(setup):
     assert meter.wait(60) == 0, meter.output()[-2000:]
     after = gw.snapshot(METER)
     new = [r for r in after if r["seq"] > seq_before]
-    assert len(new) >= 4 and all(r["kid"] == 1 and r["boot"] == 3 for r in new), new
+    # A reading may close between the reset's answer and the reboot: it is signed with key 1
+    # already and queued, and the next boot delivers it.
+    assert all(r["kid"] == 1 for r in new), new
+    assert sum(r["boot"] == 3 for r in new) >= 4 and {r["boot"] for r in new} <= {2, 3}, new
     harness.assert_all_acked_once(gw, METER, cfg.parent, len(after))  # no gap, no reused seq
 
 
