@@ -224,6 +224,12 @@ class Board(Files):
     def watchdog(self, timeout_ms):
         return machine.WDT(timeout=timeout_ms)
 
+    def partition(self):
+        # The ROMFS partition an image is written into (firmware/ota.py): MicroPython >= 1.25
+        # with a partition labelled romfs (ports/esp32/esp32_partition.c).
+        import vfs
+        return vfs.rom_ioctl(2, 0)
+
     def reset(self):
         machine.reset()
 

@@ -11,9 +11,11 @@ import random
 import sys
 import time
 from firmware.files import Files
-from protocols import simclock
+from protocols import const, simclock
 
 _UPY = sys.implementation.name == "micropython"
+_ROMFILE = const("firmware.romfile")
+_PARTITION = const("romfs-partition")  # a board's ROMFS partition (firmware/main.py mount())
 
 if _UPY:
     _ticks_ms = time.ticks_ms
@@ -188,6 +190,14 @@ class Board(Files):
     # -- health ----------------------------------------------------------------------------
     def watchdog(self, timeout_ms):
         return SoftWatchdog(timeout_ms)
+
+    def partition(self):
+        # The ROMFS partition an image is written into (firmware/ota.py): a file here, behind
+        # a module whose names a booted meter does not hold (the name is a long literal).
+        __import__(_ROMFILE)
+        part = sys.modules[_ROMFILE]
+        part.path = self.path(_PARTITION)
+        return part
 
     def reset(self):
         # No board to reset: end the process; a supervisor (test, systemd, `tmeter fw run`)

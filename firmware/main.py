@@ -10,16 +10,45 @@
 # counts a boot on trial, and runs the slot it names (its folder first on sys.path, the factory
 # packages forgotten) or the factory bundle. A slot that fails to import or boot, or whose boots
 # on trial run out, is rolled back here before anything of it runs again. It never imports
-# staged code before that choice, and nothing in it depends on staged code.
+# staged code before that choice, and nothing in it depends on staged code (so it imports
+# nothing of ours at the top). On a ROMFS board this module alone is a file (the factory's
+# firmware/main.mpy beside the board's main.py): it mounts the slot's half of the ROMFS
+# partition, whose image holds everything else.
 import gc
 import json
 import os
 import sys
 
-from protocols import const
 
-_BOOT_ONLY = const(("firmware.config", "protocols.devconfig", "firmware.regmap",
-                    "protocols.registers"))
+def mount(state_dir, n):
+    """Mount the ROMFS image of slot ``n`` at /rom, first on sys.path; False on a board whose
+    bundle is files. A board maps its ROMFS partition (MicroPython >= 1.25, vfs.rom_ioctl; the
+    image at its start is mounted at /rom at power-on); slot 1 runs from the partition's second
+    half, 0 and 2 from the first (firmware/ota.py). The unix port has no partition: the file
+    romfs-partition in the meter's folder stands in for it, and the half is read into the heap.
+    (Literals here are long ones: a booted meter holds each short one as a name.)"""
+    try:
+        import vfs
+    except ImportError:
+        return False  # CPython
+    try:
+        part = memoryview(vfs.rom_ioctl(2, 0))
+        if "/rom" not in sys.path:
+            return False  # no image at power-on: the bundle is files
+        vfs.umount("/rom")
+        image = part[len(part) // 2:] if n & 1 else part[:len(part) // 2]
+    except AttributeError:  # the unix port
+        try:
+            f = open((state_dir + "/" if state_dir else "") + "romfs-partition", "rb")
+        except OSError:
+            return False
+        with f:
+            half = f.seek(0, 2) // 2
+            f.seek(half if n & 1 else 0)
+            image = f.read(half)
+    vfs.mount(vfs.VfsRom(image), "/rom")
+    sys.path.insert(0, "/rom")
+    return True
 
 
 def boot(path, state_dir=None):
@@ -33,7 +62,8 @@ def boot(path, state_dir=None):
     if plans is None:
         from firmware import regmap
         plans = regmap.build(cfg["modbus"])
-    for name in _BOOT_ONLY:
+    for name in ("firmware.config", "protocols.devconfig", "firmware.regmap",
+                 "protocols.registers"):
         sys.modules.pop(name, None)
         pkg, _, attr = name.rpartition(".")
         parent = sys.modules.get(pkg)
@@ -76,13 +106,17 @@ def main(argv=None):
         else:
             p = p[:2] + [p[2] - 1] + p[3:]
         write_atomic(ota, p)
-    if p and p[0]:
-        sys.path.insert(0, ota[:-7] + str(p[0]))
-        for name in list(sys.modules):
-            if name.startswith("firmware") or name.startswith("protocols"):
-                del sys.modules[name]
-        print("ota: slot %d, version %d, trial %d" % (p[0], p[3], p[2]))
+    slot = p[0] if p else 0
     try:
+        rom = mount(state_dir, slot)
+        if slot and not rom:
+            sys.path.insert(0, ota[:-7] + str(slot))
+        if slot or rom:
+            for name in list(sys.modules):
+                if name.startswith("firmware") or name.startswith("protocols"):
+                    del sys.modules[name]
+        if slot:
+            print("ota: slot %d, version %d, trial %d" % (slot, p[3], p[2]))
         from firmware.app import App
         from firmware.hal import Board
         cfg, plans = boot(cfg_path, state_dir)

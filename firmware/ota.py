@@ -16,6 +16,14 @@
 #   ota/<n>/manifest.txt   the release's file list (file 0, protocols/ota.py), read back one
 #                 line at a time: the list is never held in the heap whole
 #
+# A ROMFS board (its bundle runs in place from a ROMFS image, MicroPython >= 1.25) takes a
+# ROMFS release, one image, into a half of its ROMFS partition: slot 1 is the second half,
+# slots 0 (the image flashed at the factory) and 2 the first. A slot is never the running one,
+# so the half written is never the half mounted; firmware/main.py mounts the pointer's half.
+# The partition is written as `mpremote romfs deploy` writes it (esp32.Partition's block
+# protocol: each 4 KB block erased, then written in place) and read back through the same
+# protocol, which reads the flash itself, not the mapping the running image is read through.
+#
 # Memory (issue 13; the figures in firmware/README.md, "Over-the-air update"): what a meter
 # holds while it takes an update is this module, protocols/ota.py, the offer (nine small
 # fields) and one chunk at a time: CHUNK bytes, whose MQTT packet and payload are the largest
@@ -73,7 +81,7 @@ def _unload():
     # Drop this module and the protocol's: their code and data go back to the heap.
     if _job is None:
         from firmware.ondemand import unload
-        unload(("firmware.ota", "protocols.ota"))
+        unload(("firmware.ota", "protocols.ota", "firmware.romfile"))
 
 
 # -- on the meter's down topic -----------------------------------------------------------------
@@ -103,11 +111,9 @@ def offer(app, payload):
     board = app.board
     if board.runtime == "cpython":
         raise ProtocolError("bad_target", "no updates of a CPython fleet process")
-    if __file__.startswith("/rom"):
-        # The bundle runs in place from a ROMFS image, which is one flash partition written
-        # whole: files staged beside it would run from the heap, which such a board lacks.
-        raise ProtocolError("bad_target", "a ROMFS image is replaced whole, not file by file")
     target = "xtensawin" if board.runtime == "esp32" else "unix"
+    if __file__.startswith("/rom"):
+        target += "-romfs"  # it runs in place from an image and takes images only
     if m["target"] != target:
         raise ProtocolError("bad_target", "a %s bundle on a %s meter" % (m["target"], target))
     v = m["version"]
@@ -142,10 +148,50 @@ def _wipe(board, path):
         pass
 
 
-def _append(board, name, data):
-    # One chunk onto the end of a staged file (LittleFS commits it when the file closes).
-    with open(board.path(name), "ab") as f:
-        f.write(data)
+def _append(board, to, off, data):
+    # One chunk onto the end of a staged file (LittleFS commits it when the file closes), or
+    # into the image's half of the partition.
+    if type(to) is str:
+        with open(board.path(to), "ab") as f:
+            f.write(data)
+    else:
+        to.put(off, data)
+
+
+class Half:
+    """The slot's half of the ROMFS partition ``part`` (block protocol: ioctl 4 block count,
+    5 block size, 6 erase; readblocks and writeblocks with an offset), written from its start
+    and read back like a file."""
+
+    def __init__(self, part, slot, size):
+        self.p = part
+        self.bs = part.ioctl(5, 0)
+        n = part.ioctl(4, 0) // 2
+        if size > n * self.bs:
+            raise ProtocolError("too_large", "an image of %d bytes, a half of %d"
+                                % (size, n * self.bs))
+        self.b0 = n if slot & 1 else 0
+        self.size = size
+        self.at = 0
+
+    def put(self, off, data):
+        # Written in order from 0: a block is erased when the first byte of it comes.
+        while data:
+            b, o = divmod(off, self.bs)
+            k = min(len(data), self.bs - o)
+            if not o:
+                self.p.ioctl(6, self.b0 + b)
+            self.p.writeblocks(self.b0 + b, data[:k], o)
+            data = data[k:]
+            off += k
+
+    def read(self, n):
+        b, o = divmod(self.at, self.bs)
+        buf = bytearray(min(n, self.bs - o, self.size - self.at))
+        if buf:
+            self.p.readblocks(self.b0 + b, buf, o)
+        self.at += len(buf)
+        return buf
 
 
 class Job:
@@ -180,12 +226,15 @@ class Job:
         silence (five times), hashed as it is written, checked against self.hex."""
         app = self.app
         board = app.board
-        name = self.dir + "/" + path
-        parts = name.split("/")
-        for k in range(3, len(parts)):
-            board.mkdir("/".join(parts[:k]))
-        with open(board.path(name), "wb"):
-            pass
+        to = self.dir + "/" + path
+        if path == msgs.IMAGE:
+            to = self.half = Half(board.partition(), self.slot, size)
+        else:
+            parts = to.split("/")
+            for k in range(3, len(parts)):
+                board.mkdir("/".join(parts[:k]))
+            with open(board.path(to), "wb"):
+                pass
         h = hashlib.sha256()
         off = 0
         while off < size:
@@ -204,7 +253,7 @@ class Job:
                     break
             else:
                 raise ProtocolError("no_answer", "no chunk for %s at %d" % (path, off))
-            _append(board, name, self.data)
+            _append(board, to, off, self.data)
             h.update(self.data)
             off += n
             self.data = None
@@ -247,6 +296,8 @@ class Job:
                         n += 1
                         if step == 1:
                             await self.get(n, path, size)
+                        elif step == 2 and path == msgs.IMAGE:
+                            self.sum(hashlib.sha256(), path, self.half)
                         elif step:
                             with open(board.path(self.dir + "/" + path), "rb") as g:
                                 self.sum(hashlib.sha256(), path, g)
@@ -255,7 +306,7 @@ class Job:
             board.log("ota: version %d staged in slot %d, %d bytes of heap free at least,"
                       " restarting on trial" % (self.version, self.slot, self.free))
             board.reset()
-        except (ProtocolError, OSError) as e:  # OSError: flash full or failing
+        except (ProtocolError, OSError, MemoryError) as e:  # OSError: flash full or failing
             _count(app, "ota_bad")
             board.log("ota: update to %d abandoned: %s" % (self.version, e))
             _wipe(board, self.dir)  # scratch: nothing boots it

@@ -24,8 +24,13 @@
 # chunk's bytes are checked against the hash of its file (the list's is in the signed offer,
 # each other file's in the list), so a forged or damaged chunk fails that file's hash.
 #
-# Limits: at most 64 files of at most 64 KB each, 192 KB in all; a list of at most 9 KB (64
-# lines of at most 136 bytes); a chunk carries at most MAX_CHUNK bytes (base64 in the body).
+# A ROMFS release (targets "unix-romfs", "xtensawin-romfs": boards whose bundle runs in place
+# from a ROMFS image, MicroPython >= 1.25) is one file, the image, listed as IMAGE; the meter
+# writes it into the half of its ROMFS partition it does not run from (firmware/ota.py).
+#
+# Limits: at most 64 files of at most 64 KB each (an image: 192 KB), 192 KB in all; a list of
+# at most 9 KB (64 lines of at most 136 bytes); a chunk carries at most MAX_CHUNK bytes (base64
+# in the body).
 import hashlib
 from binascii import a2b_base64, b2a_base64, hexlify
 
@@ -42,7 +47,9 @@ _MAX_LINE = const(137)  # path (64), two spaces, size (5 digits), hash (64), new
 _MAX_OFFER = const(512)
 _MAX_BODY = const(3072)  # a chunk's payload: base64 of MAX_CHUNK bytes and the fields
 MAX_CHUNK = const(2048)
-TARGETS = ("unix", "xtensawin")  # bytecode for the unix port, native code for ESP32 boards
+# Bytecode for the unix port, native code for ESP32 boards; each as files or as a ROMFS image.
+TARGETS = ("unix", "xtensawin", "unix-romfs", "xtensawin-romfs")
+IMAGE = "fw.romfs"
 
 _FW = ("int", 1, 999999)  # major * 10000 + minor * 100 + patch
 
@@ -50,7 +57,9 @@ _FW = ("int", 1, 999999)  # major * 10000 + minor * 100 + patch
 def _check_path(p):
     # A file of the bundle: firmware/NAME.EXT or protocols/[DIR/]NAME.EXT, names of [a-z0-9_],
     # EXT py or mpy: nothing that could leave the slot (no "..", no absolute path, no empty
-    # level) or land outside the two packages.
+    # level) or land outside the two packages. Or a ROMFS release's image.
+    if p == IMAGE:
+        return
     if not 0 < len(p) <= 64:
         raise ProtocolError("bad_path", "path of 1 to 64 characters")
     parts = p.split("/")
@@ -105,15 +114,18 @@ def line(b):
     if not s.isdigit() or str(int(s)) != s or not _hexok(h):
         raise ProtocolError("bad_line", "a line is: path size sha256")
     _check_path(f[0])
-    if int(s) > _MAX_FILE:
-        raise ProtocolError("too_large", "a file is at most %d bytes" % _MAX_FILE)
+    top = _MAX_BUNDLE if f[0] == IMAGE else _MAX_FILE
+    if int(s) > top:
+        raise ProtocolError("too_large", "a file is at most %d bytes" % top)
     return f[0], int(s), h
 
 
 def entries(f, m):
     """Each (path, size, sha256 hex) of the file list read line by line from the open file
-    ``f``, checked against offer ``m``: sorted, each once, no more than its file count; at the
-    end (StopIteration) the count, the total size and the list's hash must be the offer's."""
+    ``f``, checked against offer ``m``: sorted, each once, no more than its file count, an
+    image for a ROMFS target and files for the others; at the end (StopIteration) the count,
+    the total size and the list's hash must be the offer's."""
+    rom = m["target"][-5:] == "romfs"
     h = hashlib.sha256()
     n = 0
     total = 0
@@ -127,6 +139,8 @@ def entries(f, m):
         if n > m["files"]:
             raise ProtocolError("bad_list", "more files than the offer's %d" % m["files"])
         e = line(b)
+        if (e[0] == IMAGE) != rom:
+            raise ProtocolError("bad_list", "a ROMFS release is its image, " + IMAGE)
         if e[0] <= last:
             raise ProtocolError("bad_list", "files must be sorted, each once")
         last = e[0]
@@ -159,7 +173,7 @@ def decode_chunk(payload):
         raise ProtocolError("bad_json", "not a chunk")
     msg = canonical.parse(b'{"data":""' + payload[cut + 1:])
     check_fields(msg, {"type": None, "version": _FW, "file": ("int", 0, _MAX_FILES),
-                       "off": ("int", 0, _MAX_FILE), "data": None})
+                       "off": ("int", 0, _MAX_BUNDLE), "data": None})
     if msg["type"] != "ota_chunk":
         raise ProtocolError("bad_type", "not a chunk")
     try:

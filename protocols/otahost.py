@@ -73,7 +73,7 @@ def decode_request(payload):
         raise ProtocolError("too_large", "request too large")
     msg = canonical.parse(payload)
     check_fields(msg, {"type": None, "meter": ("id", 0, 0), "version": ("int", 1, 999999),
-                       "file": ("int", 0, 64), "off": ("int", 0, 65536),
+                       "file": ("int", 0, 64), "off": ("int", 0, 196608),
                        "n": ("int", 1, ota.MAX_CHUNK)})
     if msg["type"] != "ota_get":
         raise ProtocolError("bad_type", "not a chunk request")

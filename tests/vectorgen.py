@@ -244,10 +244,11 @@ def listing(files: list[list[Any]]) -> bytes:
     return "".join(f"{p} {n} {h}\n" for p, n, h in files).encode()
 
 
-def offer_of(text: bytes, files: int | None = None, size: int | None = None) -> dict[str, Any]:
+def offer_of(text: bytes, files: int | None = None, size: int | None = None,
+             target: str = "unix") -> dict[str, Any]:
     """The offer of the file list ``text``; ``files`` and ``size`` as counted unless given."""
     rows = [r.split(b" ") for r in text.split(b"\n")[:-1]]
-    return {"v": 1, "type": "ota_offer", "version": 10400, "target": "unix", "rkid": 7,
+    return {"v": 1, "type": "ota_offer", "version": 10400, "target": target, "rkid": 7,
             "files": len(rows) if files is None else files,
             "size": sum(int(r[1]) for r in rows if len(r) == 3 and r[1].isdigit())
             if size is None else size,
@@ -312,6 +313,20 @@ def list_vectors() -> list[dict[str, Any]]:
         ("sizes-not-the-total", LIST, offer_of(LIST, size=9), "bad_list"),
         ("hash-mismatch", LIST, with_(OFFER, lsha=hashlib.sha256(b"other").hexdigest()),
          "bad_hash"),
+    ]
+    # A ROMFS release is its image alone, larger than a file may be; nothing else mixes in.
+    image = [["fw.romfs", 76208, h]]
+    rom = listing(image)
+    out.append({"name": "list-romfs-image", "op": "entries",
+                "in": {"list": rom.decode(), "offer": offer_of(rom, target="xtensawin-romfs")},
+                "out": image})
+    big = listing([["fw.romfs", 196609, h]])
+    bad += [
+        ("image-in-a-files-release", rom, None, "bad_list"),
+        ("files-in-a-romfs-release", LIST, offer_of(LIST, target="unix-romfs"), "bad_list"),
+        ("image-beside-files", listing(FILES + image), offer_of(listing(FILES + image),
+                                                                target="unix-romfs"), "bad_list"),
+        ("image-too-big", big, offer_of(big, size=0, target="unix-romfs"), "too_large"),
     ]
     for name, text, msg, code in bad:
         out.append({"name": f"list-{name}", "op": "entries",

@@ -1,7 +1,7 @@
 """`tmeter fw`: build, deploy and run the meter firmware.
 
   tmeter fw build [--out DIR]                       mpy-cross: xtensawin + unix bytecode
-  tmeter fw deploy --port PORT [--config FILE]      mpremote: copy build and config to a board
+  tmeter fw deploy --port PORT [--config FILE] [--romfs]  mpremote: build and config to a board
   tmeter fw run --config FILE [--state-dir DIR]     one meter under the unix port (or CPython)
   tmeter fw ota --bundle DIR --key FILE --version X.Y.Z --meters m01,m02 [--wave N] [--timeout S]
                                                     over-the-air update in waves (tmeter/fwtools/ota.py)
@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--config", type=Path, help="config.json written by `tmeter provision`")
     d.add_argument("--build", type=Path, default=DEFAULT_OUT, help="build folder (%(default)s)")
     d.add_argument("--dry-run", action="store_true", help="print the mpremote commands only")
+    d.add_argument("--romfs", action="store_true",
+                   help="the image into the board's ROMFS partition (MicroPython >= 1.25)")
     r = sub.add_parser("run", help="run one meter on this machine")
     r.add_argument("--config", type=Path, required=True, help="the meter's config.json")
     r.add_argument("--state-dir", type=Path, help="queue and state folder (default: beside config)")
@@ -115,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     if args.fw_command == "build":
         built = build(args.out)
         for target, files in built.items():
-            print(f"{target}: {len(files)} modules in {args.out / target}")
+            what = (f"a {files[0].stat().st_size} byte image and its loader"
+                    if target.endswith("romfs") else f"{len(files)} modules")
+            print(f"{target}: {what} in {args.out / target}")
         return 0
     if args.fw_command in ("ota", "versions"):
         from tmeter.fwtools.ota import OtaError
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             build(args.build)
         if args.config is not None:
             fw_build.write_plan(args.config)
-        cmds = fw_build.deploy_commands(args.build, args.port, args.config)
+        cmds = fw_build.deploy_commands(args.build, args.port, args.config, args.romfs)
         for cmd in cmds:
             print(shlex.join(cmd))
             if not args.dry_run:

@@ -16,6 +16,8 @@ PACKAGES = ("firmware", "protocols")
 SKIP = {"protocols/vectors"}
 DEFAULT_BUILD = Path("build/firmware")
 BOARD_MAIN = "from firmware.main import main\nmain()\n"
+IMAGE = "fw.romfs"  # protocols/ota.py IMAGE: a ROMFS bundle's image
+LOADER = "firmware/main.mpy"  # what a ROMFS board keeps as a file: the loader that mounts it
 
 
 def sources() -> list[Path]:
@@ -44,7 +46,8 @@ def mpy_cross(src: Path, dst: Path, arch: str | None) -> None:
 
 def build(out: Path) -> dict[str, list[Path]]:
     """Compile every module twice: ``out/xtensawin`` for ESP32 boards (with the board's
-    main.py), ``out/unix`` as portable bytecode the unix port imports the same way."""
+    main.py), ``out/unix`` as portable bytecode the unix port imports the same way; and each
+    as a ROMFS bundle, ``out/<target>-romfs`` (romfs_bundle)."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -55,15 +58,46 @@ def build(out: Path) -> dict[str, list[Path]]:
             mpy_cross(rel, dst, arch)
             built[target].append(dst)
     (out / "xtensawin" / "main.py").write_text(BOARD_MAIN)
+    for target in ("xtensawin", "unix"):
+        built[target + "-romfs"] = romfs_bundle(out / target, out / (target + "-romfs"))
     return built
 
 
-def deploy_commands(build_dir: Path, port: str, config: Path | None) -> list[list[str]]:
-    """mpremote invocations that copy a build (and a config.json) onto the board at ``port``."""
-    board = Path(build_dir) / "xtensawin"
+def romfs_bundle(target_dir: Path, out: Path) -> list[Path]:
+    """A ROMFS bundle of a compiled target: the image of its packages (``fw.romfs``, built by
+    `mpremote romfs build`; MicroPython >= 1.25 runs its bytecode in place from flash), and the
+    files a ROMFS board keeps beside it: its main.py and the loader, ``firmware/main.mpy``
+    (which mounts the image: firmware/main.py)."""
+    out.mkdir(parents=True, exist_ok=True)
+    staged = out / "packages"
+    for pkg in PACKAGES:
+        shutil.copytree(target_dir / pkg, staged / pkg)
+    image = out / IMAGE
+    result = subprocess.run([sys.executable, "-m", "mpremote", "romfs", "--no-mpy", "-o",
+                             str(image), "build", str(staged)], capture_output=True, text=True)
+    shutil.rmtree(staged)
+    if result.returncode != 0:
+        raise RuntimeError(f"mpremote romfs build failed: {result.stderr.strip()}")
+    (out / "firmware").mkdir()
+    shutil.copy(target_dir / LOADER, out / LOADER)
+    (out / "main.py").write_text(BOARD_MAIN)
+    return [image, out / LOADER]
+
+
+def deploy_commands(build_dir: Path, port: str, config: Path | None,
+                    romfs: bool = False) -> list[list[str]]:
+    """mpremote invocations that copy a build (and a config.json) onto the board at ``port``:
+    the packages as files, or (``romfs``) the image into the board's ROMFS partition, at its
+    start, and the loader as a file."""
     base = ["mpremote", "connect", port]
-    # `cp -r` copies the package folders as they are: /firmware, /protocols.
-    cmds = [base + ["cp", "-r"] + [str(board / pkg) for pkg in PACKAGES] + [":"]]
+    if romfs:
+        board = Path(build_dir) / "xtensawin-romfs"
+        cmds = [base + ["romfs", "deploy", str(board / IMAGE)],
+                base + ["mkdir", ":firmware"], base + ["cp", str(board / LOADER), ":" + LOADER]]
+    else:
+        board = Path(build_dir) / "xtensawin"
+        # `cp -r` copies the package folders as they are: /firmware, /protocols.
+        cmds = [base + ["cp", "-r"] + [str(board / pkg) for pkg in PACKAGES] + [":"]]
     cmds.append(base + ["cp", str(board / "main.py"), ":main.py"])
     if config is not None:
         cmds.append(base + ["cp", str(config), ":config.json"])

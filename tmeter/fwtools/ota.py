@@ -50,6 +50,10 @@ def bundle_files(bundle: Path) -> list[Path]:
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise OtaError(f"{bundle}: no such bundle folder (a `tmeter fw build` target)")
+    if target_of(bundle).endswith("romfs"):
+        if not (bundle / msgs.IMAGE).is_file():
+            raise OtaError(f"{bundle}: not a ROMFS bundle (no {msgs.IMAGE})")
+        return [Path(msgs.IMAGE)]
     files = sorted(p.relative_to(bundle) for pkg in PACKAGES if (bundle / pkg).is_dir()
                    for p in (bundle / pkg).rglob("*") if p.is_file())
     names = {str(f) for f in files}
@@ -59,7 +63,8 @@ def bundle_files(bundle: Path) -> list[Path]:
 
 
 def target_of(bundle: Path) -> str:
-    """"xtensawin" or "unix" from the bundle folder's name (what `tmeter fw build` writes)."""
+    """The target (protocols/ota.py TARGETS) from the bundle folder's name (what `tmeter fw
+    build` writes), "unix" for any other name."""
     name = Path(bundle).resolve().name
     return name if name in msgs.TARGETS else "unix"
 
