@@ -85,7 +85,8 @@ def signing() -> list[dict[str, Any]]:
     for i, e in enumerate(ENTROPY):
         d = key_of(e)
         dh = "%064x" % d
-        out.append(vec(f"keypair-{i}", "keypair", {"entropy": e.hex()}, {"d": dh, "pub": pub_of(d)}))
+        out.append(vec(f"keypair-{i}", "keypair", {"entropy": e.hex()},
+                       {"d": dh, "pub": pub_of(d)}))
         for msg in (b"", READING, bytes(range(256)) * 4):
             out.append(vec(f"keypair-{i}-sign-{len(msg)}", "sign", {"d": dh, "msg_hex": msg.hex()},
                            sig_of(d, msg)))
