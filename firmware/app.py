@@ -356,7 +356,14 @@ class App:
             await self._wake_status.wait()
             self._wake_status.clear()
             if self.client.connected:
-                await self.client.publish(self.t_status, self._status_payload(1), 1, True)
+                try:
+                    payload = self._status_payload(1)
+                except MemoryError:
+                    # No block for it in a fragmented heap: this status is skipped and the
+                    # next one tried; the task outlives it (the meter loop has the watchdog).
+                    self.board.log("status: skipped, MemoryError")
+                    continue
+                await self.client.publish(self.t_status, payload, 1, True)
 
     def _on_message(self, topic, payload):
         if topic == self.t_ack:
@@ -373,7 +380,13 @@ class App:
             # Imported only now, unloaded when done (names too: firmware/ota.py), into a
             # collected heap: its code and a manifest need blocks of a few KB.
             self.board.collect()
-            __import__("firmware.ota", None, None, ("receive",)).receive(self, payload)
+            try:
+                __import__("firmware.ota", None, None, ("receive",)).receive(self, payload)
+            except MemoryError:
+                # Its names need the interpreter's next name pool, 4.5 KB in one block, which
+                # a fragmented heap may lack at this offer (a failed import is forgotten): the
+                # tool offers again every 10 s.
+                self.board.log("ota: no memory for the offer now; the next one is taken")
         else:
             self._witness(topic, payload)
 

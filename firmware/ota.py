@@ -20,9 +20,7 @@
 # ROMFS release, one image, into a half of its ROMFS partition: slot 1 is the second half,
 # slots 0 (the image flashed at the factory) and 2 the first. A slot is never the running one,
 # so the half written is never the half mounted; firmware/main.py mounts the pointer's half.
-# The partition is written as `mpremote romfs deploy` writes it (esp32.Partition's block
-# protocol: each 4 KB block erased, then written in place) and read back through the same
-# protocol, which reads the flash itself, not the mapping the running image is read through.
+# The partition is written by firmware/otaimage.py, imported only for an image.
 #
 # Memory (issue 13; the figures in firmware/README.md, "Over-the-air update"): what a meter
 # holds while it takes an update is this module, protocols/ota.py, the offer (nine small
@@ -81,7 +79,7 @@ def _unload():
     # Drop this module and the protocol's: their code and data go back to the heap.
     if _job is None:
         from firmware.ondemand import unload
-        unload(("firmware.ota", "protocols.ota", "firmware.romfile"))
+        unload(("firmware.ota", "protocols.ota", "firmware.otaimage", "firmware.romfile"))
 
 
 # -- on the meter's down topic -----------------------------------------------------------------
@@ -158,45 +156,8 @@ def _append(board, to, off, data):
         to.put(off, data)
 
 
-class Half:
-    """The slot's half of the ROMFS partition ``part`` (block protocol: ioctl 4 block count,
-    5 block size, 6 erase; readblocks and writeblocks with an offset), written from its start
-    and read back like a file."""
-
-    def __init__(self, part, slot, size):
-        self.p = part
-        self.bs = part.ioctl(5, 0)
-        n = part.ioctl(4, 0) // 2
-        if size > n * self.bs:
-            raise ProtocolError("too_large", "an image of %d bytes, a half of %d"
-                                % (size, n * self.bs))
-        self.b0 = n if slot & 1 else 0
-        self.size = size
-        self.at = 0
-
-    def put(self, off, data):
-        # Written in order from 0: a block is erased when the first byte of it comes.
-        while data:
-            b, o = divmod(off, self.bs)
-            k = min(len(data), self.bs - o)
-            if not o:
-                self.p.ioctl(6, self.b0 + b)
-            self.p.writeblocks(self.b0 + b, data[:k], o)
-            data = data[k:]
-            off += k
-
-    def read(self, n):
-        b, o = divmod(self.at, self.bs)
-        buf = bytearray(min(n, self.bs - o, self.size - self.at))
-        if buf:
-            self.p.readblocks(self.b0 + b, buf, o)
-        self.at += len(buf)
-        return buf
-
-
 class Job:
     def __init__(self, app, m, slot):
-        import asyncio
         self.app = app
         self.m = m           # the offer
         self.version = m["version"]
@@ -204,7 +165,6 @@ class Job:
         self.dir = "ota/%d" % slot
         self.want = None     # (file, off, n) of the chunk awaited
         self.data = None
-        self.got = asyncio.Event()
         self.task = None
         self.up = "tm/v1/%s/ota/%s/up" % (app.cfg["community"], app.meter_id)
         self.free = gc.mem_free()  # the least free heap seen after a chunk
@@ -219,7 +179,6 @@ class Job:
             raise ProtocolError("bad_chunk", "chunk of %d bytes, asked %d" % (len(data), w[2]))
         self.data = data
         self.want = None
-        self.got.set()
 
     async def get(self, i, path, size):
         """File ``i`` of the release into ``path`` of the slot, each chunk asked again on
@@ -228,6 +187,7 @@ class Job:
         board = app.board
         to = self.dir + "/" + path
         if path == msgs.IMAGE:
+            from firmware.otaimage import Half
             to = self.half = Half(board.partition(), self.slot, size)
         else:
             parts = to.split("/")
@@ -242,13 +202,14 @@ class Job:
             for _ in range(_TRIES):
                 self.data = None
                 self.want = (i, off, n)
-                self.got.clear()
-                if app.client.connected:
-                    await app.client.publish(self.up, msgs.request(app.meter_id, self.version,
-                                                                   i, off, n), 1)
+                # QoS 0 both ways (the tool answers so too): silence is asked again anyway,
+                # and a PUBACK written just before the next message would hold it back (Nagle's
+                # algorithm against the peer's delayed ACK: 40 ms on Linux) twice per chunk.
+                await app.client.publish(self.up, msgs.request(app.meter_id, self.version,
+                                                               i, off, n), 0)
                 start = board.ticks_ms()
                 while self.data is None and board.ticks_diff(board.ticks_ms(), start) < WAIT_MS:
-                    await board.sleep_ms(50)
+                    await board.sleep_ms(20)
                 if self.data is not None:
                     break
             else:

@@ -115,7 +115,8 @@ NOT_ON_DEVICE = ("protocols.messages", "protocols.modbus", "protocols.registers"
                  # only while a command or an update is taken (firmware/ondemand.py), or
                  # never (the tool's side)
                  "firmware.remote", "protocols.remote", "firmware.ota", "protocols.ota",
-                 "protocols.downlink", "firmware.ondemand", "protocols.otahost")
+                 "firmware.otaimage", "firmware.romfile", "protocols.downlink",
+                 "firmware.ondemand", "protocols.otahost")
 
 
 def print_costs(costs: list[list], used: int, heap: int) -> None:

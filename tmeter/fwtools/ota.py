@@ -245,7 +245,8 @@ class Rollout:
                 st.served = self.server.served.get(meter, 0)
                 if st.state == "offered":
                     st.state = "fetching"
-            client.publish(otahost.topic(self.broker.community, meter, "down"), answer[1], qos=1)
+            # QoS 0, as the meter asks (firmware/ota.py): a lost chunk is asked again.
+            client.publish(otahost.topic(self.broker.community, meter, "down"), answer[1], qos=0)
             return
         msg = read_status(m.payload)
         if msg is None or msg["meter"] != meter:
