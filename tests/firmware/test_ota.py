@@ -376,21 +376,6 @@ def test_a_romfs_meter_updates_into_the_half_it_does_not_run(romfs_device, fw_bu
 
 
 @pytest.mark.micropython
-def test_a_romfs_image_that_fails_to_import_rolls_back(romfs_device, fw_build):
-    d = romfs_device
-    folder, factory = d["folder"], d["factory"]
-    broken = romfs_variant(fw_build, d["tmp"] / "broken",
-                           lambda copy: broken_bundle(fw_build / "unix", copy, replace=True))
-    offer, serve = release(d["tmp"], broken)
-    assert drive(folder, offer, serve, factory).returncode == 3
-    log, rc = boot(folder, factory)
-    assert rc == 3 and "fails to boot: rolled back" in log, log
-    assert pointer(folder) == [0, 0, 0, 0, NEW, 0]
-    log, _rc = boot(folder, factory)
-    assert running(log) == (0, OLD) and "boot 1 " in log, log
-
-
-@pytest.mark.micropython
 def test_romfs_and_file_bundles_only_go_where_they_run(romfs_device, device, fw_build, tmp_path):
     """Files to a ROMFS meter, an image to a files meter and an image larger than a half are
     refused, nothing written to the partition."""
@@ -516,9 +501,15 @@ def broken_bundle(bundle: Path, out: Path, replace: bool = False) -> Path:
 
 
 @pytest.mark.micropython
-def test_a_bundle_that_fails_to_import_rolls_back(device):
+@pytest.mark.parametrize("layout", ["files", "romfs"])
+def test_a_bundle_that_fails_to_import_rolls_back(layout, request, fw_build):
+    device = request.getfixturevalue("device" if layout == "files" else "romfs_device")
     folder, factory = device["folder"], device["factory"]
-    bundle = broken_bundle(device["bundle"], device["tmp"] / "broken")
+    if layout == "files":
+        bundle = broken_bundle(device["bundle"], device["tmp"] / "broken")
+    else:
+        bundle = romfs_variant(fw_build, device["tmp"] / "broken",
+                               lambda copy: broken_bundle(fw_build / "unix", copy, replace=True))
     offer, serve = release(device["tmp"], bundle)
     out = drive(folder, offer, serve, factory)
     assert out.returncode == 3, out.stdout + out.stderr
