@@ -21,23 +21,25 @@ import sys
 
 
 def mount(state_dir, n):
-    """Mount the ROMFS image of slot ``n`` at /rom, first on sys.path; False on a board whose
-    bundle is files. A board maps its ROMFS partition (MicroPython >= 1.25, vfs.rom_ioctl; the
-    image at its start is mounted at /rom at power-on); slot 1 runs from the partition's second
-    half, 0 and 2 from the first (firmware/ota.py). The unix port has no partition: the file
-    romfs-partition in the meter's folder stands in for it, and the half is read into the heap.
+    """Mount the ROMFS image of slot ``n`` at /rom, first on sys.path; False where that half
+    holds no image (a board whose bundle is files). A board maps its ROMFS partition
+    (MicroPython >= 1.25: vfs.rom_ioctl; an image at its start is mounted at /rom at power-on);
+    slot 1 runs from the partition's second half, 0 and 2 from the first (firmware/ota.py). The
+    half chosen is looked at, not the power-on mount: a power cut while slot 2 was written
+    leaves the first half torn and slot 1 still to boot. The unix port has no partition: the
+    file romfs-partition in the meter's folder stands in for it, the half read into the heap.
     (Literals here are long ones: a booted meter holds each short one as a name.)"""
     try:
         import vfs
     except ImportError:
         return False  # CPython
-    try:
-        part = memoryview(vfs.rom_ioctl(2, 0))
-        if "/rom" not in sys.path:
-            return False  # no image at power-on: the bundle is files
-        vfs.umount("/rom")
+    if hasattr(vfs, "rom_ioctl"):
+        part = vfs.rom_ioctl(2, 0)
+        if type(part) is int:
+            return False  # an error number: no romfs partition
+        part = memoryview(part)
         image = part[len(part) // 2:] if n & 1 else part[:len(part) // 2]
-    except AttributeError:  # the unix port
+    else:  # the unix port
         try:
             f = open((state_dir + "/" if state_dir else "") + "romfs-partition", "rb")
         except OSError:
@@ -46,7 +48,15 @@ def mount(state_dir, n):
             half = f.seek(0, 2) // 2
             f.seek(half if n & 1 else 0)
             image = f.read(half)
-    vfs.mount(vfs.VfsRom(image), "/rom")
+    try:
+        image = vfs.VfsRom(image)
+    except OSError:
+        return False  # no image in that half
+    try:
+        vfs.umount("/rom")
+    except OSError:
+        pass  # nothing mounted there at power-on
+    vfs.mount(image, "/rom")
     sys.path.insert(0, "/rom")
     return True
 

@@ -29,10 +29,12 @@ def ioctl(op, arg):
         return 0
     return None
 
+
 def readblocks(block, buf, off=0):
     with open(path, "rb") as f:
         f.seek(block * _BS + off)
         f.readinto(buf)
+
 
 def writeblocks(block, buf, off=0):
     # In place, in one buffer made once: a board's writeblocks allocates nothing either.

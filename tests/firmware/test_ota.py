@@ -367,12 +367,17 @@ def test_a_romfs_meter_updates_into_the_half_it_does_not_run(romfs_device, fw_bu
     image2 = (second / "fw.romfs").read_bytes()
     assert image2 != image
     offer, serve = release(d["tmp"], second, NEW + 1)
+    # A power cut while the first half is written leaves it torn, the factory image gone:
+    # slot 1 boots on from the second half.
+    assert drive(folder, offer, serve, factory, cut=4, fw=NEW).returncode == 9
+    assert (folder / "romfs-partition").read_bytes()[:len(image)] != image
+    assert running(boot(folder, factory)[0]) == (1, NEW)
     out = drive(folder, offer, serve, factory, fw=NEW)
     assert out.returncode == 3 and "staged in slot 2" in out.stdout, out.stdout + out.stderr
     flash = (folder / "romfs-partition").read_bytes()
     assert flash[:len(image2)] == image2 and flash[HALF:HALF + len(image)] == image
     log, _rc = boot(folder, factory)
-    assert running(log) == (2, NEW + 1) and "boot 2 " in log, log
+    assert running(log) == (2, NEW + 1) and "boot 3 " in log, log
 
 
 @pytest.mark.micropython

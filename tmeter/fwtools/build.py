@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from protocols.ota import IMAGE  # a ROMFS bundle's image
 from tmeter.fwtools import ROOT
 
 PACKAGES = ("firmware", "protocols")
@@ -16,7 +17,6 @@ PACKAGES = ("firmware", "protocols")
 SKIP = {"protocols/vectors"}
 DEFAULT_BUILD = Path("build/firmware")
 BOARD_MAIN = "from firmware.main import main\nmain()\n"
-IMAGE = "fw.romfs"  # protocols/ota.py IMAGE: a ROMFS bundle's image
 LOADER = "firmware/main.mpy"  # what a ROMFS board keeps as a file: the loader that mounts it
 
 
