@@ -22,6 +22,12 @@ CREATE TABLE IF NOT EXISTS meters (
 CREATE TABLE IF NOT EXISTS meter_keys (
     meter TEXT NOT NULL REFERENCES meters(meter), kid INTEGER NOT NULL, key BLOB NOT NULL,
     created INTEGER NOT NULL, retired INTEGER, PRIMARY KEY (meter, kid));
+-- Each meter's own ECDSA P-256 public keys (issue 15, gateway/meterkeys.py): pub is the 65-byte
+-- uncompressed point, skid the enrolment number the meter's signature line names. A meter with
+-- a row here must sign its readings; enrolling a new key (a replaced board) retires the older.
+CREATE TABLE IF NOT EXISTS meter_signing_keys (
+    meter TEXT NOT NULL REFERENCES meters(meter), skid INTEGER NOT NULL, pub BLOB NOT NULL,
+    enrolled INTEGER NOT NULL, retired INTEGER, PRIMARY KEY (meter, skid));
 
 -- Ledger: the commitment of every leaf, in log order. The salt and the record bytes that open
 -- a commitment live in `openings`, so erasing a member deletes openings and keeps the tree.
@@ -128,7 +134,9 @@ ADDED_COLUMNS = (("settlements", "share_amount", "INTEGER NOT NULL DEFAULT 0"),
                  ("meters", "preference", "INTEGER NOT NULL DEFAULT 0"),
                  ("awards", "share_ppm", "INTEGER"), ("meter_status", "online", "INTEGER"),
                  # SHA-256 of the member's web secret (gateway/registry.py); NULL: no member link issued
-                 ("meters", "web_hash", "TEXT"))
+                 ("meters", "web_hash", "TEXT"),
+                 # The meter's signature line on a reading (`sig <skid>:<hex>`, issue 15); NULL: unsigned
+                 ("openings", "sig", "TEXT"))
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:

@@ -44,7 +44,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from gateway import db
+from gateway import db, meterkeys
 from gateway.config import DEFAULT_INTERVAL_S
 from protocols import devconfig, topics
 
@@ -52,6 +52,7 @@ KEY_LEN = 32
 MEMBER_TOKEN_BYTES = 24  # 192 bits: guessing one is out of reach, even without the rate limit
 PBKDF2_ITERATIONS = 1000
 MAX_KID = 0xFFFF
+MAX_SKID = 99999  # a signature line's key id has at most five digits (protocols/signature.py)
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
@@ -439,6 +440,52 @@ class Registry:
             cur = c.execute("UPDATE meter_keys SET retired=? WHERE meter=? AND kid=? AND retired IS NULL",
                             (int(time.time()), meter, kid))
         return cur.rowcount == 1
+
+    # --- the meter's own signing keys (issue 15): only readings it signed are its readings
+
+    def enrol(self, meter: str, pub: bytes) -> int:
+        """Enrol ``pub`` (65-byte uncompressed P-256 point, made on the meter: `tmeter fw
+        keygen`) as the meter's next signing key id and return it. The meter's older signing
+        keys are retired (a replaced board: its key is gone with it); from now on the meter's
+        readings must carry a signature under a valid key. RegistryError for a point not on
+        the curve or a meter not provisioned."""
+        try:
+            meterkeys.load(pub)
+        except meterkeys.MeterKeyError as exc:
+            raise RegistryError(str(exc)) from None
+        now = int(time.time())
+        with db.transaction(self.conn) as c:
+            if c.execute("SELECT 1 FROM meters WHERE meter=?", (meter,)).fetchone() is None:
+                raise RegistryError(f"{meter} is not provisioned")
+            skid = c.execute("SELECT COALESCE(MAX(skid), 0) + 1 FROM meter_signing_keys WHERE meter=?",
+                             (meter,)).fetchone()[0]
+            if skid > MAX_SKID:
+                raise RegistryError("signing key ids exhausted")
+            c.execute("UPDATE meter_signing_keys SET retired=? WHERE meter=? AND retired IS NULL", (now, meter))
+            c.execute("INSERT INTO meter_signing_keys(meter, skid, pub, enrolled) VALUES (?,?,?,?)",
+                      (meter, skid, pub, now))
+        return skid
+
+    def signing_key(self, meter: str, skid: int) -> bytes | None:
+        """The meter's public key ``skid`` (65-byte point) unless unknown or retired."""
+        row = self.conn.execute("SELECT pub FROM meter_signing_keys WHERE meter=? AND skid=? AND retired IS NULL",
+                                (meter, skid)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def signing_keys(self, meter: str) -> dict[int, bytes]:
+        """Every public key the meter ever enrolled, retired ones included (for export and
+        audit: its older readings are signed under them)."""
+        rows = self.conn.execute("SELECT skid, pub FROM meter_signing_keys WHERE meter=? ORDER BY skid", (meter,))
+        return {skid: bytes(pub) for skid, pub in rows}
+
+    def valid_signing_keys(self, meter: str) -> dict[int, bytes] | None:
+        """What ingest needs: None if the meter never enrolled a key (it sends unsigned
+        readings), else its valid keys by skid (empty once all are retired: nothing verifies)."""
+        rows = self.conn.execute("SELECT skid, pub, retired FROM meter_signing_keys WHERE meter=?",
+                                 (meter,)).fetchall()
+        if not rows:
+            return None
+        return {skid: bytes(pub) for skid, pub, retired in rows if retired is None}
 
     def meters(self, community: str | None = None) -> list[str]:
         sql, args = "SELECT meter FROM meters", ()
