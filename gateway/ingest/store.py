@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.clock import Clock
-from gateway.ingest.codec import AckOrder, AckTagger, KeyCache, MeterDecoder, Outgoing, Verified
+from gateway.ingest.codec import AckOrder, AckTagger, KeyCache, MeterDecoder, Outgoing, Signature, Verified
 from gateway.config import GatewayConfig
 from gateway.ops.influx import Export, enqueue
 from gateway.ledger import records
-from gateway.ledger.tlog import Ledger, encode_record
+from gateway.ledger.tlog import Ledger, encode_record, signature_line
 from gateway.registry import Registry
 from protocols import canonical, messages
 
@@ -147,13 +147,13 @@ class Ingest:
         self._first_iv = None
 
     def _one(self, verified: Verified, out: list[AckOrder], counts: Counter[str]) -> None:
-        _, community, meter, msg, body = verified
+        _, community, meter, msg, body, sig = verified
         kind = msg["type"]
         try:
             if community != self.cfg.community:
                 raise Rejected("wrong_community", ack=False)
             if kind == "reading":
-                self._ack(out, msg, self._reading(meter, msg, body, counts))
+                self._ack(out, msg, self._reading(meter, msg, body, sig, counts))
             elif kind == "bid":
                 self._bid(meter, msg, body, counts)
             elif kind == "status":
@@ -173,8 +173,11 @@ class Ingest:
     def _ack(out: list[AckOrder], msg: dict[str, Any], res: str) -> None:
         out.append((msg["meter"], msg["kid"], msg["boot"], msg["seq"], res))
 
-    def _reading(self, meter: str, msg: dict[str, Any], body: bytes, counts: Counter[str]) -> str:
-        """Stores (or quarantines) the reading unless it is a repeat; returns the ack's result."""
+    def _reading(self, meter: str, msg: dict[str, Any], body: bytes, sig: Signature | None,
+                 counts: Counter[str]) -> str:
+        """Stores (or quarantines) the reading unless it is a repeat; returns the ack's result.
+        The meter's signature, if it signed, is kept with the opening (the commitment is the
+        body's alone, so a repeat signed again is the same record)."""
         pos = (msg["boot"], msg["seq"])
         newest = self._newest(meter)
         in_order = newest is None or pos > newest.pos
@@ -197,7 +200,7 @@ class Ingest:
         if reason is not None:
             return self._quarantine(meter, msg, reason, counts)
         self._check_reading(meter, msg, before, in_order)
-        leaf = self.ledger.append("reading", meter, msg["iv"], body)
+        leaf = self.ledger.append("reading", meter, msg["iv"], body, None if sig is None else signature_line(*sig))
         self.conn.execute(
             "INSERT INTO readings(meter, boot, seq, iv, imp_wh, exp_wh, cnt_imp_wh, cnt_exp_wh, flags, leaf, received)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?)",

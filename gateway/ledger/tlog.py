@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway import db
 from gateway.ledger import merkle, note, records
-from protocols import canonical
+from protocols import canonical, signature
+from protocols.errors import ProtocolError
 
 SALT_LEN = 16
 
@@ -42,6 +43,20 @@ def commitment(salt: bytes, record: bytes) -> bytes:
 def encode_record(kind: str, fields: dict[str, Any]) -> bytes:
     """Canonical JSON of a gateway-made ledger record (same encoding as the wire protocol)."""
     return canonical.encode(dict(fields, type=kind))
+
+
+def signature_line(skid: int, sig: bytes) -> str:
+    """How ``openings.sig`` keeps a meter's signature: its signature line without the newline,
+    ``sig <skid>:<128 lowercase hex r || s>`` (protocols/signature.py)."""
+    return signature.attach(b"", skid, sig)[1:].decode()
+
+
+def parse_signature_line(text: str) -> tuple[int, bytes]:
+    """(skid, r || s) of ``signature_line``'s text; ProtocolError("bad_frame") for any other."""
+    rest, skid, sig = signature.split(b"\n" + text.encode("ascii", "replace"))
+    if rest or skid is None or sig is None:
+        raise ProtocolError("bad_frame", "not a signature line")
+    return skid, sig
 
 
 def load_hashes(conn: sqlite3.Connection, start: int = 0, end: int | None = None) -> list[bytes]:
@@ -150,8 +165,10 @@ class Ledger:
         if self._pending is not None:
             del self._pending[mark:]
 
-    def append(self, kind: str, meter: str | None, iv: int | None, record: bytes) -> int:
-        """Add one leaf inside ``transaction()``; returns its index."""
+    def append(self, kind: str, meter: str | None, iv: int | None, record: bytes, sig: str | None = None) -> int:
+        """Add one leaf inside ``transaction()``; returns its index. ``sig``: the meter's
+        signature line over ``record`` (``signature_line``), kept with the opening, outside
+        the commitment: it proves who made the record, the commitment that the log holds it."""
         if self._pending is None:
             raise RuntimeError("Ledger.append outside Ledger.transaction()")
         idx = self.frontier.size + len(self._pending)
@@ -159,7 +176,8 @@ class Ledger:
         c = commitment(salt, record)
         self.conn.execute("INSERT INTO leaves(idx, commitment, kind, meter, iv) VALUES (?,?,?,?,?)",
                           (idx, c, kind, meter, iv))
-        self.conn.execute("INSERT INTO openings(idx, salt, record) VALUES (?,?,?)", (idx, salt, records.pack(record)))
+        self.conn.execute("INSERT INTO openings(idx, salt, record, sig) VALUES (?,?,?,?)",
+                          (idx, salt, records.pack(record), sig))
         self._pending.append(merkle.leaf_hash(c))
         return idx
 
