@@ -23,6 +23,16 @@ def meter_key(meter: str) -> bytes:
     return bytes((i * 7 + len(meter) + ord(meter[-1])) & 0xFF for i in range(32))
 
 
+def signing_key(folder: Path, skid: int = 1) -> bytes:
+    """Give the meter in ``folder`` its signing key pair, as `tmeter fw keygen` does on the
+    device (firmware/keygen.py, run here in CPython); returns the public key."""
+    from firmware import keygen
+    folder.mkdir(parents=True, exist_ok=True)
+    pub = keygen.make(str(folder), skid)
+    assert pub is not None, f"{folder} has a signing key already"
+    return pub
+
+
 def sim_clock(speed: float) -> SimClock:
     return SimClock(START, time.time(), speed)
 
