@@ -79,7 +79,8 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, start: int, first: i
 
     span = (start, last)
     put("leaves", rows("SELECT idx, commitment, kind, meter, iv, erased FROM leaves WHERE idx >= ? AND idx < ?", span))
-    put("openings", rows("SELECT idx, salt, record FROM openings WHERE idx >= ? AND idx < ?", span))
+    # With the meter's signatures (issue 15): an archived reading proves who made it as it did here.
+    put("openings", rows("SELECT idx, salt, record, sig FROM openings WHERE idx >= ? AND idx < ?", span))
     put("checkpoints", rows("SELECT size, root, note, created FROM checkpoints WHERE size >= ? AND size <= ?",
                             (first, last)))
     put("frontiers", rows("SELECT size, nodes FROM frontiers WHERE size = ?", (first,)))

@@ -9,6 +9,12 @@ and each commitment's audit path is walked up to the checkpoint's root (RFC 9162
 gateway/ledger/merkle.py). The checkpoint the proof file carries is not trusted: only the one
 given beside it.
 
+With the meter's public keys (``--meter-key``, PEM; issue 15) every reading in the proof must
+also carry the meter's ECDSA signature over the exact record bytes (gateway/meterkeys.py), which
+no one but the meter can make: the gateway could have logged a reading it made itself, and the
+checkpoint would prove that faithfully. Without them, signatures are not checked (and the
+verdict says so).
+
 Files that are not what they claim (no JSON, no note, no key) raise ``ProofFileError``, one line
 for the operator; everything that parses gets a verdict.
 """
@@ -22,6 +28,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway import meterkeys
 from gateway.ledger import merkle, note
 from gateway.ledger.tlog import commitment
 from gateway.ledger.verify import InclusionProof
@@ -73,7 +80,27 @@ def _one_proof(item: Any, n: int) -> InclusionProof:
     return InclusionProof(
         _count(index, f"{where}: leaf_index"), _count(size, f"{where}: tree_size"),
         _hex(com, f"{where}: commitment"), None if salt is None else _hex(salt, f"{where}: salt", None),
-        None if record is None else record.encode(), [_hex(h, f"{where}: path[{i}]") for i, h in enumerate(path)])
+        None if record is None else record.encode(), [_hex(h, f"{where}: path[{i}]") for i, h in enumerate(path)],
+        _signature(item.get("signature"), where))
+
+
+def _signature(value: Any, where: str) -> tuple[int, bytes] | None:
+    """A proof's ``signature`` object (verify.InclusionProof.to_dict) as (skid, r || s)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("skid"), int) or isinstance(value["skid"], bool):
+        raise ProofFileError(f"{where}: signature is not an object with an integer skid")
+    if value.get("alg", meterkeys.ALGORITHM) != meterkeys.ALGORITHM:
+        raise ProofFileError(f"{where}: signature algorithm {str(value['alg'])[:40]!r} is not {meterkeys.ALGORITHM}")
+    return value["skid"], _hex(value.get("sig"), f"{where}: signature sig", meterkeys.SIG_LEN)
+
+
+def load_meter_key(data: bytes) -> bytes:
+    """A meter's public key from a PEM file (`tmeter ledger export-readings` writes them)."""
+    try:
+        return meterkeys.pub_of_pem(data)
+    except meterkeys.MeterKeyError as exc:
+        raise ProofFileError(f"meter key: {exc}") from None
 
 
 def load_proofs(data: bytes) -> list[InclusionProof]:
@@ -132,8 +159,31 @@ def check_one(proof: InclusionProof, cp: note.Checkpoint) -> str | None:
     return None
 
 
-def check(proofs: list[InclusionProof], signed: bytes, origin: str, key: Ed25519PublicKey) -> Verdict:
-    """The verdict on ``proofs`` under the checkpoint note ``signed`` by (origin, key)."""
+def _is_reading(record: bytes | None) -> bool:
+    try:
+        return record is not None and json.loads(record).get("type") == "reading"
+    except (ValueError, AttributeError):
+        return False
+
+
+def check_signature(proof: InclusionProof, meter_keys: list[bytes]) -> tuple[str | None, str]:
+    """(None, the key's fingerprint) if the proof's record carries a signature by one of
+    ``meter_keys`` over its exact bytes, else (why not, "")."""
+    if proof.record is None:
+        return "the record is not in the proof: its signature cannot be checked", ""
+    if proof.signature is None:
+        return "the reading carries no meter signature (the meter did not sign it, or it was dropped)", ""
+    for pub in meter_keys:
+        if meterkeys.verify(meterkeys.load(pub), proof.record, proof.signature[1]):
+            return None, meterkeys.fingerprint(pub)
+    names = ", ".join(meterkeys.fingerprint(p) for p in meter_keys)
+    return f"the meter signature (key {proof.signature[0]}) does not verify under the meter's key {names}", ""
+
+
+def check(proofs: list[InclusionProof], signed: bytes, origin: str, key: Ed25519PublicKey,
+          meter_keys: list[bytes] | None = None) -> Verdict:
+    """The verdict on ``proofs`` under the checkpoint note ``signed`` by (origin, key); with
+    ``meter_keys`` (65-byte points) every reading must also be signed by one of them."""
     try:
         cp = note.open_checkpoint(signed, origin, key)
     except note.NoteError as exc:
@@ -141,8 +191,14 @@ def check(proofs: list[InclusionProof], signed: bytes, origin: str, key: Ed25519
     lines, ok = [], True
     for p in proofs:
         why = check_one(p, cp)
-        ok &= why is None
         head = f"leaf {p.index} ({_describe(p.record)})"
-        lines.append(f"OK: {head} is in the log under checkpoint {cp.origin} size {cp.size}" if why is None
+        by = ""
+        if why is None and meter_keys and _is_reading(p.record):
+            why, fp = check_signature(p, meter_keys)
+            by = f", signed by the meter's key {fp}"
+        ok &= why is None
+        lines.append(f"OK: {head} is in the log under checkpoint {cp.origin} size {cp.size}{by}" if why is None
                      else f"FAIL: {head}: {why}")
+    if not meter_keys:
+        lines.append("meter signatures NOT checked (give the meter's public key: --meter-key PEM)")
     return Verdict(ok, lines)

@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway import meterkeys
 from gateway.ledger import merkle, note, records, tlog
 from gateway.ledger.tlog import commitment, unpack_frontier
 from protocols import canonical
@@ -878,14 +879,34 @@ class InclusionProof:
     salt: bytes | None
     record: bytes | None
     path: list[bytes]
+    # The meter's signature over the exact record bytes, for a reading it signed (issue 15):
+    # (skid, r || s). Outside the commitment: it says who made the record, the path that the log holds it.
+    signature: tuple[int, bytes] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "leaf_index": self.index, "tree_size": self.size, "commitment": self.commitment.hex(),
             "salt": self.salt.hex() if self.salt else None,
             "record": self.record.decode() if self.record else None,
             "path": [h.hex() for h in self.path],
         }
+        if self.signature is not None:
+            doc["signature"] = {"skid": self.signature[0], "sig": self.signature[1].hex(), "alg": meterkeys.ALGORITHM}
+        return doc
+
+
+def opening_signature(conn: sqlite3.Connection, idx: int) -> tuple[int, bytes] | None:
+    """The meter's signature kept with leaf ``idx``'s opening; None if unsigned, erased, or the
+    database predates signatures (no ``openings.sig``: an auditor's read-only copy is not migrated)."""
+    if "sig" not in {r[1] for r in conn.execute("PRAGMA table_info(openings)")}:
+        return None
+    row = conn.execute("SELECT sig FROM openings WHERE idx=?", (idx,)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    try:
+        return tlog.parse_signature_line(str(row[0]))
+    except ProtocolError:
+        raise ValueError(f"leaf {idx}: the stored meter signature is malformed (edited)") from None
 
 
 def prove_leaf(conn: sqlite3.Connection, idx: int, size: int) -> InclusionProof:
@@ -900,7 +921,7 @@ def prove_leaf(conn: sqlite3.Connection, idx: int, size: int) -> InclusionProof:
                          f" prove it from the archive that holds it")
     com, salt, record = row
     return InclusionProof(idx, size, bytes(com), salt and bytes(salt), record and records.unpack(bytes(record)),
-                          tree.inclusion_proof(idx, size))
+                          tree.inclusion_proof(idx, size), opening_signature(conn, idx))
 
 
 def check_inclusion(proof: InclusionProof, root: bytes) -> bool:

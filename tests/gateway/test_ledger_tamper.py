@@ -246,7 +246,7 @@ def test_a_forged_erasure_leaf_fails(live: Copy) -> None:
     record = encode_record("erasure", {"member": "m002", "leaves": len(idxs) + 1, "idxs": [*idxs, 1]})
     live.conn.execute("INSERT INTO leaves(idx, commitment, kind) VALUES (?, ?, 'erasure')",
                       (n, commitment(b"s" * 16, record)))
-    live.conn.execute("INSERT INTO openings VALUES (?, ?, ?)", (n, b"s" * 16, record))
+    live.conn.execute("INSERT INTO openings(idx, salt, record) VALUES (?, ?, ?)", (n, b"s" * 16, record))
     live.conn.execute("INSERT INTO erasures VALUES ('m002', 0, ?)", (n,))
     failed(live.verify(), f"erasure leaf {n} (of m002): not signed by any checkpoint",
            f"erasure leaf {n} (of m002): names leaf 1, which is not a leaf of m002")

@@ -1,4 +1,4 @@
-"""`tmeter ledger verify|prove|check-proof|export-checkpoint|consistency|erase|archive|prune`: the ledger
+"""`tmeter ledger verify|prove|check-proof|export-checkpoint|export-readings|consistency|erase|archive|prune`: the ledger
 for auditors and the operator's retention."""
 
 from __future__ import annotations
@@ -44,10 +44,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "checkpoint message of the retained checkpoint topic")
     check.add_argument("--pubkey", required=True, metavar="PEM", help="the gateway's Ed25519 public key (PEM)")
     check.add_argument("--origin", help="the log's origin (default: the checkpoint note's first line)")
+    check.add_argument("--meter-key", action="append", default=[], metavar="PEM",
+                       help="the meter's ECDSA P-256 public key (PEM, from `ledger export-readings`): every reading"
+                            " in the proof must be signed by it (or by another --meter-key: a replaced board);"
+                            " repeatable")
     export = sub.add_parser("export-checkpoint", help="write note, body, sig and pub.pem for openssl")
     common(export)
     export.add_argument("--out", required=True, help="folder for note, body, sig and pub.pem")
     export.add_argument("--size", type=int, help="checkpoint tree size (default: the latest)")
+    readings = sub.add_parser("export-readings", help="a meter's signed readings for third parties: each body, its"
+                                                      " DER signature and the meter's public keys, for openssl")
+    common(readings)
+    readings.add_argument("meter", help="the meter whose signed readings are exported")
+    readings.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
+    readings.add_argument("--from", dest="from_iv", type=int, metavar="IV", help="first interval (index)")
+    readings.add_argument("--to", dest="to_iv", type=int, metavar="IV", help="last interval (index)")
     cons = sub.add_parser("consistency", help="consistency proof between two checkpoints")
     common(cons)
     cons.add_argument("--old", type=int, required=True, help="older checkpoint's tree size")
@@ -155,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         return _check_proof(args)
     try:
         ctx = _Ctx(args)
-        return {"verify": _verify, "prove": _prove, "export-checkpoint": _export,
+        return {"verify": _verify, "prove": _prove, "export-checkpoint": _export, "export-readings": _export_readings,
                 "consistency": _consistency, "erase": _erase, "archive": _archive,
                 "prune": _prune}[args.ledger_command](ctx)
     except (UsageError, note.NoteError, sqlite3.DatabaseError, OSError) as exc:
@@ -312,6 +323,21 @@ def _prove(ctx: _Ctx) -> int:
     return 0 if ok else 1
 
 
+def _export_readings(ctx: _Ctx) -> int:
+    from gateway.ledger import readings_export  # noqa: PLC0415
+
+    args = ctx.args
+    try:
+        done = readings_export.export(ctx.conn, args.meter, Path(args.out), args.from_iv, args.to_iv)
+    except readings_export.ExportError as exc:
+        raise UsageError(str(exc)) from None
+    skipped = f"; {done.unsigned} unsigned reading(s) left out" if done.unsigned else ""
+    print(f"exported {done.signed} signed reading(s) of {args.meter} to {args.out} (keys"
+          f" {', '.join(map(str, done.keys)) or 'none'}){skipped}; check one with: openssl dgst -sha256 -verify"
+          f" {args.out}/meter-<skid>.pem -signature {args.out}/<iv>-<boot>-<seq>.sig {args.out}/<iv>-<boot>-<seq>.json")
+    return 0
+
+
 def _check_proof(args: argparse.Namespace) -> int:
     from gateway.ledger import proofcheck  # noqa: PLC0415
 
@@ -320,10 +346,11 @@ def _check_proof(args: argparse.Namespace) -> int:
         signed = proofcheck.read_note(_read(args.checkpoint, "checkpoint note"))
         origin = args.origin or proofcheck.note_origin(signed)
         key = _public_key(Path(args.pubkey))
+        meter_keys = [proofcheck.load_meter_key(_read(name, "meter key")) for name in args.meter_key]
     except (UsageError, proofcheck.ProofFileError) as exc:
         print(f"tmeter ledger check-proof: {one_line(exc)}", file=sys.stderr)
         return 2
-    verdict = proofcheck.check(proofs, signed, origin, key)
+    verdict = proofcheck.check(proofs, signed, origin, key, meter_keys)
     for line in verdict.lines:
         print(line)
     print(f"proof {'OK' if verdict.ok else 'FAILED'}: {len(proofs)} records checked against {args.checkpoint}"
