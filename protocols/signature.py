@@ -12,11 +12,13 @@
 # verification costs a hundred HMACs) and the one the meter can afford on its own queue
 # (firmware/outbox.py), while the signature is what no one but the meter can make.
 #
-# One spelling only, as the trailer: a key id without leading zeros, 128 lowercase hex digits.
+# One spelling only, the trailer's (trailer.split): a key id without leading zeros, 128
+# lowercase hex digits.
 # Canonical JSON has no newline, so a body with a newline in it carries a signature line.
 import hashlib
-from binascii import hexlify, unhexlify
+from binascii import hexlify
 
+from protocols import trailer
 from protocols.errors import ProtocolError
 
 SIG_LEN = 64
@@ -42,17 +44,10 @@ def split(signed):
     if cut < 0:
         return signed, None, None
     line = signed[cut + 1:]
-    colon = line.find(b":")
-    skid_text = line[4:colon]
-    sig_hex = line[colon + 1:]
-    if line[:4] != b"sig " or not 1 <= len(skid_text) <= 5 or len(sig_hex) != 2 * SIG_LEN:
-        raise ProtocolError("bad_frame", "malformed signature line")
-    if not skid_text.isdigit() or (len(skid_text) > 1 and skid_text[:1] == b"0"):
-        raise ProtocolError("bad_frame", "malformed signing key id")
-    try:
-        sig = unhexlify(sig_hex)
-    except Exception:  # noqa: BLE001 - binascii.Error on CPython, ValueError on MicroPython
-        sig = None
-    if sig is None or hexlify(sig) != sig_hex:
-        raise ProtocolError("bad_frame", "signature is not lowercase hex")
-    return signed[:cut], int(skid_text), sig
+    if line[:4] == b"sig ":
+        try:
+            _empty, skid, sig = trailer.split(b"\n" + line[4:], SIG_LEN)  # the trailer's spelling
+            return signed[:cut], skid, sig
+        except ProtocolError:
+            pass
+    raise ProtocolError("bad_frame", "malformed signature line")
