@@ -1,7 +1,7 @@
 """A test-side stand-in for the gateway: verifies every meter message with
-protocols.messages.decode, stores readings once, acknowledges them, and can send awards. A
-meter given a public key in ``pubs`` must sign its readings (protocols/signature.py): the
-signature is checked with `cryptography` after the tag, before the body is parsed.
+the gateway's decoder (gateway/ingest/codec.py: tag first), stores readings once, acknowledges
+them, and can send awards. A meter given a public key (signing key id 1) in ``pubs`` must
+sign its readings (protocols/signature.py), as an enrolled meter must.
 
 Not the product gateway: just enough of its contract (docs/architecture.md §3, ingest) for the
 firmware's end-to-end and fault tests.
@@ -15,12 +15,9 @@ from collections import Counter
 
 import paho.mqtt.client as mqtt
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
-from protocols import messages, signature, topics, trailer
+from gateway import meterkeys
+from gateway.ingest import codec
+from protocols import messages, topics
 from protocols.errors import ProtocolError
 
 
@@ -68,31 +65,13 @@ class FakeGateway:
         """Called for every message that verified (the registry-backed gateway of
         tests/firmware/test_remote.py retires superseded keys here)."""
 
-    def _unsign(self, topic: str, payload: bytes) -> tuple[bytes, bytes | None]:
-        """The payload as an unsigned one (its signature line checked and taken out) and the
-        signature; unchanged for a meter without a public key here."""
-        meter = topic.split("/")[4] if topic.count("/") >= 5 else ""
-        if meter not in self.pubs or not topic.endswith("/reading"):
-            return payload, None
-        tagged, kid, _tag = trailer.split(payload)
-        key = self._key(meter, kid)
-        if key is None or not trailer.signed(payload, kid, key):
-            raise ProtocolError("bad_tag", "tag does not match the body")
-        body, _skid, sig = signature.split(tagged)
-        if sig is None:
-            raise ProtocolError("unsigned", "reading without the meter's signature")
-        pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), self.pubs[meter])
-        try:
-            pub.verify(encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")),
-                       body, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
-            raise ProtocolError("bad_signature", "not the meter's signature") from None
-        return trailer.encode(body, kid, key), sig
+    def _signers(self, meter: str) -> dict | None:
+        pub = self.pubs.get(meter)
+        return None if pub is None else {1: meterkeys.load(pub)}
 
     def _on_message(self, client, _u, m) -> None:
         try:
-            payload, sig = self._unsign(m.topic, m.payload)
-            _c, meter, msg, body = messages.decode(m.topic, payload, self._key)
+            _c, meter, msg, body, sig = codec.decode(m.topic, m.payload, self._key, self._signers)
         except ProtocolError as e:
             with self.lock:
                 self.rejected[e.code] += 1
@@ -112,7 +91,7 @@ class FakeGateway:
                     self.readings[ident] = msg
                     self.reading_bodies[ident] = body
                     if sig is not None:
-                        self.signatures[ident] = sig
+                        self.signatures[ident] = sig[1]
                 elif self.reading_bodies[ident] != body:
                     self.rejected["conflict"] += 1  # same (meter, boot, seq), other content
                 if not self.ack_enabled:
